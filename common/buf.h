@@ -1,0 +1,31 @@
+/* A growable byte buffer, always NUL-terminated after len. */
+#ifndef COE_BUF_H
+#define COE_BUF_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+typedef struct coe_buf {
+    char *data;  /* owned; NULL until the first append */
+    size_t len;
+    size_t cap;
+} coe_buf;
+
+#define COE_BUF_INIT {NULL, 0, 0}
+
+int coe_buf_reserve(coe_buf *b, size_t extra);
+int coe_buf_append(coe_buf *b, const void *p, size_t n);
+int coe_buf_puts(coe_buf *b, const char *s);
+int coe_buf_printf(coe_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int coe_buf_vprintf(coe_buf *b, const char *fmt, va_list ap);
+/* Appends s (n bytes) as a quoted JSON string. Invalid UTF-8 bytes become U+FFFD,
+ * so the output is always valid JSON whatever an upstream sent. */
+int coe_buf_json_string(coe_buf *b, const char *s, size_t n);
+/* Drops the first n bytes. */
+void coe_buf_consume(coe_buf *b, size_t n);
+void coe_buf_reset(coe_buf *b);
+void coe_buf_free(coe_buf *b);
+/* Hands the data to the caller (who frees it) and empties b. Never NULL on success. */
+char *coe_buf_steal(coe_buf *b);
+
+#endif

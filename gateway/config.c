@@ -1,0 +1,633 @@
+#include "gateway/config.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cJSON.h>
+
+#include "common/err.h"
+#include "common/jsonx.h"
+
+const char coe_config_demo_json[] =
+    "{\n"
+    "  \"server\": {\"host\": \"127.0.0.1\", \"port\": 8080},\n"
+    "  \"experts\": {\n"
+    "    \"echo\": {\"kind\": \"echo\", \"delay_ms\": 20}\n"
+    "  },\n"
+    "  \"routes\": {\"auto\": {\"default\": \"echo\"}}\n"
+    "}\n";
+
+/* Validation context: where diagnostics go and how many errors were seen. */
+typedef struct vctx {
+    coe_buf *diag;
+    const char *file;
+    coe_config_mode mode;
+    int errors;
+} vctx;
+
+static void diag(vctx *v, bool warning, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void diag(vctx *v, bool warning, const char *path, const char *fmt, ...)
+{
+    if (!warning)
+        v->errors++;
+    if (!v->diag)
+        return;
+    coe_buf_printf(v->diag, "%s%s: %s: ", warning ? "warning: " : "", v->file, path);
+    va_list ap;
+    va_start(ap, fmt);
+    coe_buf_vprintf(v->diag, fmt, ap);
+    va_end(ap);
+    coe_buf_puts(v->diag, "\n");
+}
+
+#define verr(v, path, ...) diag(v, false, path, __VA_ARGS__)
+
+/* Child path "parent.key", or parent["key"] when key is not a plain word. */
+static void child_path(char *out, size_t n, const char *parent, const char *key)
+{
+    bool plain = *key != '\0';
+    for (const char *p = key; *p; p++)
+        if (!(*p == '_' || *p == '-' || (*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') ||
+              (*p >= 'A' && *p <= 'Z')))
+            plain = false;
+    if (plain)
+        snprintf(out, n, "%s%s%s", parent, *parent ? "." : "", key);
+    else
+        snprintf(out, n, "%s[\"%s\"]", parent, key);
+}
+
+static const char *type_name(const cJSON *j)
+{
+    if (cJSON_IsObject(j)) return "an object";
+    if (cJSON_IsArray(j)) return "an array";
+    if (cJSON_IsString(j)) return "a string";
+    if (cJSON_IsNumber(j)) return "a number";
+    if (cJSON_IsBool(j)) return "a boolean";
+    if (cJSON_IsNull(j)) return "null";
+    return "an unknown value";
+}
+
+/* Reports keys of obj not in allowed (NULL-terminated; NULL allows any key) and
+ * keys given twice, which cJSON would otherwise silently accept. */
+static void check_keys(vctx *v, const cJSON *obj, const char *path, const char *const *allowed)
+{
+    for (const cJSON *it = obj->child; it; it = it->next) {
+        char p[512];
+        child_path(p, sizeof p, path, it->string);
+        bool ok = allowed == NULL;
+        for (const char *const *a = allowed; a && *a; a++)
+            if (strcmp(*a, it->string) == 0)
+                ok = true;
+        if (!ok) {
+            coe_buf list = COE_BUF_INIT;
+            for (const char *const *a = allowed; *a; a++)
+                coe_buf_printf(&list, "%s%s", a == allowed ? "" : ", ", *a);
+            verr(v, p, "unknown key (allowed here: %s)", list.data ? list.data : "none");
+            coe_buf_free(&list);
+        }
+        for (const cJSON *prev = obj->child; prev != it; prev = prev->next)
+            if (strcmp(prev->string, it->string) == 0) {
+                verr(v, p, "key given more than once");
+                break;
+            }
+    }
+}
+
+static const cJSON *get(const cJSON *obj, const char *key)
+{
+    return obj ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
+}
+
+static bool safe_text(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return false;
+    return true;
+}
+
+/* Reads an optional string; required ones report their absence. Returns a copy. */
+static char *get_string(vctx *v, const cJSON *obj, const char *path, const char *key, bool required,
+                        const char *dflt)
+{
+    char p[512];
+    child_path(p, sizeof p, path, key);
+    const cJSON *j = get(obj, key);
+    if (!j) {
+        if (required)
+            verr(v, p, "missing (a string is required)");
+        return dflt ? strdup(dflt) : NULL;
+    }
+    if (!cJSON_IsString(j)) {
+        verr(v, p, "expected a string, found %s", type_name(j));
+        return NULL;
+    }
+    if (!safe_text(j->valuestring)) {
+        verr(v, p, "control characters are not allowed");
+        return NULL;
+    }
+    return strdup(j->valuestring);
+}
+
+static long get_int(vctx *v, const cJSON *obj, const char *path, const char *key, long lo, long hi,
+                    long dflt)
+{
+    char p[512];
+    child_path(p, sizeof p, path, key);
+    const cJSON *j = get(obj, key);
+    if (!j)
+        return dflt;
+    if (!coe_json_is_int_in(j, (double)lo, (double)hi)) {
+        if (cJSON_IsNumber(j))
+            verr(v, p, "expected an integer from %ld to %ld, found %g", lo, hi, j->valuedouble);
+        else
+            verr(v, p, "expected an integer from %ld to %ld, found %s", lo, hi, type_name(j));
+        return dflt;
+    }
+    return (long)j->valuedouble;
+}
+
+static double get_number(vctx *v, const cJSON *obj, const char *path, const char *key, double lo,
+                         double hi, double dflt)
+{
+    char p[512];
+    child_path(p, sizeof p, path, key);
+    const cJSON *j = get(obj, key);
+    if (!j)
+        return dflt;
+    if (!cJSON_IsNumber(j) || !isfinite(j->valuedouble) || j->valuedouble < lo || j->valuedouble > hi) {
+        verr(v, p, "expected a number from %g to %g", lo, hi);
+        return dflt;
+    }
+    return j->valuedouble;
+}
+
+static bool get_bool(vctx *v, const cJSON *obj, const char *path, const char *key, bool dflt)
+{
+    char p[512];
+    child_path(p, sizeof p, path, key);
+    const cJSON *j = get(obj, key);
+    if (!j)
+        return dflt;
+    if (!cJSON_IsBool(j)) {
+        verr(v, p, "expected true or false, found %s", type_name(j));
+        return dflt;
+    }
+    return cJSON_IsTrue(j);
+}
+
+/* Names of experts and routes: they travel in headers and URLs, so keep them plain. */
+static bool valid_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > COE_NAME_MAX)
+        return false;
+    for (; *s; s++)
+        if (!(*s == '_' || *s == '-' || *s == '.' || *s == ':' || *s == '/' || (*s >= '0' && *s <= '9') ||
+              (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z')))
+            return false;
+    return true;
+}
+
+static bool valid_header_name(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (!(*s == '-' || *s == '_' || (*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'z') ||
+              (*s >= 'A' && *s <= 'Z')))
+            return false;
+    return true;
+}
+
+/* Splits a comma-separated list of keys from the environment. */
+static int split_keys(const char *s, char ***out)
+{
+    int n = 0;
+    char **keys = NULL;
+    const char *p = s;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',')
+            e++;
+        const char *t = e;
+        while (t > p && t[-1] == ' ')
+            t--;
+        if (t > p) {
+            char **k = realloc(keys, sizeof *keys * (size_t)(n + 1));
+            if (!k)
+                break;
+            keys = k;
+            keys[n++] = strndup(p, (size_t)(t - p));
+        }
+        p = e;
+    }
+    *out = keys;
+    return n;
+}
+
+static const char *const server_keys[] = {
+    "host", "port", "api_keys_env", "max_body_bytes", "max_json_depth", "connection_timeout_s",
+    "max_connections", "max_connections_per_ip", "threads", "max_inflight", "shutdown_grace_ms",
+    "access_log", NULL};
+
+static void parse_server(vctx *v, const cJSON *j, coe_server_cfg *s)
+{
+    const char *path = "server";
+    if (j && !cJSON_IsObject(j)) {
+        verr(v, path, "expected an object, found %s", type_name(j));
+        j = NULL;
+    }
+    if (j)
+        check_keys(v, j, path, server_keys);
+    s->host = get_string(v, j, path, "host", false, "127.0.0.1");
+    s->port = (int)get_int(v, j, path, "port", 0, 65535, 8080);
+    s->max_body_bytes = (size_t)get_int(v, j, path, "max_body_bytes", 1024, 1L << 30, 4L << 20);
+    s->max_json_depth = (int)get_int(v, j, path, "max_json_depth", 2, 512, 64);
+    s->connection_timeout_s = (int)get_int(v, j, path, "connection_timeout_s", 1, 3600, 30);
+    s->max_connections = (int)get_int(v, j, path, "max_connections", 1, 1000000, 4096);
+    s->max_connections_per_ip = (int)get_int(v, j, path, "max_connections_per_ip", 0, 1000000, 0);
+    s->threads = (int)get_int(v, j, path, "threads", 0, 1024, 0);
+    s->max_inflight = (int)get_int(v, j, path, "max_inflight", 1, 1000000, 2048);
+    s->shutdown_grace_ms = get_int(v, j, path, "shutdown_grace_ms", 0, 3600000, 10000);
+    s->access_log = get_bool(v, j, path, "access_log", true);
+    s->api_keys_env = get_string(v, j, path, "api_keys_env", false, NULL);
+    if (s->api_keys_env) {
+        const char *val = getenv(s->api_keys_env);
+        if (val)
+            s->n_api_keys = split_keys(val, &s->api_keys);
+        if (s->n_api_keys == 0)
+            diag(v, v->mode == COE_CONFIG_CHECK, "server.api_keys_env",
+                 "environment variable %s is unset or holds no key, so every request would be refused",
+                 s->api_keys_env);
+    }
+}
+
+static const char *const expert_keys[] = {
+    "kind", "base_url", "model", "api_key_env", "headers", "connect_timeout_ms",
+    "first_byte_timeout_ms", "chunk_timeout_ms", "retries", "retry_backoff_ms",
+    "max_retry_after_ms", "max_concurrency", "max_tokens", "cost", "fallbacks", "delay_ms", NULL};
+
+static void parse_headers(vctx *v, const cJSON *j, const char *path, coe_expert_cfg *e)
+{
+    char p[512];
+    child_path(p, sizeof p, path, "headers");
+    if (!j)
+        return;
+    if (!cJSON_IsObject(j)) {
+        verr(v, p, "expected an object of header names to values, found %s", type_name(j));
+        return;
+    }
+    e->headers = calloc((size_t)cJSON_GetArraySize(j) + 1, sizeof *e->headers);
+    for (const cJSON *h = j->child; h && e->headers; h = h->next) {
+        char hp[640];
+        child_path(hp, sizeof hp, p, h->string);
+        if (!valid_header_name(h->string)) {
+            verr(v, hp, "not a valid header name (letters, digits, '-' and '_' only)");
+            continue;
+        }
+        if (strcasecmp(h->string, "authorization") == 0 && e->api_key_env) {
+            verr(v, hp, "conflicts with api_key_env, which sets Authorization");
+            continue;
+        }
+        if (!cJSON_IsString(h)) {
+            verr(v, hp, "expected a string, found %s", type_name(h));
+            continue;
+        }
+        if (!safe_text(h->valuestring)) {
+            verr(v, hp, "control characters (such as CR or LF) are not allowed in a header value");
+            continue;
+        }
+        size_t n = strlen(h->string) + strlen(h->valuestring) + 3;
+        char *line = malloc(n);
+        if (line) {
+            snprintf(line, n, "%s: %s", h->string, h->valuestring);
+            e->headers[e->n_headers++] = line;
+        }
+    }
+}
+
+static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_cfg *e)
+{
+    snprintf(e->name, sizeof e->name, "%s", j->string);
+    if (!valid_name(j->string))
+        verr(v, path, "an expert name must be 1-%d characters of letters, digits and _ - . : /",
+             COE_NAME_MAX);
+    if (!cJSON_IsObject(j)) {
+        verr(v, path, "expected an object, found %s", type_name(j));
+        return;
+    }
+    check_keys(v, j, path, expert_keys);
+    char p[512];
+    char *kind = get_string(v, j, path, "kind", true, NULL);
+    child_path(p, sizeof p, path, "kind");
+    /* Keys that only one kind takes are checked only once the kind is known. */
+    bool known = true;
+    e->kind = COE_EXPERT_ECHO;
+    if (kind && strcmp(kind, "remote") == 0) {
+        e->kind = COE_EXPERT_REMOTE;
+    } else if (kind && strcmp(kind, "echo") == 0) {
+        e->kind = COE_EXPERT_ECHO;
+    } else if (kind && strcmp(kind, "local") == 0) {
+        verr(v, p, "local experts (GGUF models in-process) are not supported by this build yet");
+    } else if (kind) {
+        verr(v, p, "unknown kind \"%s\" (expected \"remote\" or \"echo\")", kind);
+    }
+    if (!kind || (strcmp(kind, "remote") != 0 && strcmp(kind, "echo") != 0))
+        known = false;
+    free(kind);
+
+    bool remote = e->kind == COE_EXPERT_REMOTE;
+    e->base_url = get_string(v, j, path, "base_url", remote, NULL);
+    if (e->base_url) {
+        child_path(p, sizeof p, path, "base_url");
+        if (strncmp(e->base_url, "http://", 7) != 0 && strncmp(e->base_url, "https://", 8) != 0)
+            verr(v, p, "must start with http:// or https://");
+        else if (strchr(e->base_url, ' '))
+            verr(v, p, "must not contain spaces");
+        size_t n = strlen(e->base_url);
+        while (n > 0 && e->base_url[n - 1] == '/')
+            e->base_url[--n] = '\0';
+    }
+    e->model = get_string(v, j, path, "model", false, e->name);
+    e->api_key_env = get_string(v, j, path, "api_key_env", false, NULL);
+    if (e->api_key_env) {
+        child_path(p, sizeof p, path, "api_key_env");
+        const char *val = getenv(e->api_key_env);
+        if (!val || !*val)
+            diag(v, v->mode == COE_CONFIG_CHECK, p, "environment variable %s is unset or empty",
+                 e->api_key_env);
+        else if (!safe_text(val))
+            verr(v, p, "environment variable %s holds control characters", e->api_key_env);
+        else
+            e->api_key = strdup(val);
+    }
+    parse_headers(v, get(j, "headers"), path, e);
+    e->connect_timeout_ms = get_int(v, j, path, "connect_timeout_ms", 1, 600000, 5000);
+    e->first_byte_timeout_ms = get_int(v, j, path, "first_byte_timeout_ms", 1, 3600000, 60000);
+    e->chunk_timeout_ms = get_int(v, j, path, "chunk_timeout_ms", 1, 3600000, 60000);
+    e->retries = (int)get_int(v, j, path, "retries", 0, 10, 2);
+    e->retry_backoff_ms = get_int(v, j, path, "retry_backoff_ms", 0, 60000, 100);
+    e->max_retry_after_ms = get_int(v, j, path, "max_retry_after_ms", 0, 600000, 5000);
+    e->max_concurrency = (int)get_int(v, j, path, "max_concurrency", 0, 1000000, 0);
+    e->max_tokens = get_int(v, j, path, "max_tokens", 0, 100000000, 0);
+    e->cost = get_number(v, j, path, "cost", 0, 1e12, 1.0);
+    e->delay_ms = get_int(v, j, path, "delay_ms", 0, 10000, 0);
+    if (!remote && known) {
+        static const char *const remote_only[] = {"base_url", "api_key_env", "headers", NULL};
+        for (const char *const *k = remote_only; *k; k++)
+            if (get(j, *k)) {
+                child_path(p, sizeof p, path, *k);
+                verr(v, p, "only remote experts take this key");
+            }
+    }
+}
+
+/* Second pass: fallbacks name other experts. */
+static void resolve_fallbacks(vctx *v, const cJSON *experts, coe_config *c)
+{
+    int i = 0;
+    for (const cJSON *j = experts->child; j; j = j->next, i++) {
+        coe_expert_cfg *e = &c->experts[i];
+        char path[512], p[640];
+        child_path(path, sizeof path, "experts", j->string);
+        child_path(p, sizeof p, path, "fallbacks");
+        const cJSON *fb = get(j, "fallbacks");
+        if (!fb)
+            continue;
+        if (!cJSON_IsArray(fb)) {
+            verr(v, p, "expected an array of expert names, found %s", type_name(fb));
+            continue;
+        }
+        e->fallbacks = calloc((size_t)cJSON_GetArraySize(fb) + 1, sizeof *e->fallbacks);
+        int k = 0;
+        for (const cJSON *f = fb->child; f && e->fallbacks; f = f->next, k++) {
+            char fp[700];
+            snprintf(fp, sizeof fp, "%s[%d]", p, k);
+            if (!cJSON_IsString(f)) {
+                verr(v, fp, "expected an expert name, found %s", type_name(f));
+                continue;
+            }
+            int idx = coe_config_find_expert(c, f->valuestring);
+            if (idx < 0)
+                verr(v, fp, "no expert named \"%s\"", f->valuestring);
+            else if (idx == i)
+                verr(v, fp, "an expert cannot be its own fallback");
+            else
+                e->fallbacks[e->n_fallbacks++] = idx;
+        }
+    }
+}
+
+static const char *const route_keys[] = {"default", NULL};
+
+static void parse_route(vctx *v, const cJSON *j, const char *path, coe_config *c, coe_route_cfg *r)
+{
+    snprintf(r->name, sizeof r->name, "%s", j->string);
+    r->default_expert = -1;
+    if (!valid_name(j->string))
+        verr(v, path, "a route name must be 1-%d characters of letters, digits and _ - . : /",
+             COE_NAME_MAX);
+    if (!cJSON_IsObject(j)) {
+        verr(v, path, "expected an object, found %s", type_name(j));
+        return;
+    }
+    check_keys(v, j, path, route_keys);
+    char *dflt = get_string(v, j, path, "default", true, NULL);
+    if (dflt) {
+        char p[512];
+        child_path(p, sizeof p, path, "default");
+        r->default_expert = coe_config_find_expert(c, dflt);
+        if (r->default_expert < 0)
+            verr(v, p, "no expert named \"%s\"", dflt);
+    }
+    free(dflt);
+    if (coe_config_find_expert(c, r->name) >= 0)
+        verr(v, path, "a route cannot have the name of an expert: clients could not tell them apart");
+}
+
+static const char *const top_keys[] = {"server", "experts", "routes", NULL};
+
+int coe_config_parse(const char *text, size_t len, const char *name, coe_config_mode mode,
+                     coe_config **out, coe_buf *d)
+{
+    *out = NULL;
+    vctx v = {d, name, mode, 0};
+    size_t off = 0;
+    int depth = coe_json_depth(text, len, 64);
+    if (depth > 64) {
+        verr(&v, "$", "nested more than 64 levels deep");
+        return COE_EPARSE;
+    }
+    cJSON *root = coe_json_parse(text, len, &off);
+    if (!root) {
+        int line, col;
+        coe_json_line_col(text, len, off, &line, &col);
+        if (d)
+            coe_buf_printf(d, "%s:%d:%d: invalid JSON near byte %zu\n", name, line, col, off);
+        return COE_EPARSE;
+    }
+    coe_config *c = calloc(1, sizeof *c);
+    if (!c) {
+        cJSON_Delete(root);
+        return COE_ENOMEM;
+    }
+    atomic_init(&c->refs, 1);
+    c->path = strdup(name);
+    if (!cJSON_IsObject(root)) {
+        verr(&v, "$", "the configuration must be a JSON object, found %s", type_name(root));
+        goto done;
+    }
+    check_keys(&v, root, "", top_keys);
+    parse_server(&v, get(root, "server"), &c->server);
+
+    const cJSON *experts = get(root, "experts");
+    if (!experts) {
+        verr(&v, "experts", "missing: at least one expert is required");
+    } else if (!cJSON_IsObject(experts)) {
+        verr(&v, "experts", "expected an object of expert names to experts, found %s", type_name(experts));
+    } else if (!experts->child) {
+        verr(&v, "experts", "empty: at least one expert is required");
+    } else {
+        c->n_experts = cJSON_GetArraySize(experts);
+        c->experts = calloc((size_t)c->n_experts, sizeof *c->experts);
+        if (!c->experts) {
+            c->n_experts = 0;
+            verr(&v, "experts", "out of memory");
+            goto done;
+        }
+        check_keys(&v, experts, "experts", NULL);
+        int i = 0;
+        for (const cJSON *j = experts->child; j; j = j->next, i++) {
+            char path[512];
+            child_path(path, sizeof path, "experts", j->string);
+            parse_expert(&v, j, path, &c->experts[i]);
+        }
+        resolve_fallbacks(&v, experts, c);
+    }
+
+    const cJSON *routes = get(root, "routes");
+    if (routes && !cJSON_IsObject(routes)) {
+        verr(&v, "routes", "expected an object of route names to routes, found %s", type_name(routes));
+    } else if (routes && c->n_experts > 0) {
+        check_keys(&v, routes, "routes", NULL);
+        c->n_routes = cJSON_GetArraySize(routes);
+        c->routes = calloc((size_t)c->n_routes + 1, sizeof *c->routes);
+        int i = 0;
+        for (const cJSON *j = routes->child; j && c->routes; j = j->next, i++) {
+            char path[512];
+            child_path(path, sizeof path, "routes", j->string);
+            parse_route(&v, j, path, c, &c->routes[i]);
+        }
+    }
+done:
+    cJSON_Delete(root);
+    if (v.errors) {
+        coe_config_unref(&c);
+        return COE_EINVAL;
+    }
+    *out = c;
+    return 0;
+}
+
+int coe_config_load(const char *path, coe_config_mode mode, coe_config **out, coe_buf *d)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (d)
+            coe_buf_printf(d, "%s: cannot open: %s\n", path, strerror(errno));
+        return COE_ENOTFOUND;
+    }
+    coe_buf text = COE_BUF_INIT;
+    char chunk[65536];
+    size_t n;
+    int rc = 0;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (text.len + n > (16u << 20)) {
+            if (d)
+                coe_buf_printf(d, "%s: larger than 16 MiB; not a configuration file?\n", path);
+            rc = COE_ERANGE;
+            break;
+        }
+        if ((rc = coe_buf_append(&text, chunk, n)))
+            break;
+    }
+    if (!rc && ferror(f)) {
+        if (d)
+            coe_buf_printf(d, "%s: read error: %s\n", path, strerror(errno));
+        rc = COE_EIO;
+    }
+    fclose(f);
+    if (!rc)
+        rc = coe_config_parse(text.data ? text.data : "", text.len, path, mode, out, d);
+    coe_buf_free(&text);
+    return rc;
+}
+
+coe_config *coe_config_ref(coe_config *c)
+{
+    atomic_fetch_add(&c->refs, 1);
+    return c;
+}
+
+static void free_strings(char **v, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+void coe_config_unref(coe_config **cp)
+{
+    coe_config *c = *cp;
+    *cp = NULL;
+    if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
+        return;
+    for (int i = 0; i < c->n_experts; i++) {
+        coe_expert_cfg *e = &c->experts[i];
+        free(e->base_url);
+        free(e->model);
+        free(e->api_key_env);
+        if (e->api_key) {
+            /* Scrub the secret before the memory goes back to the allocator. */
+            volatile char *k = e->api_key;
+            while (*k)
+                *k++ = 0;
+            free(e->api_key);
+        }
+        free_strings(e->headers, e->n_headers);
+        free(e->fallbacks);
+    }
+    free(c->experts);
+    free(c->routes);
+    free(c->server.host);
+    free(c->server.api_keys_env);
+    free_strings(c->server.api_keys, c->server.n_api_keys);
+    free(c->path);
+    free(c);
+}
+
+int coe_config_find_expert(const coe_config *c, const char *name)
+{
+    for (int i = 0; i < c->n_experts; i++)
+        if (strcmp(c->experts[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+int coe_config_find_route(const coe_config *c, const char *name)
+{
+    for (int i = 0; i < c->n_routes; i++)
+        if (strcmp(c->routes[i].name, name) == 0)
+            return i;
+    return -1;
+}

@@ -1,0 +1,101 @@
+/* The configuration: one JSON file, validated whole, shared read-only and
+ * reference-counted so that a reload (SIGHUP) never pulls it from under a request. */
+#ifndef COE_CONFIG_H
+#define COE_CONFIG_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/buf.h"
+
+#define COE_NAME_MAX 64
+
+typedef enum coe_expert_kind {
+    COE_EXPERT_REMOTE, /* an OpenAI-compatible server, over libcurl */
+    COE_EXPERT_ECHO,   /* answers with the last user message; for demos and health checks */
+} coe_expert_kind;
+
+typedef struct coe_expert_cfg {
+    char name[COE_NAME_MAX + 1];
+    coe_expert_kind kind;
+    /* remote */
+    char *base_url;       /* owned; e.g. http://127.0.0.1:8000/v1, no trailing slash */
+    char *model;          /* owned; upstream model name (defaults to the expert's name) */
+    char *api_key_env;    /* owned; NULL when the upstream needs no key */
+    char *api_key;        /* owned; read from api_key_env at load; never logged */
+    char **headers;       /* owned; "Name: value" lines */
+    int n_headers;
+    long connect_timeout_ms;
+    long first_byte_timeout_ms; /* request sent -> first body byte */
+    long chunk_timeout_ms;      /* longest silence between body bytes once streaming */
+    int retries;                /* extra attempts on this expert before its fallbacks */
+    long retry_backoff_ms;      /* base of the jittered exponential backoff */
+    long max_retry_after_ms;    /* a longer Retry-After skips to the fallbacks */
+    /* echo */
+    long delay_ms;              /* pause between streamed words */
+    /* all kinds */
+    int max_concurrency;        /* 0: unlimited */
+    long max_tokens;            /* cap on max_tokens; 0: none */
+    double cost;                /* relative cost per request, for routing policies */
+    int *fallbacks;             /* owned; indexes into coe_config.experts */
+    int n_fallbacks;
+    atomic_int inflight;        /* runtime: requests now being answered */
+} coe_expert_cfg;
+
+typedef struct coe_route_cfg {
+    char name[COE_NAME_MAX + 1];
+    int default_expert;         /* index into coe_config.experts */
+} coe_route_cfg;
+
+typedef struct coe_server_cfg {
+    char *host;                 /* owned */
+    int port;                   /* 0: any free port, printed at start */
+    char *api_keys_env;         /* owned; NULL: no authentication */
+    char **api_keys;            /* owned; from api_keys_env, comma-separated */
+    int n_api_keys;
+    size_t max_body_bytes;
+    int max_json_depth;
+    int connection_timeout_s;   /* idle or slow-header connections are closed after this */
+    int max_connections;
+    int max_connections_per_ip;
+    int threads;                /* HTTP worker threads; 0: one per core */
+    int max_inflight;           /* requests being answered at once; 503 beyond */
+    long shutdown_grace_ms;     /* SIGTERM: how long in-flight requests may finish */
+    bool access_log;
+} coe_server_cfg;
+
+typedef struct coe_config {
+    atomic_int refs;
+    char *path;                 /* owned; "<built-in demo>" for the built-in one */
+    coe_server_cfg server;
+    coe_expert_cfg *experts;    /* owned, n_experts */
+    int n_experts;
+    coe_route_cfg *routes;      /* owned, n_routes */
+    int n_routes;
+} coe_config;
+
+/* How strictly the environment is checked: serve needs every named variable set,
+ * config check only warns, since it may run on another machine. */
+typedef enum { COE_CONFIG_SERVE = 0, COE_CONFIG_CHECK = 1 } coe_config_mode;
+
+/* Parses and validates text (len bytes) read from file name. On success *out is a new
+ * config with one reference. Every problem found is appended to diag, one line each,
+ * as "NAME: json.path: what is wrong"; warnings are prefixed "warning: ". Returns 0,
+ * or COE_EPARSE / COE_EINVAL when there were errors. */
+int coe_config_parse(const char *text, size_t len, const char *name, coe_config_mode mode,
+                     coe_config **out, coe_buf *diag);
+/* Reads path and parses it as above. */
+int coe_config_load(const char *path, coe_config_mode mode, coe_config **out, coe_buf *diag);
+/* The built-in demo configuration, used when serve is given no --config. */
+extern const char coe_config_demo_json[];
+
+coe_config *coe_config_ref(coe_config *c);
+/* Drops a reference; frees on the last one and sets *c to NULL. */
+void coe_config_unref(coe_config **c);
+
+/* Index of the expert or route named name, or -1. */
+int coe_config_find_expert(const coe_config *c, const char *name);
+int coe_config_find_route(const coe_config *c, const char *name);
+
+#endif

@@ -1,0 +1,342 @@
+#include "gateway/dispatch.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/backend.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "gateway/openai.h"
+
+typedef struct dispatch {
+    coe_loop *loop;
+    coe_config *cfg;
+    coe_request *req;
+    coe_exchange *ex;
+    coe_reply_ctx reply;
+    int candidates[65]; /* the expert, then its fallbacks */
+    int n_candidates;
+    int cand;           /* index into candidates */
+    int attempt;        /* attempts on candidates[cand] so far */
+    const coe_backend_ops *backend;
+    void *call;         /* the running backend call, or NULL */
+    coe_timer *retry;   /* pending retry, or NULL */
+    bool holds_slot;    /* counted in the current expert's inflight */
+    bool committed;     /* something reached the client: no more retries */
+    coe_failure last;
+    coe_buf choices;    /* a non-streamed result, until done */
+    coe_usage usage;
+    bool have_usage;
+    coe_sink sink;
+} dispatch;
+
+const char *coe_error_type(int status)
+{
+    switch (status) {
+    case 400: case 404: case 405: case 413: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 429: return "rate_limit_error";
+    case 503: return "overloaded_error";
+    case 504: return "timeout_error";
+    default: return status >= 500 ? "upstream_error" : "invalid_request_error";
+    }
+}
+
+void coe_failure_set(coe_failure *f, coe_failure_kind kind, int status, const char *fmt, ...)
+{
+    f->kind = kind;
+    f->status = status;
+    f->retry_after_ms = -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(f->message, sizeof f->message, fmt, ap);
+    va_end(ap);
+}
+
+const coe_backend_ops *coe_backend_for(const coe_expert_cfg *e)
+{
+    return e->kind == COE_EXPERT_REMOTE ? &coe_remote_backend : &coe_echo_backend;
+}
+
+long coe_effective_max_tokens(const coe_expert_cfg *e, const coe_request *req)
+{
+    if (e->max_tokens > 0 && (req->max_tokens < 0 || req->max_tokens > e->max_tokens))
+        return e->max_tokens;
+    return req->max_tokens;
+}
+
+static coe_expert_cfg *current_expert(dispatch *d)
+{
+    return &d->cfg->experts[d->candidates[d->cand]];
+}
+
+static void release_slot(dispatch *d)
+{
+    if (d->holds_slot) {
+        atomic_fetch_sub(&current_expert(d)->inflight, 1);
+        d->holds_slot = false;
+    }
+}
+
+static void free_dispatch(dispatch *d)
+{
+    release_slot(d);
+    if (d->retry)
+        coe_loop_cancel(d->loop, d->retry);
+    d->ex->owner = NULL;
+    coe_exchange_unref(&d->ex);
+    coe_request_free(&d->req);
+    coe_config_unref(&d->cfg);
+    coe_buf_free(&d->choices);
+    free(d);
+}
+
+/* Sends out what b holds; the client may have gone meanwhile, which is fine. */
+static void send_buf(dispatch *d, coe_buf *b)
+{
+    if (b->len)
+        coe_exchange_write(d->ex, b->data, b->len);
+    coe_buf_free(b);
+}
+
+/* The answer is this expert's from now on: no more retries. A stream's head goes
+ * out at once; a whole body goes out with its head when it is complete. */
+static void commit(dispatch *d)
+{
+    if (d->committed)
+        return;
+    d->committed = true;
+    snprintf(d->reply.model, sizeof d->reply.model, "%s", current_expert(d)->name);
+    if (d->req->stream)
+        coe_exchange_head(d->ex, 200, true, current_expert(d)->name, 0);
+}
+
+/* Ends the request with an error before anything was sent. */
+static void fail_request(dispatch *d, const coe_failure *f)
+{
+    coe_api_error e;
+    coe_api_error_set(&e, f->status, coe_error_type(f->status), NULL, NULL, "%s", f->message);
+    coe_buf b = COE_BUF_INIT;
+    coe_openai_error(&b, &e, false);
+    long retry_after_s = f->status == 503 ? 1 : f->retry_after_ms > 0 ? (f->retry_after_ms + 999) / 1000 : 0;
+    coe_exchange_respond(d->ex, f->status, current_expert(d)->name, retry_after_s, b.data, b.len);
+    coe_buf_free(&b);
+    free_dispatch(d);
+}
+
+static const coe_sink_ops sink_ops;
+static void try_next(dispatch *d);
+
+static void attempt_start(dispatch *d)
+{
+    coe_expert_cfg *e = current_expert(d);
+    if (e->max_concurrency > 0) {
+        if (atomic_fetch_add(&e->inflight, 1) >= e->max_concurrency) {
+            atomic_fetch_sub(&e->inflight, 1);
+            coe_failure_set(&d->last, COE_FAIL_NEXT, 503, "expert '%s' is at its concurrency limit (%d)",
+                            e->name, e->max_concurrency);
+            d->attempt = e->retries; /* no point retrying at once */
+            try_next(d);
+            return;
+        }
+    } else {
+        atomic_fetch_add(&e->inflight, 1);
+    }
+    d->holds_slot = true;
+    d->backend = coe_backend_for(e);
+    d->attempt++;
+    int rc = d->backend->start(d->loop, e, d->req, &d->sink, &d->call);
+    if (rc) {
+        release_slot(d);
+        d->call = NULL;
+        coe_failure_set(&d->last, COE_FAIL_NEXT, 502, "expert '%s' could not start: %s", e->name,
+                        coe_strerror(rc));
+        try_next(d);
+    }
+}
+
+static void retry_fire(void *arg)
+{
+    dispatch *d = arg;
+    d->retry = NULL;
+    attempt_start(d);
+}
+
+static unsigned long long jitter_state;
+
+/* Jittered exponential backoff: uniform in [b/2, b] with b = base * 2^(attempt-1). */
+static long backoff_ms(const coe_expert_cfg *e, int attempt)
+{
+    long b = e->retry_backoff_ms << (attempt - 1 < 10 ? attempt - 1 : 10);
+    if (b <= 1)
+        return b;
+    if (!jitter_state)
+        jitter_state = (unsigned long long)coe_now_us() | 1;
+    jitter_state ^= jitter_state << 13;
+    jitter_state ^= jitter_state >> 7;
+    jitter_state ^= jitter_state << 17;
+    return b / 2 + (long)(jitter_state % (unsigned long long)(b / 2 + 1));
+}
+
+/* After a failure before commit: retry, fall back, or give up. */
+static void try_next(dispatch *d)
+{
+    coe_expert_cfg *e = current_expert(d);
+    if (d->last.kind == COE_FAIL_FINAL) {
+        fail_request(d, &d->last);
+        return;
+    }
+    if (d->last.kind == COE_FAIL_RETRY && d->attempt <= e->retries) {
+        long wait = d->last.retry_after_ms >= 0 ? d->last.retry_after_ms : backoff_ms(e, d->attempt);
+        if (d->last.retry_after_ms <= e->max_retry_after_ms) {
+            coe_debug("expert '%s' failed (%s); retry %d in %ld ms", e->name, d->last.message, d->attempt, wait);
+            d->retry = coe_loop_after(d->loop, wait, retry_fire, d);
+            if (d->retry)
+                return;
+        }
+    }
+    if (d->cand + 1 < d->n_candidates) {
+        coe_info("expert '%s' failed (%s); falling back to '%s'", e->name, d->last.message,
+                 d->cfg->experts[d->candidates[d->cand + 1]].name);
+        d->cand++;
+        d->attempt = 0;
+        attempt_start(d);
+        return;
+    }
+    fail_request(d, &d->last);
+}
+
+static void on_delta(void *ctx, const coe_delta *delta)
+{
+    dispatch *d = ctx;
+    commit(d);
+    coe_buf b = COE_BUF_INIT;
+    coe_openai_chunk(&b, &d->reply, delta);
+    send_buf(d, &b);
+}
+
+static void on_result(void *ctx, const char *choices, size_t len)
+{
+    dispatch *d = ctx;
+    coe_buf_reset(&d->choices);
+    coe_buf_append(&d->choices, choices, len);
+}
+
+static void on_usage(void *ctx, const coe_usage *u)
+{
+    dispatch *d = ctx;
+    d->usage = *u;
+    d->have_usage = true;
+    coe_exchange_set_usage(d->ex, u);
+}
+
+static void on_done(void *ctx)
+{
+    dispatch *d = ctx;
+    d->call = NULL;
+    coe_buf b = COE_BUF_INIT;
+    if (d->req->stream) {
+        commit(d);
+        if (d->reply.include_usage && d->have_usage)
+            coe_openai_usage_chunk(&b, &d->reply, &d->usage);
+        coe_openai_done(&b);
+        send_buf(d, &b);
+        coe_exchange_finish(d->ex);
+    } else {
+        commit(d);
+        coe_openai_body(&b, &d->reply, d->choices.data ? d->choices.data : "[]", d->choices.len,
+                        d->have_usage ? &d->usage : NULL);
+        coe_exchange_respond(d->ex, 200, current_expert(d)->name, 0, b.data, b.len);
+        coe_buf_free(&b);
+    }
+    free_dispatch(d);
+}
+
+static void on_fail(void *ctx, const coe_failure *f)
+{
+    dispatch *d = ctx;
+    d->call = NULL;
+    release_slot(d);
+    if (!d->committed) {
+        d->last = *f;
+        try_next(d);
+        return;
+    }
+    /* Headers are out: the error travels in the stream, then [DONE]. */
+    coe_log(COE_LOG_WARN, "expert '%s' failed mid-stream: %s", current_expert(d)->name, f->message);
+    coe_api_error e;
+    coe_api_error_set(&e, f->status, coe_error_type(f->status), NULL, NULL, "%s", f->message);
+    coe_buf b = COE_BUF_INIT;
+    if (d->req->stream) {
+        coe_openai_error(&b, &e, true);
+        coe_openai_done(&b);
+    }
+    send_buf(d, &b);
+    coe_exchange_finish(d->ex);
+    free_dispatch(d);
+}
+
+static const coe_sink_ops sink_ops = {on_delta, on_result, on_usage, on_done, on_fail};
+
+static void start_task(void *arg)
+{
+    dispatch *d = arg;
+    d->ex->owner = d;
+    attempt_start(d);
+}
+
+int coe_dispatch_start(coe_loop *loop, coe_config *cfg, coe_request *req, int expert, const char *id,
+                       coe_exchange *ex)
+{
+    dispatch *d = calloc(1, sizeof *d);
+    if (!d)
+        return COE_ENOMEM;
+    d->loop = loop;
+    d->cfg = coe_config_ref(cfg);
+    d->req = req;
+    d->ex = coe_exchange_ref(ex);
+    d->sink.ops = &sink_ops;
+    d->sink.ctx = d;
+    d->reply.endpoint = req->endpoint;
+    snprintf(d->reply.id, sizeof d->reply.id, "%s-%s", req->endpoint == COE_EP_CHAT ? "chatcmpl" : "cmpl", id);
+    d->reply.created = coe_wall_s();
+    d->reply.include_usage = req->include_usage;
+    const coe_expert_cfg *e = &cfg->experts[expert];
+    d->candidates[d->n_candidates++] = expert;
+    for (int i = 0; i < e->n_fallbacks && d->n_candidates < 65; i++)
+        d->candidates[d->n_candidates++] = e->fallbacks[i];
+    int rc = coe_loop_post(loop, start_task, d);
+    if (rc) {
+        d->req = NULL; /* still the caller's on failure */
+        free_dispatch(d);
+    }
+    return rc;
+}
+
+void coe_dispatch_cancel_now(coe_exchange *ex)
+{
+    dispatch *d = ex->owner;
+    if (!d)
+        return;
+    if (d->call)
+        d->backend->cancel(d->loop, d->call);
+    d->call = NULL;
+    free_dispatch(d);
+}
+
+static void cancel_task(void *arg)
+{
+    coe_exchange *ex = arg;
+    coe_dispatch_cancel_now(ex);
+    coe_exchange_unref(&ex);
+}
+
+void coe_dispatch_cancel(coe_loop *loop, coe_exchange *ex)
+{
+    coe_exchange_ref(ex);
+    if (coe_loop_post(loop, cancel_task, ex))
+        coe_exchange_unref(&ex);
+}

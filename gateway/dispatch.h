@@ -1,0 +1,25 @@
+/* Dispatch: answers one request with an expert, on the loop thread. It owns the
+ * attempt state: concurrency slots, retries with jittered backoff before anything
+ * reached the client, then the expert's fallbacks, and the commit point after which
+ * failures become an error event in the stream. */
+#ifndef COE_DISPATCH_H
+#define COE_DISPATCH_H
+
+#include "common/loop.h"
+#include "gateway/config.h"
+#include "gateway/exchange.h"
+#include "gateway/request.h"
+
+/* Any thread. Takes over req and a reference to cfg and ex; the answer goes to ex.
+ * id is the request id, repeated in the response ids. */
+int coe_dispatch_start(coe_loop *loop, coe_config *cfg, coe_request *req, int expert, const char *id,
+                       coe_exchange *ex);
+/* Any thread: the client has gone; stop whatever answers ex. */
+void coe_dispatch_cancel(coe_loop *loop, coe_exchange *ex);
+/* Loop thread: as coe_dispatch_cancel, at once. */
+void coe_dispatch_cancel_now(coe_exchange *ex);
+
+/* The OpenAI error type for an HTTP status. */
+const char *coe_error_type(int status);
+
+#endif

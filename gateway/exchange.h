@@ -1,0 +1,73 @@
+/* The mailbox between one HTTP connection (libmicrohttpd threads) and the loop
+ * thread that answers it. The loop side sets the response head, appends body bytes
+ * and finishes; the HTTP side waits for the head, then drains bytes. Waiting is done
+ * by suspending the connection, and every loop-side change resumes it: no polling. */
+#ifndef COE_EXCHANGE_H
+#define COE_EXCHANGE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include <microhttpd.h>
+
+#include "backends/backend.h"
+#include "common/buf.h"
+#include "gateway/config.h"
+
+typedef struct coe_exchange {
+    pthread_mutex_t mu;
+    atomic_int refs;
+    /* HTTP side, under mu */
+    struct MHD_Connection *conn; /* NULL once the connection has ended */
+    int client_fd;
+    bool suspended;
+    bool client_gone;            /* the client hung up before the end */
+    /* response head, under mu; set once */
+    bool head_ready;
+    int status;
+    bool sse;                    /* the body is an event stream */
+    long retry_after_s;          /* > 0: send Retry-After */
+    char expert[COE_NAME_MAX + 1];
+    /* body, under mu */
+    coe_buf out;
+    bool finished;
+    size_t max_pending;          /* bytes the client has not read yet, at most */
+    /* accounting for the access log, under mu */
+    coe_usage usage;
+    bool have_usage;
+    /* loop thread only: the dispatch answering this exchange, NULL when none */
+    void *owner;
+    /* list of live exchanges, for the hang-up sweep (owned by the server) */
+    struct coe_exchange *prev, *next;
+} coe_exchange;
+
+coe_exchange *coe_exchange_new(struct MHD_Connection *conn);
+coe_exchange *coe_exchange_ref(coe_exchange *ex);
+void coe_exchange_unref(coe_exchange **ex);
+
+/* Loop side. Each wakes the connection if it waits. */
+void coe_exchange_head(coe_exchange *ex, int status, bool sse, const char *expert, long retry_after_s);
+/* Appends bytes; fails with COE_ERANGE when the client lags more than max_pending. */
+int coe_exchange_write(coe_exchange *ex, const char *p, size_t n);
+void coe_exchange_finish(coe_exchange *ex);
+/* Head, whole body and finish at once: for answers that are not streamed. */
+void coe_exchange_respond(coe_exchange *ex, int status, const char *expert, long retry_after_s,
+                          const char *body, size_t len);
+/* Any thread: the client is gone or the server is stopping; wake the connection so
+ * that libmicrohttpd closes it, and never suspend it again. */
+void coe_exchange_abort(coe_exchange *ex);
+void coe_exchange_set_usage(coe_exchange *ex, const coe_usage *u);
+
+/* HTTP side, from within a libmicrohttpd callback of the connection. */
+/* True when the head is ready (or the exchange was aborted); otherwise suspends the
+ * connection until a change. */
+bool coe_exchange_wait_head(coe_exchange *ex);
+/* Content-reader: copies up to max bytes, or suspends and returns 0 when none is
+ * ready yet; returns MHD's end-of-stream or end-with-error markers at the end. */
+ssize_t coe_exchange_read(coe_exchange *ex, char *buf, size_t max);
+/* The connection ended; returns true if it ended before the body was finished. */
+bool coe_exchange_detach(coe_exchange *ex);
+
+#endif

@@ -1,0 +1,272 @@
+/* coegate: the command line. One binary, several verbs. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "coe_build.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/loop.h"
+#include "gateway/config.h"
+#include "gateway/server.h"
+
+static const char usage_main[] =
+    "usage: coegate VERB [options]\n"
+    "\n"
+    "A composition-of-experts gateway that speaks the OpenAI API.\n"
+    "\n"
+    "verbs:\n"
+    "  serve          run the gateway (built-in demo configuration without --config)\n"
+    "  config check   validate a configuration file\n"
+    "  version        print the version and build features\n"
+    "\n"
+    "Run 'coegate VERB --help' for a verb's options.\n";
+
+static const char usage_serve[] =
+    "usage: coegate serve [--config FILE] [--host ADDR] [--port N] [--log-level LEVEL]\n"
+    "\n"
+    "Runs the gateway. Without --config it serves the built-in demo configuration\n"
+    "(one echo expert behind the route 'auto').\n"
+    "\n"
+    "  --config FILE      the JSON configuration (see README: configuration reference)\n"
+    "  --host ADDR        listen address, overriding server.host\n"
+    "  --port N           listen port, overriding server.port; 0 picks a free port\n"
+    "  --log-level LEVEL  debug, info (default), warn or error\n"
+    "\n"
+    "Prints 'listening on http://HOST:PORT' once ready. SIGHUP reloads the\n"
+    "configuration file (a bad file is reported and the running one kept); SIGTERM\n"
+    "or SIGINT stops accepting, lets requests in flight finish (server.shutdown_grace_ms)\n"
+    "and exits 0.\n";
+
+static const char usage_config[] =
+    "usage: coegate config check FILE\n"
+    "\n"
+    "Validates FILE and reports every problem as 'FILE: json.path: what is wrong'.\n"
+    "Environment variables the file names (API keys) only draw warnings here.\n"
+    "Exits 0 when the file is valid, 1 otherwise.\n";
+
+static bool wants_help(int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return true;
+    return false;
+}
+
+static int cmd_config(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        fputs(usage_config, stdout);
+        return 0;
+    }
+    if (argc != 2 || strcmp(argv[0], "check") != 0) {
+        fputs(usage_config, stderr);
+        return 2;
+    }
+    coe_buf diag = COE_BUF_INIT;
+    coe_config *cfg = NULL;
+    int rc = coe_config_load(argv[1], COE_CONFIG_CHECK, &cfg, &diag);
+    if (diag.len)
+        fputs(diag.data, stderr);
+    coe_buf_free(&diag);
+    if (rc) {
+        fprintf(stderr, "%s: invalid\n", argv[1]);
+        return 1;
+    }
+    printf("%s: ok (%d experts, %d routes)\n", argv[1], cfg->n_experts, cfg->n_routes);
+    coe_config_unref(&cfg);
+    return 0;
+}
+
+static int parse_level(const char *s, coe_log_level *out)
+{
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    for (int i = 0; i < 4; i++)
+        if (strcmp(s, names[i]) == 0) {
+            *out = (coe_log_level)i;
+            return 0;
+        }
+    return COE_EINVAL;
+}
+
+typedef struct serve_opts {
+    const char *config;
+    const char *host;
+    int port; /* -1: from the config */
+} serve_opts;
+
+/* Loads the configuration (file or built-in) and applies the command-line overrides. */
+static int load_config(const serve_opts *o, coe_config **out)
+{
+    coe_buf diag = COE_BUF_INIT;
+    int rc = o->config ? coe_config_load(o->config, COE_CONFIG_SERVE, out, &diag)
+                       : coe_config_parse(coe_config_demo_json, strlen(coe_config_demo_json), "<built-in demo>",
+                                          COE_CONFIG_SERVE, out, &diag);
+    if (diag.len) {
+        /* One log line per problem, so that each is timestamped and greppable. */
+        for (char *line = strtok(diag.data, "\n"); line; line = strtok(NULL, "\n"))
+            coe_log(strncmp(line, "warning: ", 9) == 0 ? COE_LOG_WARN : COE_LOG_ERROR, "%s", line);
+    }
+    coe_buf_free(&diag);
+    if (rc)
+        return rc;
+    if (o->host) {
+        free((*out)->server.host);
+        (*out)->server.host = strdup(o->host);
+    }
+    if (o->port >= 0)
+        (*out)->server.port = o->port;
+    return 0;
+}
+
+/* Waits for in-flight requests to end, at most grace_ms; a second signal cuts it short. */
+static void drain(coe_server *srv, long grace_ms, const sigset_t *set)
+{
+    long long deadline = coe_now_ms() + grace_ms;
+    while (coe_server_inflight(srv) > 0 && coe_now_ms() < deadline) {
+        struct timespec ts = {0, 20 * 1000000L};
+        int sig = sigtimedwait(set, NULL, &ts);
+        if (sig == SIGTERM || sig == SIGINT) {
+            coe_warn("second signal: stopping now");
+            return;
+        }
+    }
+    int left = coe_server_inflight(srv);
+    if (left > 0)
+        coe_warn("shutdown grace of %ld ms is over; ending %d requests still in flight", grace_ms, left);
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        fputs(usage_serve, stdout);
+        return 0;
+    }
+    serve_opts o = {NULL, NULL, -1};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) {
+            fprintf(stderr, "coegate serve: %s needs a value, or is not an option\n%s", a, usage_serve);
+            return 2;
+        }
+        if (strcmp(a, "--config") == 0) {
+            o.config = v;
+        } else if (strcmp(a, "--host") == 0) {
+            o.host = v;
+        } else if (strcmp(a, "--port") == 0) {
+            char *end;
+            long p = strtol(v, &end, 10);
+            if (*end || end == v || p < 0 || p > 65535) {
+                fprintf(stderr, "coegate serve: --port: expected 0-65535, got '%s'\n", v);
+                return 2;
+            }
+            o.port = (int)p;
+        } else if (strcmp(a, "--log-level") == 0) {
+            coe_log_level lvl;
+            if (parse_level(v, &lvl)) {
+                fprintf(stderr, "coegate serve: --log-level: expected debug, info, warn or error, got '%s'\n", v);
+                return 2;
+            }
+            coe_log_set_level(lvl);
+        } else {
+            fprintf(stderr, "coegate serve: unknown option '%s'\n%s", a, usage_serve);
+            return 2;
+        }
+        i++;
+    }
+
+    /* Signals are taken synchronously by this thread alone; every thread started
+     * from here on inherits the blocked mask. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    coe_config *cfg = NULL;
+    if (load_config(&o, &cfg)) {
+        coe_error("%s: not started: the configuration is invalid", o.config ? o.config : "<built-in demo>");
+        return 1;
+    }
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        coe_error("libcurl could not be initialised");
+        coe_config_unref(&cfg);
+        return 1;
+    }
+    coe_loop *loop = NULL;
+    coe_server *srv = NULL;
+    if (coe_loop_open(&loop) || coe_server_open(&srv, cfg, loop)) {
+        coe_loop_close(&loop);
+        coe_config_unref(&cfg);
+        curl_global_cleanup();
+        return 1;
+    }
+    const char *host = cfg->server.host;
+    bool v6 = strchr(host, ':') != NULL;
+    printf("coegate %s listening on http://%s%s%s:%d (%d experts, %d routes, config %s)\n", COE_VERSION,
+           v6 ? "[" : "", host, v6 ? "]" : "", coe_server_port(srv), cfg->n_experts, cfg->n_routes, cfg->path);
+    fflush(stdout);
+
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            if (!o.config) {
+                coe_warn("SIGHUP: nothing to reload, the built-in demo configuration is in use");
+                continue;
+            }
+            coe_config *next = NULL;
+            serve_opts keep = o;
+            if (load_config(&keep, &next)) {
+                coe_error("%s: reload refused: the file is invalid; still serving the previous configuration",
+                          o.config);
+                continue;
+            }
+            coe_server_set_config(srv, next);
+            coe_info("%s: reloaded (%d experts, %d routes)", o.config, next->n_experts, next->n_routes);
+            coe_config_unref(&cfg);
+            cfg = next;
+            continue;
+        }
+        coe_info("%s: stopping: no new connections; waiting for %d requests in flight", sig == SIGINT ? "SIGINT" : "SIGTERM",
+                 coe_server_inflight(srv));
+        coe_server_quiesce(srv);
+        drain(srv, cfg->server.shutdown_grace_ms, &set);
+        break;
+    }
+    coe_server_stop(srv);
+    coe_loop_close(&loop);
+    coe_server_close(&srv);
+    coe_config_unref(&cfg);
+    curl_global_cleanup();
+    coe_info("stopped");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        fputs(usage_main, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *verb = argv[1];
+    if (strcmp(verb, "serve") == 0)
+        return cmd_serve(argc - 2, argv + 2);
+    if (strcmp(verb, "config") == 0)
+        return cmd_config(argc - 2, argv + 2);
+    if (strcmp(verb, "version") == 0 || strcmp(verb, "--version") == 0) {
+        printf("coegate %s (cuda: %s)\n", COE_VERSION, COE_HAVE_CUDA ? "yes" : "no");
+        return 0;
+    }
+    fprintf(stderr, "coegate: unknown verb '%s'\n\n%s", verb, usage_main);
+    return 2;
+}

@@ -1,0 +1,238 @@
+#include "gateway/request.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/jsonx.h"
+
+void coe_api_error_set(coe_api_error *e, int status, const char *type, const char *code,
+                       const char *param, const char *fmt, ...)
+{
+    e->status = status;
+    e->type = type;
+    e->code = code;
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+}
+
+#define BAD(err, param, ...) \
+    (coe_api_error_set(err, 400, "invalid_request_error", "invalid_value", param, __VA_ARGS__), COE_EINVAL)
+
+static const cJSON *field(const cJSON *o, const char *k)
+{
+    return cJSON_GetObjectItemCaseSensitive(o, k);
+}
+
+/* Optional number within [lo, hi] (integer when want_int). */
+static int check_number(const cJSON *body, const char *key, double lo, double hi, bool want_int,
+                        coe_api_error *err)
+{
+    const cJSON *j = field(body, key);
+    if (!j || cJSON_IsNull(j))
+        return 0;
+    if (want_int ? !coe_json_is_int_in(j, lo, hi)
+                 : (!cJSON_IsNumber(j) || !isfinite(j->valuedouble) || j->valuedouble < lo ||
+                    j->valuedouble > hi))
+        return BAD(err, key, "'%s' must be %s from %g to %g", key, want_int ? "an integer" : "a number",
+                   lo, hi);
+    return 0;
+}
+
+static int check_bool(const cJSON *body, const char *key, coe_api_error *err)
+{
+    const cJSON *j = field(body, key);
+    if (j && !cJSON_IsNull(j) && !cJSON_IsBool(j))
+        return BAD(err, key, "'%s' must be true or false", key);
+    return 0;
+}
+
+static int check_stop(const cJSON *body, coe_api_error *err)
+{
+    const cJSON *j = field(body, "stop");
+    if (!j || cJSON_IsNull(j) || cJSON_IsString(j))
+        return 0;
+    if (!cJSON_IsArray(j) || cJSON_GetArraySize(j) > 4)
+        return BAD(err, "stop", "'stop' must be a string or an array of at most 4 strings");
+    for (const cJSON *s = j->child; s; s = s->next)
+        if (!cJSON_IsString(s))
+            return BAD(err, "stop", "'stop' must be a string or an array of at most 4 strings");
+    return 0;
+}
+
+static int check_messages(const cJSON *body, coe_api_error *err)
+{
+    static const char *const roles[] = {"system", "developer", "user", "assistant", "tool", "function", NULL};
+    const cJSON *msgs = field(body, "messages");
+    if (!msgs)
+        return BAD(err, "messages", "'messages' is required");
+    if (!cJSON_IsArray(msgs) || !msgs->child)
+        return BAD(err, "messages", "'messages' must be a non-empty array");
+    int i = 0;
+    for (const cJSON *m = msgs->child; m; m = m->next, i++) {
+        char p[64];
+        snprintf(p, sizeof p, "messages[%d]", i);
+        if (!cJSON_IsObject(m))
+            return BAD(err, p, "'%s' must be an object", p);
+        const cJSON *role = field(m, "role");
+        snprintf(p, sizeof p, "messages[%d].role", i);
+        if (!cJSON_IsString(role))
+            return BAD(err, p, "'%s' is required and must be a string", p);
+        bool known = false;
+        for (const char *const *r = roles; *r; r++)
+            known |= strcmp(*r, role->valuestring) == 0;
+        if (!known)
+            return BAD(err, p, "'%s' must be one of system, developer, user, assistant, tool; got '%.40s'",
+                       p, role->valuestring);
+        const cJSON *content = field(m, "content");
+        snprintf(p, sizeof p, "messages[%d].content", i);
+        bool assistant = strcmp(role->valuestring, "assistant") == 0;
+        if (!content) {
+            if (!assistant)
+                return BAD(err, p, "'%s' is required", p);
+        } else if (cJSON_IsArray(content)) {
+            int k = 0;
+            for (const cJSON *part = content->child; part; part = part->next, k++) {
+                snprintf(p, sizeof p, "messages[%d].content[%d].type", i, k);
+                if (!cJSON_IsObject(part) || !cJSON_IsString(field(part, "type")))
+                    return BAD(err, p, "each content part must be an object with a string 'type'");
+            }
+        } else if (!cJSON_IsString(content) && !(cJSON_IsNull(content) && assistant)) {
+            return BAD(err, p, "'%s' must be a string or an array of content parts", p);
+        }
+    }
+    return 0;
+}
+
+static int check_prompt(const cJSON *body, coe_api_error *err)
+{
+    const cJSON *p = field(body, "prompt");
+    if (!p)
+        return BAD(err, "prompt", "'prompt' is required");
+    if (cJSON_IsString(p))
+        return 0;
+    if (cJSON_IsArray(p) && p->child) {
+        /* An array of strings, or token arrays: pass them on, but check the shape. */
+        bool strings = cJSON_IsString(p->child);
+        for (const cJSON *x = p->child; x; x = x->next) {
+            bool ok = strings ? cJSON_IsString(x) : (cJSON_IsNumber(x) || cJSON_IsArray(x));
+            if (!ok)
+                return BAD(err, "prompt", "'prompt' must be a string, an array of strings or of tokens");
+        }
+        return 0;
+    }
+    return BAD(err, "prompt", "'prompt' must be a string, an array of strings or of tokens");
+}
+
+int coe_request_parse(const char *text, size_t len, coe_endpoint ep, int max_depth, coe_request **out,
+                      coe_api_error *err)
+{
+    *out = NULL;
+    if (len == 0)
+        return BAD(err, "", "the request body is empty; expected a JSON object");
+    if (coe_json_depth(text, len, max_depth) > max_depth)
+        return BAD(err, "", "the request body is nested more than %d levels deep", max_depth);
+    size_t off = 0;
+    cJSON *body = coe_json_parse(text, len, &off);
+    if (!body)
+        return BAD(err, "", "the request body is not valid JSON (error near byte %zu)", off);
+    int rc = 0;
+    if (!cJSON_IsObject(body)) {
+        rc = BAD(err, "", "the request body must be a JSON object");
+        goto fail;
+    }
+    const cJSON *model = field(body, "model");
+    if (model && !cJSON_IsString(model)) {
+        rc = BAD(err, "model", "'model' must be a string");
+        goto fail;
+    }
+    if ((rc = ep == COE_EP_CHAT ? check_messages(body, err) : check_prompt(body, err)))
+        goto fail;
+    rc = ep == COE_EP_CHAT ? check_bool(body, "logprobs", err) : check_number(body, "logprobs", 0, 5, true, err);
+    if (rc || (rc = check_bool(body, "stream", err)) ||
+        (rc = check_number(body, "temperature", 0, 2, false, err)) ||
+        (rc = check_number(body, "top_p", 0, 1, false, err)) ||
+        (rc = check_number(body, "presence_penalty", -2, 2, false, err)) ||
+        (rc = check_number(body, "frequency_penalty", -2, 2, false, err)) ||
+        (rc = check_number(body, "n", 1, 128, true, err)) ||
+        (rc = check_number(body, "max_tokens", 1, 1e9, true, err)) ||
+        (rc = check_number(body, "max_completion_tokens", 1, 1e9, true, err)) ||
+        (rc = check_number(body, "seed", -9.2e18, 9.2e18, true, err)) ||
+        (rc = check_number(body, "top_logprobs", 0, 20, true, err)) || (rc = check_stop(body, err)))
+        goto fail;
+    const cJSON *so = field(body, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so)) {
+            rc = BAD(err, "stream_options", "'stream_options' must be an object");
+            goto fail;
+        }
+        const cJSON *iu = field(so, "include_usage");
+        if (iu && !cJSON_IsBool(iu)) {
+            rc = BAD(err, "stream_options.include_usage", "'stream_options.include_usage' must be true or false");
+            goto fail;
+        }
+    }
+
+    coe_request *r = calloc(1, sizeof *r);
+    if (!r) {
+        coe_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+        rc = COE_ENOMEM;
+        goto fail;
+    }
+    r->endpoint = ep;
+    r->body = body;
+    r->model = cJSON_IsString(model) ? model->valuestring : "auto";
+    r->stream = cJSON_IsTrue(field(body, "stream"));
+    r->include_usage = r->stream && so && cJSON_IsTrue(field(so, "include_usage"));
+    const cJSON *mt = field(body, "max_completion_tokens");
+    if (!cJSON_IsNumber(mt))
+        mt = field(body, "max_tokens");
+    r->max_tokens = cJSON_IsNumber(mt) ? (long)mt->valuedouble : -1;
+    *out = r;
+    return 0;
+fail:
+    cJSON_Delete(body);
+    return rc;
+}
+
+void coe_request_free(coe_request **rp)
+{
+    coe_request *r = *rp;
+    *rp = NULL;
+    if (!r)
+        return;
+    cJSON_Delete(r->body);
+    free(r);
+}
+
+const char *coe_request_last_user_text(const coe_request *r)
+{
+    if (r->endpoint == COE_EP_COMPLETIONS) {
+        const cJSON *p = field(r->body, "prompt");
+        if (cJSON_IsString(p))
+            return p->valuestring;
+        if (cJSON_IsArray(p) && cJSON_IsString(p->child))
+            return p->child->valuestring;
+        return "";
+    }
+    const cJSON *last = NULL;
+    for (const cJSON *m = field(r->body, "messages")->child; m; m = m->next)
+        if (strcmp(field(m, "role")->valuestring, "user") == 0)
+            last = m;
+    if (!last)
+        return "";
+    const cJSON *c = field(last, "content");
+    if (cJSON_IsString(c))
+        return c->valuestring;
+    /* Content parts: the first text part. */
+    for (const cJSON *part = cJSON_IsArray(c) ? c->child : NULL; part; part = part->next)
+        if (strcmp(field(part, "type")->valuestring, "text") == 0 && cJSON_IsString(field(part, "text")))
+            return field(part, "text")->valuestring;
+    return "";
+}
