@@ -1,0 +1,207 @@
+"""The OpenAI-compatible API through the real binary: pass-through, streaming,
+usage, errors, limits and secrets."""
+
+import json
+import unittest
+
+from harness import (Gateway, Stream, Upstream, chat_body, content_of_stream, post, remote, request)
+
+KEY = "sk-test-NEVER-IN-LOGS-0123456789"
+
+
+class Api(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.up = Upstream()
+        cls.gw = Gateway({
+            "server": {"max_body_bytes": 4096, "api_keys_env": "COE_TEST_CLIENT_KEYS", "access_log": True},
+            "experts": {
+                "fake": remote(cls.up, model="upstream-model", api_key_env="COE_TEST_UPSTREAM_KEY",
+                               headers={"X-Team": "integration"}),
+                "capped": remote(cls.up, max_tokens=16),
+                "narrow": remote(cls.up, max_concurrency=1, retries=0),
+                "echo": {"kind": "echo"},
+            },
+            "routes": {"auto": {"default": "fake"}},
+        }, env={"COE_TEST_CLIENT_KEYS": "client-key-1,client-key-2", "COE_TEST_UPSTREAM_KEY": KEY},
+            args=("--log-level", "debug"))
+        cls.auth = {"Authorization": "Bearer client-key-2"}
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.close()
+        cls.up.close()
+
+    def post(self, body, path="/v1/chat/completions"):
+        return post(self.gw.port, body, path, headers=self.auth)
+
+    def stream(self, body, path="/v1/chat/completions"):
+        return Stream(self.gw.port, body, path, headers=self.auth)
+
+    def test_non_stream_passthrough_is_identical(self):
+        body = chat_body("fake: key=ns chunks=7")
+        direct = post(self.up.port, body)
+        via = self.post(body)
+        self.assertEqual(via.status, 200)
+        d, v = direct.json(), via.json()
+        self.assertEqual(v["object"], "chat.completion")
+        self.assertEqual(v["choices"][0]["message"]["content"], d["choices"][0]["message"]["content"])
+        self.assertIn("\t", v["choices"][0]["message"]["content"])
+        self.assertEqual(v["choices"][0]["finish_reason"], "stop")
+        self.assertEqual(v["usage"], {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12})
+        self.assertEqual(v["model"], "fake")
+        self.assertEqual(via.headers["x-coegate-expert"], "fake")
+        self.assertTrue(via.headers["x-request-id"])
+        self.assertTrue(v["id"].startswith("chatcmpl-"))
+        # The upstream got its own model name, and the configured headers.
+        sent = json.loads(self.up.key("ns")["last_body"])
+        self.assertEqual(sent["model"], "upstream-model")
+
+    def test_stream_passthrough_is_identical_and_unbuffered(self):
+        body = chat_body("fake: key=st chunks=6 delay_ms=300", stream=True)
+        s = Stream(self.up.port, body)
+        direct_text, direct_chunks = content_of_stream(s.all())
+        s.close()
+        s = self.stream(body)
+        self.assertEqual(s.status, 200)
+        self.assertEqual(s.headers["content-type"], "text/event-stream")
+        self.assertEqual(s.headers["x-coegate-expert"], "fake")
+        events = s.all()
+        s.close()
+        self.assertEqual(events[-1][1], "[DONE]")
+        text, chunks = content_of_stream(events)
+        self.assertEqual(text, direct_text)
+        self.assertEqual(len(chunks), len(direct_chunks))
+        first = chunks[0]
+        self.assertEqual(first["object"], "chat.completion.chunk")
+        self.assertEqual(first["model"], "fake")
+        self.assertEqual(first["choices"][0]["delta"]["role"], "assistant")
+        self.assertTrue(all(c["id"] == first["id"] and c["created"] == first["created"] for c in chunks))
+        self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "stop")
+        self.assertNotIn("usage", first)  # only with include_usage
+        # Each delta reaches the client before the upstream produces the next one
+        # (300 ms apart): nothing is held back.
+        times = [t for t, d in events if d != "[DONE]"]
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        self.assertTrue(all(g > 0.15 for g in gaps), gaps)
+
+    def test_include_usage(self):
+        s = self.stream(chat_body("fake: key=usage chunks=4", stream=True, stream_options={"include_usage": True}))
+        events = s.all()
+        s.close()
+        _, chunks = content_of_stream(events)
+        self.assertTrue(all("usage" in c for c in chunks))
+        self.assertTrue(all(c["usage"] is None for c in chunks[:-1]))
+        self.assertEqual(chunks[-1]["choices"], [])
+        self.assertEqual(chunks[-1]["usage"], {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9})
+        # usage is always asked of the upstream on streams, for the access log
+        sent = json.loads(self.up.key("usage")["last_body"])
+        self.assertTrue(sent["stream_options"]["include_usage"])
+
+    def test_completions_endpoint(self):
+        r = self.post({"model": "fake", "prompt": "fake: key=cmpl chunks=2"}, "/v1/completions")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["object"], "text_completion")
+        self.assertEqual(r.json()["choices"][0]["text"], "Hello w\u00f6rld")
+        s = self.stream({"model": "fake", "prompt": "fake: key=cmpl2 chunks=3", "stream": True}, "/v1/completions")
+        text, chunks = content_of_stream(s.all())
+        s.close()
+        self.assertEqual(text, "Hello w\u00f6rld \"quoted\"")
+        self.assertEqual(chunks[0]["object"], "text_completion")
+
+    def test_models_and_health(self):
+        r = request(self.gw.port, "GET", "/v1/models", headers=self.auth)
+        self.assertEqual(r.status, 200)
+        ids = {m["id"] for m in r.json()["data"]}
+        self.assertEqual(ids, {"auto", "fake", "capped", "narrow", "echo"})
+        self.assertEqual(r.json()["object"], "list")
+        h = request(self.gw.port, "GET", "/health")  # no key needed
+        self.assertEqual((h.status, h.json()), (200, {"status": "ok"}))
+
+    def assertError(self, r, status, param=None, code=None, text=None):
+        self.assertEqual(r.status, status, r.body)
+        err = r.json()["error"]
+        self.assertEqual(set(err), {"message", "type", "param", "code"})
+        if param is not None:
+            self.assertEqual(err["param"], param)
+        if code is not None:
+            self.assertEqual(err["code"], code)
+        if text is not None:
+            self.assertIn(text, err["message"])
+        self.assertTrue(r.headers["x-request-id"])
+
+    def test_400_names_the_field(self):
+        self.assertError(self.post("{not json"), 400, text="not valid JSON")
+        self.assertError(self.post({"model": "auto"}), 400, param="messages")
+        self.assertError(self.post(chat_body("x", temperature=9)), 400, param="temperature")
+        self.assertError(self.post({"messages": [{"role": "user", "content": 1}]}), 400, param="messages[0].content")
+        deep = "[" * 100 + "]" * 100
+        self.assertError(self.post('{"model":"auto","x":' + deep + "}"), 400, text="nested")
+
+    def test_401(self):
+        self.assertError(post(self.gw.port, chat_body("hi")), 401, code="invalid_api_key")
+        self.assertError(post(self.gw.port, chat_body("hi"), headers={"Authorization": "Bearer client-key-3"}), 401)
+        self.assertError(request(self.gw.port, "GET", "/v1/models"), 401)
+
+    def test_404(self):
+        self.assertError(self.post(chat_body("hi", model="nobody")), 404, param="model", code="model_not_found")
+        self.assertError(request(self.gw.port, "GET", "/v2/elsewhere", headers=self.auth), 404)
+
+    def test_405(self):
+        r = request(self.gw.port, "GET", "/v1/chat/completions", headers=self.auth)
+        self.assertError(r, 405)
+        self.assertEqual(r.headers["allow"], "POST")
+
+    def test_413(self):
+        big = chat_body("x" * 5000)
+        self.assertError(self.post(big), 413, text="4096 bytes")
+        # Refused on Content-Length before the body is read, and also when chunked.
+        r = request(self.gw.port, "POST", "/v1/chat/completions", body=iter([json.dumps(big).encode()]),
+                    headers={**self.auth, "Transfer-Encoding": "chunked"})
+        self.assertError(r, 413)
+        self.assertEqual(self.post(chat_body("small", model="echo")).status, 200)
+
+    def test_max_tokens_cap(self):
+        self.post(chat_body("fake: key=cap", model="capped", max_tokens=1000))
+        self.assertEqual(json.loads(self.up.key("cap")["last_body"])["max_tokens"], 16)
+        self.post(chat_body("fake: key=cap2", model="capped"))
+        self.assertEqual(json.loads(self.up.key("cap2")["last_body"])["max_tokens"], 16)
+        self.post(chat_body("fake: key=cap3", model="capped", max_tokens=3))
+        self.assertEqual(json.loads(self.up.key("cap3")["last_body"])["max_tokens"], 3)
+
+    def test_request_cannot_choose_the_upstream(self):
+        # Fields that look like routing hints are passed on as data, never used as a URL.
+        r = self.post(chat_body("fake: key=url", base_url="http://127.0.0.2:1/v1", api_base="http://x"))
+        self.assertEqual(r.status, 200)
+        self.assertEqual(self.up.key("url")["requests"], 1)
+
+    def test_key_is_sent_upstream_but_never_logged(self):
+        r = self.post(chat_body("fake: key=auth"))
+        self.assertEqual(r.status, 200)
+        self.assertEqual(self.up.key("auth")["last_auth"], "Bearer " + KEY)
+        # An upstream error message that echoes the key is scrubbed before it reaches anyone.
+        r = self.post(chat_body("fake: key=auth2 status=400"))
+        self.assertEqual(r.status, 400)
+        self.assertNotIn(KEY, r.body.decode())
+        logs = self.gw.logs()
+        self.assertIn("access id=", logs)
+        self.assertNotIn(KEY, logs)
+        self.assertNotIn("client-key-2", logs)
+
+    def test_upstream_client_error_is_relayed(self):
+        r = self.post(chat_body("fake: key=e400 status=400"))
+        self.assertError(r, 400, text="fake failure 400")
+        self.assertEqual(self.up.key("e400")["requests"], 1)  # never retried
+
+    def test_concurrency_limit_gives_503(self):
+        s = self.stream(chat_body("fake: key=busy chunks=3 delay_ms=500", model="narrow", stream=True))
+        r = self.post(chat_body("fake: key=busy2", model="narrow"))
+        self.assertError(r, 503, text="concurrency limit")
+        self.assertEqual(r.headers["retry-after"], "1")
+        self.assertEqual(s.all()[-1][1], "[DONE]")
+        s.close()
+        self.assertEqual(self.post(chat_body("fake: key=busy3", model="narrow")).status, 200)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,142 @@
+"""Process lifetime: reload on SIGHUP, graceful stop on SIGTERM, and one coegate
+serving as the remote expert of another."""
+
+import signal
+import socket
+import subprocess
+import time
+import unittest
+
+from harness import COEGATE, Gateway, Stream, Upstream, chat_body, content_of_stream, post, remote, request
+
+
+def model_ids(port):
+    return {m["id"] for m in request(port, "GET", "/v1/models").json()["data"]}
+
+
+class Reload(unittest.TestCase):
+    def test_sighup_good_then_bad_file(self):
+        config = {"experts": {"a": {"kind": "echo"}}, "routes": {"auto": {"default": "a"}}}
+        with Gateway(config) as gw:
+            self.assertEqual(model_ids(gw.port), {"auto", "a"})
+            # A request in flight across the reload keeps its configuration.
+            s = Stream(gw.port, chat_body("one two three four five six", stream=True, model="a"))
+            config["experts"]["b"] = {"kind": "echo"}
+            config["routes"]["auto"]["default"] = "b"
+            gw.write_config(config)
+            gw.signal(signal.SIGHUP)
+            self.assertTrue(gw.wait_log(r"reloaded \(2 experts, 1 routes\)"))
+            self.assertEqual(model_ids(gw.port), {"auto", "a", "b"})
+            self.assertEqual(post(gw.port, chat_body("hi")).headers["x-coegate-expert"], "b")
+            text, _ = content_of_stream(s.all())
+            s.close()
+            self.assertEqual(text, "one two three four five six")
+
+            # A bad file is reported, naming the field, and the running config stays.
+            gw.write_config('{"experts": {"a": {"kind": "echo", "delay": 5}}}')
+            gw.signal(signal.SIGHUP)
+            self.assertTrue(gw.wait_log(r"experts\.a\.delay: unknown key"))
+            self.assertTrue(gw.wait_log(r"reload refused"))
+            self.assertEqual(model_ids(gw.port), {"auto", "a", "b"})
+            gw.write_config("{ not json")
+            gw.signal(signal.SIGHUP)
+            self.assertTrue(gw.wait_log(r"invalid JSON near byte"))
+            self.assertEqual(post(gw.port, chat_body("still here")).status, 200)
+            self.assertEqual(gw.stop(), 0)
+
+
+class Shutdown(unittest.TestCase):
+    def test_sigterm_lets_the_stream_finish(self):
+        with Upstream() as up, Gateway({"experts": {"up": remote(up)}, "routes": {"auto": {"default": "up"}}}) as gw:
+            s = Stream(gw.port, chat_body("fake: key=term chunks=8 delay_ms=150", stream=True))
+            first = next(s.events())
+            gw.signal(signal.SIGTERM)
+            time.sleep(0.2)
+            # No new connections once stopping.
+            with self.assertRaises(OSError):
+                c = socket.create_connection(("127.0.0.1", gw.port), timeout=1)
+                c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                if not c.recv(100):
+                    raise ConnectionResetError("closed without an answer")
+            rest = list(s.events())
+            s.close()
+            text, chunks = content_of_stream([first] + rest)
+            self.assertEqual(rest[-1][1], "[DONE]")
+            self.assertEqual(len(chunks), 8)
+            self.assertEqual(gw.proc.wait(timeout=10), 0)
+            self.assertIn("stopped", gw.logs())
+
+    def test_sigterm_grace_is_bounded(self):
+        with Upstream() as up, Gateway({"server": {"shutdown_grace_ms": 300},
+                                        "experts": {"up": remote(up)}}) as gw:
+            s = Stream(gw.port, chat_body("fake: key=long chunks=5 stall_after=1", stream=True, model="up"))
+            next(s.events())
+            t0 = time.monotonic()
+            self.assertEqual(gw.stop(), 0)
+            self.assertLess(time.monotonic() - t0, 5)
+            s.close()
+            self.assertIn("shutdown grace of 300 ms is over", gw.logs())
+
+
+class Chain(unittest.TestCase):
+    def test_coegate_behind_coegate(self):
+        with Upstream() as up, \
+                Gateway({"experts": {"inner": remote(up, model="deep-model")},
+                         "routes": {"auto": {"default": "inner"}}}) as inner, \
+                Gateway({"experts": {"outer": remote(inner, model="auto")},
+                         "routes": {"auto": {"default": "outer"}}}) as outer:
+            r = post(outer.port, chat_body("fake: key=chain chunks=5"))
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.headers["x-coegate-expert"], "outer")
+            direct = post(up.port, chat_body("fake: key=chain0 chunks=5")).json()
+            self.assertEqual(r.json()["choices"][0]["message"]["content"],
+                             direct["choices"][0]["message"]["content"])
+            s = Stream(outer.port, chat_body("fake: key=chain2 chunks=7", stream=True,
+                                             stream_options={"include_usage": True}))
+            events = s.all()
+            s.close()
+            text, chunks = content_of_stream(events)
+            self.assertEqual(len([c for c in chunks if c["choices"]]), 7)
+            self.assertEqual(chunks[-1]["usage"]["completion_tokens"], 7)
+            self.assertEqual(events[-1][1], "[DONE]")
+            # An inner failure travels out as an upstream failure.
+            r = post(outer.port, chat_body("fake: key=chain3 status=400"))
+            self.assertEqual(r.status, 400)
+
+
+class CommandLine(unittest.TestCase):
+    def run_coegate(self, *args):
+        return subprocess.run([COEGATE, *args], capture_output=True, text=True, timeout=10)
+
+    def test_help_for_every_verb(self):
+        for args in (["--help"], ["serve", "--help"], ["config", "--help"]):
+            r = self.run_coegate(*args)
+            self.assertEqual(r.returncode, 0, args)
+            self.assertIn("usage: coegate", r.stdout)
+        r = self.run_coegate("frobnicate")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("unknown verb 'frobnicate'", r.stderr)
+
+    def test_config_check(self):
+        r = self.run_coegate("config", "check", "configs/demo.json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("ok", r.stdout)
+        r = self.run_coegate("config", "check", "tests/integration/bad-config.json")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("tests/integration/bad-config.json: experts.remote.base_url: must start with http://", r.stderr)
+        self.assertIn("tests/integration/bad-config.json: routes.auto.default: no expert named \"missing\"", r.stderr)
+
+    def test_bad_config_does_not_start(self):
+        r = self.run_coegate("serve", "--config", "tests/integration/bad-config.json", "--port", "0")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("not started", r.stderr)
+
+    def test_port_in_use(self):
+        with Gateway({"experts": {"a": {"kind": "echo"}}}) as gw:
+            r = self.run_coegate("serve", "--port", str(gw.port))
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("cannot listen", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
