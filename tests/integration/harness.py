@@ -117,12 +117,20 @@ class Gateway:
             raise
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
-        self.log.close()
-        self.dir.cleanup()
+        """Stops gracefully, so that every test also checks a clean exit: status 0 and
+        no sanitizer report (leaks are reported at exit under the sanitizer build)."""
+        try:
+            status = self.stop()
+            logs = self.logs()
+            for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+                if marker in logs:
+                    raise AssertionError(f"coegate reported {marker}:\n{logs[-4000:]}")
+            if status != 0:
+                raise AssertionError(f"coegate exited with status {status}:\n{logs[-2000:]}")
+        finally:
+            self.proc.stdout.close()
+            self.log.close()
+            self.dir.cleanup()
 
     def __enter__(self):
         return self
