@@ -46,7 +46,7 @@ static void call_free(remote_call *c)
     if (c->deadline)
         coe_loop_cancel(c->loop, c->deadline);
     if (c->easy)
-        curl_easy_cleanup(c->easy);
+        coe_loop_easy_put(c->loop, c->easy);
     curl_slist_free_all(c->headers);
     free(c->body);
     coe_sse_free(&c->parser);
@@ -383,7 +383,7 @@ static int remote_start(coe_loop *loop, const coe_expert_cfg *e, const coe_reque
     c->retry_after_ms = -1;
     coe_sse_init(&c->parser, MAX_EVENT_BYTES);
     c->body = upstream_body(e, req);
-    c->easy = curl_easy_init();
+    c->easy = coe_loop_easy_get(loop);
     if (!c->body || !c->easy) {
         call_free(c);
         return COE_ENOMEM;

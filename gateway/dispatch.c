@@ -308,6 +308,10 @@ int coe_dispatch_start(coe_loop *loop, coe_config *cfg, coe_request *req, int ex
     d->candidates[d->n_candidates++] = expert;
     for (int i = 0; i < e->n_fallbacks && d->n_candidates < 65; i++)
         d->candidates[d->n_candidates++] = e->fallbacks[i];
+    if (coe_loop_is_current(loop)) {
+        start_task(d);
+        return 0;
+    }
     int rc = coe_loop_post(loop, start_task, d);
     if (rc) {
         d->req = NULL; /* still the caller's on failure */
@@ -316,7 +320,7 @@ int coe_dispatch_start(coe_loop *loop, coe_config *cfg, coe_request *req, int ex
     return rc;
 }
 
-void coe_dispatch_cancel_now(coe_exchange *ex)
+void coe_dispatch_cancel(coe_exchange *ex)
 {
     dispatch *d = ex->owner;
     if (!d)
@@ -325,18 +329,4 @@ void coe_dispatch_cancel_now(coe_exchange *ex)
         d->backend->cancel(d->loop, d->call);
     d->call = NULL;
     free_dispatch(d);
-}
-
-static void cancel_task(void *arg)
-{
-    coe_exchange *ex = arg;
-    coe_dispatch_cancel_now(ex);
-    coe_exchange_unref(&ex);
-}
-
-void coe_dispatch_cancel(coe_loop *loop, coe_exchange *ex)
-{
-    coe_exchange_ref(ex);
-    if (coe_loop_post(loop, cancel_task, ex))
-        coe_exchange_unref(&ex);
 }

@@ -10,14 +10,13 @@
 #include "gateway/exchange.h"
 #include "gateway/request.h"
 
-/* Any thread. Takes over req and a reference to cfg and ex; the answer goes to ex.
- * id is the request id, repeated in the response ids. */
+/* Takes over req and a reference to cfg and ex; the answer goes to ex. id is the
+ * request id, repeated in the response ids. On loop's thread the expert is asked at
+ * once (it never reports from inside this call); from another thread it is posted. */
 int coe_dispatch_start(coe_loop *loop, coe_config *cfg, coe_request *req, int expert, const char *id,
                        coe_exchange *ex);
-/* Any thread: the client has gone; stop whatever answers ex. */
-void coe_dispatch_cancel(coe_loop *loop, coe_exchange *ex);
-/* Loop thread: as coe_dispatch_cancel, at once. */
-void coe_dispatch_cancel_now(coe_exchange *ex);
+/* Loop thread: the client has gone; stop whatever answers ex, at once. */
+void coe_dispatch_cancel(coe_exchange *ex);
 
 /* The OpenAI error type for an HTTP status. */
 const char *coe_error_type(int status);

@@ -44,6 +44,8 @@ static void wake(coe_exchange *ex)
     if (ex->suspended && ex->conn) {
         ex->suspended = false;
         MHD_resume_connection(ex->conn);
+        if (ex->kick)
+            ex->kick(ex->kick_arg);
     }
 }
 

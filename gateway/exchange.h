@@ -39,6 +39,10 @@ typedef struct coe_exchange {
     bool have_usage;
     /* loop thread only: the dispatch answering this exchange, NULL when none */
     void *owner;
+    /* Called after each resume: libmicrohttpd in external mode needs its owner to
+     * run it again (set by the server; NULL for none). */
+    void (*kick)(void *arg);
+    void *kick_arg;
     /* list of live exchanges, for the hang-up sweep (owned by the server) */
     struct coe_exchange *prev, *next;
 } coe_exchange;

@@ -11,7 +11,6 @@
 #include "coe_build.h"
 #include "common/err.h"
 #include "common/log.h"
-#include "common/loop.h"
 #include "gateway/config.h"
 #include "gateway/server.h"
 
@@ -201,10 +200,8 @@ static int cmd_serve(int argc, char **argv)
         coe_config_unref(&cfg);
         return 1;
     }
-    coe_loop *loop = NULL;
     coe_server *srv = NULL;
-    if (coe_loop_open(&loop) || coe_server_open(&srv, cfg, loop)) {
-        coe_loop_close(&loop);
+    if (coe_server_open(&srv, cfg)) {
         coe_config_unref(&cfg);
         curl_global_cleanup();
         return 1;
@@ -243,8 +240,6 @@ static int cmd_serve(int argc, char **argv)
         drain(srv, cfg->server.shutdown_grace_ms, &set);
         break;
     }
-    coe_server_stop(srv);
-    coe_loop_close(&loop);
     coe_server_close(&srv);
     coe_config_unref(&cfg);
     curl_global_cleanup();

@@ -1,6 +1,7 @@
 #include "gateway/server.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdio.h>
@@ -21,19 +22,30 @@
 
 #define SWEEP_MS 200
 
-struct coe_server {
-    struct MHD_Daemon *daemon;
+/* A worker: one thread (its loop) running one libmicrohttpd daemon in external
+ * epoll mode, on a socket shared with the other workers through SO_REUSEPORT.
+ * Every request stays on the worker that accepted it. */
+typedef struct worker {
+    coe_server *srv;
     coe_loop *loop;
+    struct MHD_Daemon *daemon;
+    coe_watch *watch;         /* the daemon's epoll fd */
+    coe_timer *mhd_timer;     /* libmicrohttpd's next timeout */
+    coe_timer *sweep_timer;
+    coe_exchange *live;       /* exchanges waiting on an expert; worker thread only */
+} worker;
+
+struct coe_server {
+    worker *workers;
+    int n_workers;
+    int listen_fd;            /* shared by every worker's daemon; closed once, here */
     int port;
     pthread_mutex_t cfg_mu;
     coe_config *cfg;          /* the configuration new requests get */
     atomic_int inflight;
     atomic_bool stopping;
-    atomic_bool sweeping;     /* the hang-up sweep timer is armed */
     atomic_ullong next_id;
     char id_prefix[9];
-    pthread_mutex_t live_mu;  /* guards live: exchanges waiting on an expert */
-    coe_exchange *live;
 };
 
 typedef enum { EP_CHAT, EP_COMPLETIONS, EP_MODELS, EP_HEALTH, EP_UNKNOWN } endpoint;
@@ -41,6 +53,7 @@ typedef enum { EP_CHAT, EP_COMPLETIONS, EP_MODELS, EP_HEALTH, EP_UNKNOWN } endpo
 /* What one HTTP request carries between libmicrohttpd's calls. */
 typedef struct conn_ctx {
     coe_server *srv;
+    worker *w;
     coe_config *cfg;
     endpoint ep;
     char id[40];
@@ -63,73 +76,95 @@ static coe_config *acquire_config(coe_server *s)
     return c;
 }
 
-static void live_add(coe_server *s, coe_exchange *ex)
+static void live_add(worker *w, coe_exchange *ex)
 {
     coe_exchange_ref(ex);
-    pthread_mutex_lock(&s->live_mu);
     ex->prev = NULL;
-    ex->next = s->live;
-    if (s->live)
-        s->live->prev = ex;
-    s->live = ex;
-    pthread_mutex_unlock(&s->live_mu);
+    ex->next = w->live;
+    if (w->live)
+        w->live->prev = ex;
+    w->live = ex;
 }
 
-static void live_remove(coe_server *s, coe_exchange *ex)
+static void live_remove(worker *w, coe_exchange *ex)
 {
-    pthread_mutex_lock(&s->live_mu);
     if (ex->prev)
         ex->prev->next = ex->next;
-    else if (s->live == ex)
-        s->live = ex->next;
+    else if (w->live == ex)
+        w->live = ex->next;
     if (ex->next)
         ex->next->prev = ex->prev;
     ex->prev = ex->next = NULL;
-    pthread_mutex_unlock(&s->live_mu);
     coe_exchange_unref(&ex);
 }
 
-/* Loop thread, every SWEEP_MS: a suspended connection is not watched by
- * libmicrohttpd, so a client hanging up while its expert is silent would go unseen
- * until the next byte. Look for hang-ups here and cancel the expert at once. */
+/* Every SWEEP_MS: a suspended connection is not watched by libmicrohttpd, so a
+ * client hanging up while its expert is silent would go unseen until the next
+ * byte. Look for hang-ups here and stop the expert at once. */
 static void sweep(void *arg)
 {
-    coe_server *s = arg;
+    worker *w = arg;
     enum { BATCH = 256 };
     struct pollfd fds[BATCH];
     coe_exchange *exs[BATCH];
-    int n = 0;
-    pthread_mutex_lock(&s->live_mu);
-    for (coe_exchange *ex = s->live; ex && n < BATCH; ex = ex->next) {
-        pthread_mutex_lock(&ex->mu);
-        if (ex->suspended && ex->client_fd >= 0 && !ex->client_gone) {
-            fds[n].fd = ex->client_fd;
-            fds[n].events = POLLRDHUP;
-            fds[n].revents = 0;
-            exs[n++] = coe_exchange_ref(ex);
-        }
-        pthread_mutex_unlock(&ex->mu);
-    }
-    pthread_mutex_unlock(&s->live_mu);
-    if (n > 0 && poll(fds, (nfds_t)n, 0) > 0) {
-        for (int i = 0; i < n; i++)
-            if (fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
-                coe_exchange_abort(exs[i]);
-                coe_dispatch_cancel_now(exs[i]);
+    w->sweep_timer = NULL;
+    coe_exchange *ex = w->live;
+    while (ex) {
+        int n = 0;
+        for (; ex && n < BATCH; ex = ex->next) {
+            pthread_mutex_lock(&ex->mu);
+            if (ex->suspended && ex->client_fd >= 0 && !ex->client_gone) {
+                fds[n].fd = ex->client_fd;
+                fds[n].events = POLLRDHUP;
+                fds[n].revents = 0;
+                exs[n++] = coe_exchange_ref(ex);
             }
+            pthread_mutex_unlock(&ex->mu);
+        }
+        if (n > 0 && poll(fds, (nfds_t)n, 0) > 0)
+            for (int i = 0; i < n; i++)
+                if (fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
+                    coe_exchange_abort(exs[i]);
+                    coe_dispatch_cancel(exs[i]);
+                }
+        for (int i = 0; i < n; i++)
+            coe_exchange_unref(&exs[i]);
     }
-    for (int i = 0; i < n; i++)
-        coe_exchange_unref(&exs[i]);
-    if (!atomic_load(&s->stopping))
-        coe_loop_after(s->loop, SWEEP_MS, sweep, s);
-    else
-        atomic_store(&s->sweeping, false);
+    w->sweep_timer = coe_loop_after(w->loop, SWEEP_MS, sweep, w);
 }
 
-static void start_sweep(void *arg)
+/* libmicrohttpd, driven by the worker's loop: when its epoll fd is readable and
+ * when its own timeout (idle connections, pending work) comes due. */
+static void on_daemon_timer(void *arg);
+
+static void run_daemon(worker *w)
 {
-    coe_server *s = arg;
-    coe_loop_after(s->loop, SWEEP_MS, sweep, s);
+    MHD_run(w->daemon);
+    coe_loop_cancel(w->loop, w->mhd_timer);
+    w->mhd_timer = NULL;
+    MHD_UNSIGNED_LONG_LONG ms;
+    if (MHD_get_timeout(w->daemon, &ms) == MHD_YES)
+        w->mhd_timer = coe_loop_after(w->loop, ms > 60000 ? 60000 : (long)ms, on_daemon_timer, w);
+}
+
+static void on_daemon_ready(void *arg)
+{
+    run_daemon(arg);
+}
+
+/* A connection of this worker was resumed: run the daemon soon (coalesced). */
+static void kick_daemon(void *arg)
+{
+    worker *w = arg;
+    coe_loop_cancel(w->loop, w->mhd_timer);
+    w->mhd_timer = coe_loop_after(w->loop, 0, on_daemon_timer, w);
+}
+
+static void on_daemon_timer(void *arg)
+{
+    worker *w = arg;
+    w->mhd_timer = NULL; /* this one is firing: the loop frees it */
+    run_daemon(w);
 }
 
 /* ---- responses ---- */
@@ -284,12 +319,14 @@ static bool valid_request_id(const char *s)
     return true;
 }
 
-static conn_ctx *new_ctx(coe_server *s, struct MHD_Connection *conn, const char *url, const char *method)
+static conn_ctx *new_ctx(worker *w, struct MHD_Connection *conn, const char *url, const char *method)
 {
+    coe_server *s = w->srv;
     conn_ctx *cx = calloc(1, sizeof *cx);
     if (!cx)
         return NULL;
     cx->srv = s;
+    cx->w = w;
     cx->cfg = acquire_config(s);
     cx->ep = classify(url);
     cx->start_us = coe_now_us();
@@ -364,11 +401,15 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
     }
     cx->counted = true;
     cx->ex = coe_exchange_new(conn);
-    if (!cx->ex || coe_dispatch_start(s->loop, cx->cfg, req, dec.expert, cx->id, cx->ex)) {
+    if (cx->ex) {
+        cx->ex->kick = kick_daemon;
+        cx->ex->kick_arg = cx->w;
+    }
+    if (!cx->ex || coe_dispatch_start(cx->w->loop, cx->cfg, req, dec.expert, cx->id, cx->ex)) {
         coe_request_free(&req);
         return fail(conn, cx, 500, "internal_error", NULL, "out of memory");
     }
-    live_add(s, cx->ex);
+    live_add(cx->w, cx->ex);
     if (!coe_exchange_wait_head(cx->ex))
         return MHD_YES; /* suspended until the expert answers */
     return send_exchange(conn, cx);
@@ -378,10 +419,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls)
 {
     (void)version;
-    coe_server *s = cls;
     conn_ctx *cx = *con_cls;
     if (!cx) {
-        cx = new_ctx(s, conn, url, method);
+        cx = new_ctx(cls, conn, url, method);
         if (!cx)
             return MHD_NO;
         *con_cls = cx;
@@ -407,16 +447,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
-    coe_server *s = cls;
+    (void)cls;
     conn_ctx *cx = *con_cls;
     *con_cls = NULL;
     if (!cx)
         return;
+    coe_server *s = cx->srv;
     coe_usage usage = {-1, -1, -1};
     char expert[COE_NAME_MAX + 1] = "-";
     if (cx->ex) {
         if (coe_exchange_detach(cx->ex)) {
-            coe_dispatch_cancel(s->loop, cx->ex);
+            coe_dispatch_cancel(cx->ex);
             if (!cx->status || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
                 cx->status = 499; /* the client closed the request, nginx's convention */
         }
@@ -426,7 +467,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         if (cx->ex->expert[0])
             snprintf(expert, sizeof expert, "%s", cx->ex->expert);
         pthread_mutex_unlock(&cx->ex->mu);
-        live_remove(s, cx->ex);
+        live_remove(cx->w, cx->ex);
         coe_exchange_unref(&cx->ex);
     }
     if (cx->counted)
@@ -467,10 +508,10 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     coe_debug("libmicrohttpd: %s", msg);
 }
 
-int coe_server_open(coe_server **out, coe_config *cfg, coe_loop *loop)
+/* The listening socket, made here so that every worker's daemon shares it (a
+ * second process asking for the same port fails, as it should). */
+static int open_listener(const coe_server_cfg *sc, int *port_out)
 {
-    *out = NULL;
-    const coe_server_cfg *sc = &cfg->server;
     struct addrinfo hints = {0}, *ai = NULL;
     hints.ai_flags = AI_NUMERICHOST | AI_PASSIVE;
     hints.ai_socktype = SOCK_STREAM;
@@ -479,17 +520,69 @@ int coe_server_open(coe_server **out, coe_config *cfg, coe_loop *loop)
     int gai = getaddrinfo(sc->host, port, &hints, &ai);
     if (gai) {
         coe_error("server.host: '%s' is not a numeric IPv4 or IPv6 address (%s)", sc->host, gai_strerror(gai));
-        return COE_EINVAL;
+        return -1;
     }
-    coe_server *s = calloc(1, sizeof *s);
-    if (!s) {
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+        coe_error("cannot listen on %s:%d: %s", sc->host, sc->port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
         freeaddrinfo(ai);
+        return -1;
+    }
+    freeaddrinfo(ai);
+    struct sockaddr_storage bound;
+    socklen_t len = sizeof bound;
+    getsockname(fd, (struct sockaddr *)&bound, &len);
+    *port_out = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                  : ((struct sockaddr_in *)&bound)->sin_port);
+    return fd;
+}
+
+static int start_daemon(worker *w, const coe_server_cfg *sc, int listen_fd, int n_workers)
+{
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    /* Connection limits are per daemon: share them out. */
+    unsigned per = (unsigned)((sc->max_connections + n_workers - 1) / n_workers);
+    unsigned per_ip = (unsigned)((sc->max_connections_per_ip + n_workers - 1) / n_workers);
+    w->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, w, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)listen_fd,
+        MHD_OPTION_CONNECTION_LIMIT, per, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)sc->connection_timeout_s,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, w, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+    if (!w->daemon) {
+        coe_error("cannot start the HTTP daemon of worker %d", (int)(w - w->srv->workers));
+        return COE_EIO;
+    }
+    return 0;
+}
+
+/* On the worker's thread: hook its daemon into the loop. */
+static void attach(void *arg)
+{
+    worker *w = arg;
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(w->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+    w->watch = coe_loop_watch(w->loop, di->epoll_fd, on_daemon_ready, w);
+    w->sweep_timer = coe_loop_after(w->loop, SWEEP_MS, sweep, w);
+    run_daemon(w);
+}
+
+int coe_server_open(coe_server **out, coe_config *cfg)
+{
+    *out = NULL;
+    const coe_server_cfg *sc = &cfg->server;
+    coe_server *s = calloc(1, sizeof *s);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = sc->threads > 0 ? sc->threads : (int)(ncpu > 0 ? ncpu : 1);
+    if (!s || !(s->workers = calloc((size_t)n, sizeof *s->workers))) {
+        free(s);
         return COE_ENOMEM;
     }
-    s->loop = loop;
+    s->listen_fd = -1;
     s->cfg = coe_config_ref(cfg);
     pthread_mutex_init(&s->cfg_mu, NULL);
-    pthread_mutex_init(&s->live_mu, NULL);
     unsigned char rnd[4] = {0};
     if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
         long long t = coe_now_us();
@@ -497,35 +590,21 @@ int coe_server_open(coe_server **out, coe_config *cfg, coe_loop *loop)
     }
     snprintf(s->id_prefix, sizeof s->id_prefix, "%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3]);
 
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    unsigned threads = sc->threads > 0 ? (unsigned)sc->threads : (unsigned)(ncpu > 0 ? ncpu : 1);
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
-    struct MHD_OptionItem opts[] = {
-        {MHD_OPTION_SOCK_ADDR, 0, ai->ai_addr},
-        {MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)threads, NULL},
-        {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)sc->max_connections, NULL},
-        {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)sc->connection_timeout_s, NULL},
-        {MHD_OPTION_PER_IP_CONNECTION_LIMIT, (intptr_t)sc->max_connections_per_ip, NULL},
-        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)(64 * 1024), NULL},
-        {MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024, NULL},
-        {MHD_OPTION_END, 0, NULL},
-    };
-    s->daemon = MHD_start_daemon(flags, (uint16_t)sc->port, NULL, NULL, on_request, s, MHD_OPTION_ARRAY, opts,
-                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-                                 NULL, MHD_OPTION_END);
-    freeaddrinfo(ai);
-    if (!s->daemon) {
-        coe_error("cannot listen on %s:%d (address in use, or not an address of this machine?)", sc->host, sc->port);
-        coe_config_unref(&s->cfg);
-        free(s);
-        return COE_EIO;
+    s->listen_fd = open_listener(sc, &s->port);
+    int rc = s->listen_fd < 0 ? COE_EIO : 0;
+    for (int i = 0; i < n && !rc; i++) {
+        worker *w = &s->workers[i];
+        w->srv = s;
+        if ((rc = start_daemon(w, sc, s->listen_fd, n)))
+            break;
+        s->n_workers++;
+        if ((rc = coe_loop_open(&w->loop)) == 0)
+            rc = coe_loop_call(w->loop, attach, w);
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = di ? di->port : sc->port;
-    atomic_store(&s->sweeping, true);
-    coe_loop_post(loop, start_sweep, s);
+    if (rc) {
+        coe_server_close(&s);
+        return rc;
+    }
     *out = s;
     return 0;
 }
@@ -551,12 +630,27 @@ void coe_server_set_config(coe_server *s, coe_config *cfg)
     coe_config_unref(&old);
 }
 
+/* The daemon stops watching the shared socket (and will not close it). */
+static void quiesce_worker(void *arg)
+{
+    worker *w = arg;
+    MHD_quiesce_daemon(w->daemon);
+}
+
+static void close_listener(coe_server *s)
+{
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
+    s->listen_fd = -1;
+}
+
 void coe_server_quiesce(coe_server *s)
 {
     atomic_store(&s->stopping, true);
-    MHD_socket fd = MHD_quiesce_daemon(s->daemon);
-    if (fd != MHD_INVALID_SOCKET)
-        close(fd);
+    for (int i = 0; i < s->n_workers; i++)
+        if (s->workers[i].loop)
+            coe_loop_call(s->workers[i].loop, quiesce_worker, &s->workers[i]);
+    close_listener(s);
 }
 
 int coe_server_inflight(coe_server *s)
@@ -564,19 +658,41 @@ int coe_server_inflight(coe_server *s)
     return atomic_load(&s->inflight);
 }
 
+/* On the worker's thread: end what is open, then the daemon. libmicrohttpd refuses
+ * to stop with suspended connections, so every one is woken (and can never be
+ * suspended again) first. */
+static void stop_worker(void *arg)
+{
+    worker *w = arg;
+    for (coe_exchange *ex = w->live; ex; ex = ex->next) {
+        coe_exchange_abort(ex);
+        coe_dispatch_cancel(ex);
+    }
+    coe_loop_unwatch(w->loop, w->watch);
+    coe_loop_cancel(w->loop, w->mhd_timer);
+    coe_loop_cancel(w->loop, w->sweep_timer);
+    w->watch = NULL;
+    w->mhd_timer = w->sweep_timer = NULL;
+    MHD_quiesce_daemon(w->daemon); /* the shared socket is the server's to close */
+    MHD_stop_daemon(w->daemon);    /* completion callbacks run here, on this thread */
+    w->daemon = NULL;
+}
+
 void coe_server_stop(coe_server *s)
 {
     atomic_store(&s->stopping, true);
-    /* libmicrohttpd refuses to stop with suspended connections: wake every one, and
-     * make sure none can be suspended again, before stopping. */
-    pthread_mutex_lock(&s->live_mu);
-    for (coe_exchange *ex = s->live; ex; ex = ex->next) {
-        coe_exchange_abort(ex);
-        coe_dispatch_cancel(s->loop, ex);
+    for (int i = 0; i < s->n_workers; i++) {
+        worker *w = &s->workers[i];
+        if (w->loop) {
+            coe_loop_call(w->loop, stop_worker, w);
+        } else if (w->daemon) {
+            MHD_quiesce_daemon(w->daemon); /* never attached to a loop */
+            MHD_stop_daemon(w->daemon);
+        }
+        w->daemon = NULL;
+        coe_loop_close(&w->loop);
     }
-    pthread_mutex_unlock(&s->live_mu);
-    MHD_stop_daemon(s->daemon);
-    s->daemon = NULL;
+    close_listener(s);
 }
 
 void coe_server_close(coe_server **sp)
@@ -585,10 +701,9 @@ void coe_server_close(coe_server **sp)
     *sp = NULL;
     if (!s)
         return;
-    if (s->daemon)
-        coe_server_stop(s);
+    coe_server_stop(s);
     coe_config_unref(&s->cfg);
     pthread_mutex_destroy(&s->cfg_mu);
-    pthread_mutex_destroy(&s->live_mu);
+    free(s->workers);
     free(s);
 }

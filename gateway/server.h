@@ -8,9 +8,10 @@
 
 typedef struct coe_server coe_server;
 
-/* Starts listening as cfg->server says. cfg is referenced, loop borrowed (it must
- * outlive the server). On failure a message naming the cause is logged. */
-int coe_server_open(coe_server **out, coe_config *cfg, coe_loop *loop);
+/* Starts listening as cfg->server says, with server.threads workers (one per core
+ * by default), each an event loop of its own. cfg is referenced. On failure a
+ * message naming the cause is logged. */
+int coe_server_open(coe_server **out, coe_config *cfg);
 /* The port actually bound (useful with port 0). */
 int coe_server_port(const coe_server *s);
 /* Serves new requests with cfg (referenced); requests in flight keep theirs. Settings
@@ -21,9 +22,9 @@ void coe_server_set_config(coe_server *s, coe_config *cfg);
 void coe_server_quiesce(coe_server *s);
 /* Requests being answered now. */
 int coe_server_inflight(coe_server *s);
-/* Ends every request still open, then stops the daemon. The loop must still run. */
+/* Ends every request still open and stops the workers. */
 void coe_server_stop(coe_server *s);
-/* Frees the server once the loop is closed. Sets *s to NULL. */
+/* Stops (if need be) and frees the server. Sets *s to NULL. */
 void coe_server_close(coe_server **s);
 
 #endif
