@@ -315,17 +315,26 @@ static void parse_headers(vctx *v, const cJSON *j, const char *path, coe_expert_
     }
 }
 
-static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_cfg *e)
+/* The common start of a named entry (an expert, a route): copies and checks the
+ * name, then the entry's keys. False when the entry is not an object at all. */
+static bool named_entry(vctx *v, const cJSON *j, const char *path, const char *what, char *name,
+                        const char *const *keys)
 {
-    snprintf(e->name, sizeof e->name, "%s", j->string);
+    snprintf(name, COE_NAME_MAX + 1, "%s", j->string);
     if (!valid_name(j->string))
-        verr(v, path, "an expert name must be 1-%d characters of letters, digits and _ - . : /",
-             COE_NAME_MAX);
+        verr(v, path, "%s name must be 1-%d characters of letters, digits and _ - . : /", what, COE_NAME_MAX);
     if (!cJSON_IsObject(j)) {
         verr(v, path, "expected an object, found %s", type_name(j));
-        return;
+        return false;
     }
-    check_keys(v, j, path, expert_keys);
+    check_keys(v, j, path, keys);
+    return true;
+}
+
+static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_cfg *e)
+{
+    if (!named_entry(v, j, path, "an expert", e->name, expert_keys))
+        return;
     char p[512];
     char *kind = get_string(v, j, path, "kind", true, NULL);
     child_path(p, sizeof p, path, "kind");
@@ -431,16 +440,9 @@ static const char *const route_keys[] = {"default", NULL};
 
 static void parse_route(vctx *v, const cJSON *j, const char *path, coe_config *c, coe_route_cfg *r)
 {
-    snprintf(r->name, sizeof r->name, "%s", j->string);
     r->default_expert = -1;
-    if (!valid_name(j->string))
-        verr(v, path, "a route name must be 1-%d characters of letters, digits and _ - . : /",
-             COE_NAME_MAX);
-    if (!cJSON_IsObject(j)) {
-        verr(v, path, "expected an object, found %s", type_name(j));
+    if (!named_entry(v, j, path, "a route", r->name, route_keys))
         return;
-    }
-    check_keys(v, j, path, route_keys);
     char *dflt = get_string(v, j, path, "default", true, NULL);
     if (dflt) {
         char p[512];

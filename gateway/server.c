@@ -61,6 +61,7 @@ typedef struct conn_ctx {
     long long start_us;
     coe_buf body;
     bool too_large;
+    bool out_of_memory;
     bool counted;             /* holds a place in inflight */
     coe_exchange *ex;         /* once dispatched */
     int status;               /* for the access log, when answered here */
@@ -373,6 +374,8 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
         snprintf(msg, sizeof msg, "the request body is over the limit of %zu bytes", sc->max_body_bytes);
         return fail(conn, cx, 413, "request_too_large", NULL, msg);
     }
+    if (cx->out_of_memory)
+        return fail(conn, cx, 503, "overloaded", NULL, "the gateway is out of memory");
     if (cx->ep == EP_HEALTH)
         return send_body(conn, cx, 200, "application/json", "{\"status\":\"ok\"}", 15, NULL, 0);
     if (cx->ep == EP_MODELS)
@@ -385,7 +388,11 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
     if (coe_request_parse(cx->body.data, cx->body.len, ep, sc->max_json_depth, &req, &err))
         return send_error(conn, cx, &err);
     coe_buf_free(&cx->body);
-    snprintf(cx->model, sizeof cx->model, "%s", req->model);
+    /* The model name is the client's: keep it to one printable word in the log. */
+    size_t k = 0;
+    for (const char *m = req->model; *m && k < sizeof cx->model - 1; m++)
+        cx->model[k++] = (*m > 0x20 && *m < 0x7f) ? *m : '?';
+    cx->model[k] = '\0';
     coe_route_decision dec;
     if (coe_route_resolve(cx->cfg, req, &dec)) {
         char msg[160];
@@ -429,10 +436,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (*upload_size) {
         size_t max = cx->cfg->server.max_body_bytes;
-        if (!cx->too_large && cx->body.len + *upload_size <= max)
-            coe_buf_append(&cx->body, upload, *upload_size);
-        else
+        if (cx->too_large || cx->body.len + *upload_size > max)
             cx->too_large = true; /* keep reading, and refuse at the end */
+        else if (coe_buf_append(&cx->body, upload, *upload_size))
+            cx->out_of_memory = true;
         *upload_size = 0;
         return MHD_YES;
     }
@@ -550,7 +557,7 @@ static int start_daemon(worker *w, const coe_server_cfg *sc, int listen_fd, int 
     w->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, w, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)listen_fd,
         MHD_OPTION_CONNECTION_LIMIT, per, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)sc->connection_timeout_s,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, w, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
     if (!w->daemon) {
         coe_error("cannot start the HTTP daemon of worker %d", (int)(w - w->srv->workers));

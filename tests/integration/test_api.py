@@ -188,6 +188,12 @@ class Api(unittest.TestCase):
         self.assertNotIn(KEY, logs)
         self.assertNotIn("client-key-2", logs)
 
+    def test_log_lines_cannot_be_forged(self):
+        r = self.post(chat_body("hi", model="x\n2026-01-01T00:00:00.000Z info access id=forged status=200"))
+        self.assertEqual(r.status, 404)
+        self.assertTrue(self.gw.wait_log(r"model=x\?2026"))
+        self.assertNotIn("\n2026-01-01T00:00:00.000Z info access id=forged", self.gw.logs())
+
     def test_upstream_client_error_is_relayed(self):
         r = self.post(chat_body("fake: key=e400 status=400"))
         self.assertError(r, 400, text="fake failure 400")

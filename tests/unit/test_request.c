@@ -103,24 +103,24 @@ static void test_bad_fields(void **state)
     bad(COE_EP_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", "messages[0].content", "string or an array");
     bad(COE_EP_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"text\":\"x\"}]}]}", "messages[0].content[0].type",
         "string 'type'");
-    const char *m = "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]";
-    char b[256];
-    snprintf(b, sizeof b, "{%s,\"stream\":\"yes\"}", m);
-    bad(COE_EP_CHAT, b, "stream", "true or false");
-    snprintf(b, sizeof b, "{%s,\"temperature\":3}", m);
-    bad(COE_EP_CHAT, b, "temperature", "from 0 to 2");
-    snprintf(b, sizeof b, "{%s,\"max_tokens\":0}", m);
-    bad(COE_EP_CHAT, b, "max_tokens", "an integer from 1");
-    snprintf(b, sizeof b, "{%s,\"max_tokens\":2.5}", m);
-    bad(COE_EP_CHAT, b, "max_tokens", "an integer");
-    snprintf(b, sizeof b, "{%s,\"n\":1000}", m);
-    bad(COE_EP_CHAT, b, "n", "from 1 to 128");
-    snprintf(b, sizeof b, "{%s,\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", m);
-    bad(COE_EP_CHAT, b, "stop", "at most 4");
-    snprintf(b, sizeof b, "{%s,\"stream_options\":{\"include_usage\":1}}", m);
-    bad(COE_EP_CHAT, b, "stream_options.include_usage", "true or false");
-    snprintf(b, sizeof b, "{%s,\"logprobs\":3}", m);
-    bad(COE_EP_CHAT, b, "logprobs", "true or false");
+    /* A valid chat body with one more field. */
+    static const struct {
+        const char *field, *param, *text;
+    } cases[] = {
+        {"\"stream\":\"yes\"", "stream", "true or false"},
+        {"\"temperature\":3", "temperature", "from 0 to 2"},
+        {"\"max_tokens\":0", "max_tokens", "an integer from 1"},
+        {"\"max_tokens\":2.5", "max_tokens", "an integer"},
+        {"\"n\":1000", "n", "from 1 to 128"},
+        {"\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]", "stop", "at most 4"},
+        {"\"stream_options\":{\"include_usage\":1}", "stream_options.include_usage", "true or false"},
+        {"\"logprobs\":3", "logprobs", "true or false"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char b[256];
+        snprintf(b, sizeof b, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],%s}", cases[i].field);
+        bad(COE_EP_CHAT, b, cases[i].param, cases[i].text);
+    }
     bad(COE_EP_COMPLETIONS, "{\"model\":\"m\"}", "prompt", "is required");
     bad(COE_EP_COMPLETIONS, "{\"prompt\":{}}", "prompt", "must be a string");
     bad(COE_EP_COMPLETIONS, "{\"prompt\":\"x\",\"logprobs\":true}", "logprobs", "an integer from 0 to 5");
