@@ -173,8 +173,8 @@ static void on_daemon_timer(void *arg)
 static void common_headers(struct MHD_Response *r, const conn_ctx *cx, const char *expert)
 {
     MHD_add_response_header(r, "X-Request-Id", cx->id);
-    if (expert && *expert)
-        MHD_add_response_header(r, "X-Coegate-Expert", expert);
+    /* "none": answered by the gateway itself (an error before any expert, health, models). */
+    MHD_add_response_header(r, "X-Coegate-Expert", expert && *expert ? expert : "none");
 }
 
 static enum MHD_Result send_body(struct MHD_Connection *conn, conn_ctx *cx, int status, const char *ctype,

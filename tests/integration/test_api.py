@@ -118,7 +118,8 @@ class Api(unittest.TestCase):
         h = request(self.gw.port, "GET", "/health")  # no key needed
         self.assertEqual((h.status, h.json()), (200, {"status": "ok"}))
 
-    def assertError(self, r, status, param=None, code=None, text=None):
+    def assertError(self, r, status, param=None, code=None, text=None, expert="none"):
+        """expert: what x-coegate-expert must say ("none" when the gateway refused on its own)."""
         self.assertEqual(r.status, status, r.body)
         err = r.json()["error"]
         self.assertEqual(set(err), {"message", "type", "param", "code"})
@@ -129,6 +130,7 @@ class Api(unittest.TestCase):
         if text is not None:
             self.assertIn(text, err["message"])
         self.assertTrue(r.headers["x-request-id"])
+        self.assertEqual(r.headers["x-coegate-expert"], expert)
 
     def test_400_names_the_field(self):
         self.assertError(self.post("{not json"), 400, text="not valid JSON")
@@ -196,13 +198,13 @@ class Api(unittest.TestCase):
 
     def test_upstream_client_error_is_relayed(self):
         r = self.post(chat_body("fake: key=e400 status=400"))
-        self.assertError(r, 400, text="fake failure 400")
+        self.assertError(r, 400, text="fake failure 400", expert="fake")
         self.assertEqual(self.up.key("e400")["requests"], 1)  # never retried
 
     def test_concurrency_limit_gives_503(self):
         s = self.stream(chat_body("fake: key=busy chunks=3 delay_ms=500", model="narrow", stream=True))
         r = self.post(chat_body("fake: key=busy2", model="narrow"))
-        self.assertError(r, 503, text="concurrency limit")
+        self.assertError(r, 503, text="concurrency limit", expert="narrow")
         self.assertEqual(r.headers["retry-after"], "1")
         self.assertEqual(s.all()[-1][1], "[DONE]")
         s.close()
