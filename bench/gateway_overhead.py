@@ -5,7 +5,11 @@ streamed chunk, direct and through coegate. Prints a Markdown table; the figures
 that matter are the differences and ratios against the direct baseline of the
 same run, since absolute numbers move with the machine's load.
 
-usage: bench/gateway_overhead.py [--connections N] [--duration S] [--ttfb-requests N]"""
+usage: bench/gateway_overhead.py [--connections N,N...] [--duration S] [--ttfb-requests N]
+
+The default concurrencies are 2 (the machine is not saturated: the figures are the
+gateway's own cost) and 16 (every core is busy with wrk, coegate and the upstream, so
+p99 mostly measures the scheduler). Run it on an otherwise idle machine."""
 
 import argparse
 import json
@@ -64,33 +68,40 @@ def ttfb(port, n):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--connections", default="2,16")
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--ttfb-requests", type=int, default=2000)
     a = ap.parse_args()
+    levels = [int(c) for c in a.connections.split(",")]
+    rows = {}
     with Upstream() as up:
         expert = remote(up, retries=0)
-        rows = {}
         with Gateway({"server": {"access_log": True}, "experts": {"up": expert},
                       "routes": {"auto": {"default": "up"}}}) as gw_log, \
                 Gateway({"server": {"access_log": False}, "experts": {"up": expert},
                          "routes": {"auto": {"default": "up"}}}) as gw:
             # Warm both paths (connection pools, page cache) before measuring.
             for url in (up.base_url, gw.base_url, gw_log.base_url):
-                wrk(url + "/chat/completions", a.connections, 1)
-            rows["direct"] = wrk(up.base_url + "/chat/completions", a.connections, a.duration)
-            rows["coegate"] = wrk(gw.base_url + "/chat/completions", a.connections, a.duration)
-            rows["coegate, access log on"] = wrk(gw_log.base_url + "/chat/completions", a.connections, a.duration)
+                wrk(url + "/chat/completions", levels[0], 1)
+            for c in levels:
+                rows[c] = {
+                    "direct": wrk(up.base_url + "/chat/completions", c, a.duration),
+                    "coegate": wrk(gw.base_url + "/chat/completions", c, a.duration),
+                    "coegate, access log on": wrk(gw_log.base_url + "/chat/completions", c, a.duration),
+                }
             t_direct = ttfb(up.port, a.ttfb_requests)
             t_gw = ttfb(gw.port, a.ttfb_requests)
-    base = rows["direct"]
-    print(f"## Gateway overhead (wrk, {a.connections} connections, {a.duration} s, non-streaming)\n")
-    print("| path | requests/s | vs direct | p50 ms | p99 ms | added p50 us | added p99 us |")
-    print("|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['rps']:.0f} | {r['rps'] / base['rps']:.2f}x | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-              f"{(r['p50_ms'] - base['p50_ms']) * 1e3:.0f} | {(r['p99_ms'] - base['p99_ms']) * 1e3:.0f} |")
-    print(f"\n## Time to first streamed chunk ({a.ttfb_requests} sequential requests, one connection)\n")
+    for c, by_path in rows.items():
+        base = by_path["direct"]
+        print(f"## Gateway overhead (wrk, {c} connections, {a.duration} s, non-streaming)\n")
+        print("| path | requests/s | vs direct | p50 ms | p99 ms | added p50 us | added p99 us |")
+        print("|---|---|---|---|---|---|---|")
+        for name, r in by_path.items():
+            print(f"| {name} | {r['rps']:.0f} | {r['rps'] / base['rps']:.2f}x | {r['p50_ms']:.3f} | "
+                  f"{r['p99_ms']:.3f} | {(r['p50_ms'] - base['p50_ms']) * 1e3:.0f} | "
+                  f"{(r['p99_ms'] - base['p99_ms']) * 1e3:.0f} |")
+        print()
+    print(f"## Time to first streamed chunk ({a.ttfb_requests} sequential requests, one connection)\n")
     print("| path | p50 ms | p99 ms |")
     print("|---|---|---|")
     print(f"| direct | {t_direct['p50_ms']:.3f} | {t_direct['p99_ms']:.3f} |")
