@@ -8,6 +8,7 @@
 #include "backends/backend.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "gateway/metrics.h"
 #include "gateway/openai.h"
 
 typedef struct dispatch {
@@ -138,6 +139,7 @@ static void attempt_start(dispatch *d)
             atomic_fetch_sub(&e->inflight, 1);
             coe_failure_set(&d->last, COE_FAIL_NEXT, 503, "expert '%s' is at its concurrency limit (%d)",
                             e->name, e->max_concurrency);
+            coe_metrics_expert(e->name, COE_EXPERT_FAILED, 1);
             d->attempt = e->retries; /* no point retrying at once */
             try_next(d);
             return;
@@ -154,6 +156,7 @@ static void attempt_start(dispatch *d)
         d->call = NULL;
         coe_failure_set(&d->last, COE_FAIL_NEXT, 502, "expert '%s' could not start: %s", e->name,
                         coe_strerror(rc));
+        coe_metrics_expert(e->name, COE_EXPERT_FAILED, 1);
         try_next(d);
     }
 }
@@ -194,11 +197,14 @@ static void try_next(dispatch *d)
         if (d->last.retry_after_ms <= e->max_retry_after_ms) {
             coe_debug("expert '%s' failed (%s); retry %d in %ld ms", e->name, d->last.message, d->attempt, wait);
             d->retry = coe_loop_after(d->loop, wait, retry_fire, d);
-            if (d->retry)
+            if (d->retry) {
+                coe_metrics_expert(e->name, COE_EXPERT_RETRIED, 1);
                 return;
+            }
         }
     }
     if (d->cand + 1 < d->n_candidates) {
+        coe_metrics_expert(e->name, COE_EXPERT_FELL_BACK, 1);
         coe_info("expert '%s' failed (%s); falling back to '%s'", e->name, d->last.message,
                  d->cfg->experts[d->candidates[d->cand + 1]].name);
         d->cand++;
@@ -237,6 +243,12 @@ static void on_done(void *ctx)
 {
     dispatch *d = ctx;
     d->call = NULL;
+    const char *name = current_expert(d)->name;
+    coe_metrics_expert(name, COE_EXPERT_ANSWERED, 1);
+    if (d->have_usage) {
+        coe_metrics_expert(name, COE_EXPERT_PROMPT_TOKENS, d->usage.prompt_tokens);
+        coe_metrics_expert(name, COE_EXPERT_COMPLETION_TOKENS, d->usage.completion_tokens);
+    }
     coe_buf b = COE_BUF_INIT;
     if (d->req->stream) {
         commit(d);
@@ -260,6 +272,7 @@ static void on_fail(void *ctx, const coe_failure *f)
     dispatch *d = ctx;
     d->call = NULL;
     release_slot(d);
+    coe_metrics_expert(current_expert(d)->name, COE_EXPERT_FAILED, 1);
     if (!d->committed) {
         d->last = *f;
         try_next(d);

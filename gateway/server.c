@@ -17,6 +17,7 @@
 #include "gateway/auth.h"
 #include "gateway/dispatch.h"
 #include "gateway/exchange.h"
+#include "gateway/metrics.h"
 #include "gateway/openai.h"
 #include "router/route.h"
 
@@ -48,7 +49,8 @@ struct coe_server {
     char id_prefix[9];
 };
 
-typedef enum { EP_CHAT, EP_COMPLETIONS, EP_MODELS, EP_HEALTH, EP_UNKNOWN } endpoint;
+/* In the order of coe_metric_endpoint, so that one indexes the other. */
+typedef enum { EP_CHAT, EP_COMPLETIONS, EP_MODELS, EP_HEALTH, EP_METRICS, EP_UNKNOWN } endpoint;
 
 /* What one HTTP request carries between libmicrohttpd's calls. */
 typedef struct conn_ctx {
@@ -191,7 +193,7 @@ static enum MHD_Result send_body(struct MHD_Connection *conn, conn_ctx *cx, int 
         MHD_add_response_header(r, "Retry-After", v);
     }
     if (status == 405)
-        MHD_add_response_header(r, "Allow", cx->ep == EP_MODELS || cx->ep == EP_HEALTH ? "GET" : "POST");
+        MHD_add_response_header(r, "Allow", cx->ep == EP_CHAT || cx->ep == EP_COMPLETIONS ? "POST" : "GET");
     if (status == 401)
         MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
     if (atomic_load(&cx->srv->stopping))
@@ -305,6 +307,8 @@ static endpoint classify(const char *url)
         return EP_MODELS;
     if (strcmp(url, "/health") == 0)
         return EP_HEALTH;
+    if (strcmp(url, "/metrics") == 0)
+        return EP_METRICS;
     return EP_UNKNOWN;
 }
 
@@ -348,7 +352,7 @@ static enum MHD_Result on_headers(struct MHD_Connection *conn, conn_ctx *cx, con
     const coe_server_cfg *sc = &cx->cfg->server;
     if (cx->ep == EP_UNKNOWN)
         return fail(conn, cx, 404, "not_found", NULL, "unknown path; see GET /v1/models");
-    bool want_get = cx->ep == EP_MODELS || cx->ep == EP_HEALTH;
+    bool want_get = cx->ep != EP_CHAT && cx->ep != EP_COMPLETIONS;
     if (strcmp(method, want_get ? "GET" : "POST") != 0)
         return fail(conn, cx, 405, "method_not_allowed", NULL, want_get ? "use GET here" : "use POST here");
     if (cx->ep != EP_HEALTH &&
@@ -380,6 +384,13 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
         return send_body(conn, cx, 200, "application/json", "{\"status\":\"ok\"}", 15, NULL, 0);
     if (cx->ep == EP_MODELS)
         return send_models(conn, cx);
+    if (cx->ep == EP_METRICS) {
+        coe_buf b = COE_BUF_INIT;
+        coe_metrics_render(&b, atomic_load(&s->inflight));
+        enum MHD_Result r = send_body(conn, cx, 200, "text/plain; version=0.0.4", b.data, b.len, NULL, 0);
+        coe_buf_free(&b);
+        return r;
+    }
     if (atomic_load(&s->stopping))
         return fail(conn, cx, 503, "shutting_down", NULL, "the gateway is shutting down");
     coe_api_error err;
@@ -479,6 +490,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     if (cx->counted)
         atomic_fetch_sub(&s->inflight, 1);
+    double seconds = (double)(coe_now_us() - cx->start_us) / 1e6;
+    coe_metrics_request(cx->ep == EP_UNKNOWN ? COE_METRIC_OTHER : (coe_metric_endpoint)cx->ep, cx->status, seconds);
     if (cx->cfg->server.access_log) {
         char ip[INET6_ADDRSTRLEN] = "-";
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -494,8 +507,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             snprintf(tokens, sizeof tokens, "prompt_tokens=%ld completion_tokens=%ld", usage.prompt_tokens,
                      usage.completion_tokens);
         coe_info("access id=%s client=%s method=%s path=%s model=%s expert=%s status=%d ms=%.2f %s", cx->id, ip,
-                 cx->method, cx->path, cx->model[0] ? cx->model : "-", expert, cx->status,
-                 (double)(coe_now_us() - cx->start_us) / 1000.0, tokens);
+                 cx->method, cx->path, cx->model[0] ? cx->model : "-", expert, cx->status, seconds * 1000.0, tokens);
     }
     coe_buf_free(&cx->body);
     coe_config_unref(&cx->cfg);

@@ -6,7 +6,7 @@ import time
 import unittest
 
 from harness import (Gateway, Stream, Upstream, chat_body, content_of_stream, post, raw_stream_then_hangup,
-                     remote)
+                     remote, request)
 
 
 class Resilience(unittest.TestCase):
@@ -138,6 +138,39 @@ class Resilience(unittest.TestCase):
         self.assertTrue(self.gw.wait_log(r"status=499"))
         # The gateway is still healthy afterwards.
         self.assertEqual(post(self.gw.port, chat_body("fake: key=after", model="backup")).status, 200)
+
+
+class Metrics(unittest.TestCase):
+    def test_counts_requests_retries_fallbacks_and_tokens(self):
+        key = "sk-metrics-secret-0000"
+        with Upstream() as up, Gateway({
+                "experts": {"a": remote(up, retries=1, fallbacks=["b"], api_key_env="COE_TEST_K"),
+                            "b": remote(up, retries=0)},
+                "routes": {"auto": {"default": "a"}}}, env={"COE_TEST_K": key}) as gw:
+            # a fails twice (first try and its one retry), then b answers
+            self.assertEqual(post(gw.port, chat_body("fake: key=m1 status=503 fail_times=2 chunks=3")).status, 200)
+            self.assertEqual(post(gw.port, chat_body("fake: key=m2 chunks=4", model="b")).status, 200)
+            self.assertEqual(post(gw.port, chat_body("x", model="nobody")).status, 404)
+            m = request(gw.port, "GET", "/metrics")
+            self.assertEqual(m.status, 200)
+            self.assertTrue(m.headers["content-type"].startswith("text/plain"))
+            text = m.body.decode()
+            lines = set(text.splitlines())
+            for expected in (
+                    'coegate_requests_total{endpoint="chat_completions",status="200"} 2',
+                    'coegate_requests_total{endpoint="chat_completions",status="404"} 1',
+                    'coegate_request_duration_seconds_count{endpoint="chat_completions"} 3',
+                    'coegate_inflight_requests 0',
+                    'coegate_expert_failed_total{expert="a"} 2',
+                    'coegate_expert_retried_total{expert="a"} 1',
+                    'coegate_expert_fell_back_total{expert="a"} 1',
+                    'coegate_expert_answered_total{expert="a"} 0',
+                    'coegate_expert_answered_total{expert="b"} 2',
+                    'coegate_expert_completion_tokens_total{expert="b"} 7',
+                    'coegate_expert_prompt_tokens_total{expert="b"} 10'):
+                self.assertIn(expected, lines)
+            self.assertNotIn(key, text)
+            self.assertEqual(request(gw.port, "POST", "/metrics", b"").status, 405)
 
 
 if __name__ == "__main__":
