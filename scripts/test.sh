@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets everything up and runs the whole test suite: unit, integration, conformance
 # and gpu (those two skip with a message where ../shared or a GPU is absent), built
-# with -Werror, then the unit and integration suites again under AddressSanitizer
-# and UndefinedBehaviorSanitizer.
+# with -Werror; then the unit and integration suites again under AddressSanitizer
+# with UndefinedBehaviorSanitizer, and under ThreadSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -17,6 +17,11 @@ if [ "${COEGATE_SKIP_SANITIZERS:-0}" != 1 ]; then
         -Db_lundef=false -Dcuda=disabled
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
         meson test -C build-sanitize --suite unit --suite integration --print-errorlogs || status=1
-    python3 scripts/test-summary.py build-sanitize/meson-logs/testlog.json "sanitizers" || status=1
+    python3 scripts/test-summary.py build-sanitize/meson-logs/testlog.json "asan+ubsan" || status=1
+
+    BUILD_DIR=build-tsan scripts/build.sh -Dwerror=true -Dbuildtype=debug -Db_sanitize=thread \
+        -Db_lundef=false -Dcuda=disabled
+    TSAN_OPTIONS=halt_on_error=1 meson test -C build-tsan --suite unit --suite integration --print-errorlogs || status=1
+    python3 scripts/test-summary.py build-tsan/meson-logs/testlog.json "tsan" || status=1
 fi
 exit $status

@@ -122,7 +122,7 @@ class Gateway:
         try:
             status = self.stop()
             logs = self.logs()
-            for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            for marker in ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:"):
                 if marker in logs:
                     raise AssertionError(f"coegate reported {marker}:\n{logs[-4000:]}")
             if status != 0:

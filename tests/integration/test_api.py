@@ -2,6 +2,7 @@
 usage, errors, limits and secrets."""
 
 import json
+import threading
 import unittest
 
 from harness import (Gateway, Stream, Upstream, chat_body, content_of_stream, post, remote, request)
@@ -209,6 +210,65 @@ class Api(unittest.TestCase):
         self.assertEqual(s.all()[-1][1], "[DONE]")
         s.close()
         self.assertEqual(self.post(chat_body("fake: key=busy3", model="narrow")).status, 200)
+
+
+class Load(unittest.TestCase):
+    def run_all(self, fns):
+        results = [None] * len(fns)
+
+        def run(i):
+            try:
+                results[i] = fns[i]()
+            except Exception as e:  # reported below, with the others
+                results[i] = e
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        return results
+
+    def test_many_concurrent_streams(self):
+        with Upstream() as up, Gateway({"server": {"threads": 2}, "experts": {"up": remote(up)},
+                                        "routes": {"auto": {"default": "up"}}}) as gw:
+            expected = "".join(["Hello", " w\u00f6rld", " \"quoted\"", " tab\t", " \u4e2d\u6587",
+                                " emoji \U0001f389", "\\n", "\n"] * 2)[:]
+
+            def stream(i):
+                s = Stream(gw.port, chat_body(f"fake: key=load{i} chunks=16 delay_ms=20", stream=True))
+                events = s.all()
+                s.close()
+                text, chunks = content_of_stream(events)
+                return s.status, text, events[-1][1], len(chunks)
+
+            def whole(i):
+                r = post(gw.port, chat_body(f"fake: key=whole{i} chunks=16"))
+                return r.status, r.json()["choices"][0]["message"]["content"]
+
+            results = self.run_all([lambda i=i: stream(i) for i in range(64)] +
+                                   [lambda i=i: whole(i) for i in range(32)])
+            for r in results[:64]:
+                self.assertEqual(r, (200, expected, "[DONE]", 16))
+            for r in results[64:]:
+                self.assertEqual(r, (200, expected))
+
+    def test_overload_gives_clean_503s(self):
+        with Upstream() as up, Gateway({"server": {"max_inflight": 8}, "experts": {"up": remote(up)},
+                                        "routes": {"auto": {"default": "up"}}}) as gw:
+            def one(i):
+                r = post(gw.port, chat_body(f"fake: key=ov{i} chunks=4 first_delay_ms=300"))
+                return r.status, r.headers.get("retry-after"), r.json()
+
+            results = self.run_all([lambda i=i: one(i) for i in range(24)])
+            ok = [r for r in results if r[0] == 200]
+            busy = [r for r in results if r[0] == 503]
+            self.assertEqual(len(ok) + len(busy), 24, results)
+            self.assertGreaterEqual(len(ok), 8)
+            self.assertGreaterEqual(len(busy), 1)
+            for _, retry_after, body in busy:
+                self.assertEqual(retry_after, "1")
+                self.assertEqual(body["error"]["type"], "overloaded_error")
 
 
 if __name__ == "__main__":
