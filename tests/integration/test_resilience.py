@@ -151,7 +151,14 @@ class Metrics(unittest.TestCase):
             self.assertEqual(post(gw.port, chat_body("fake: key=m1 status=503 fail_times=2 chunks=3")).status, 200)
             self.assertEqual(post(gw.port, chat_body("fake: key=m2 chunks=4", model="b")).status, 200)
             self.assertEqual(post(gw.port, chat_body("x", model="nobody")).status, 404)
-            m = request(gw.port, "GET", "/metrics")
+            # A request is counted once libmicrohttpd reports it complete, just after
+            # its last byte left; wait (bounded) until nothing is in flight.
+            deadline = time.monotonic() + 5
+            while True:
+                m = request(gw.port, "GET", "/metrics")
+                if "coegate_inflight_requests 0" in m.body.decode() or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
             self.assertEqual(m.status, 200)
             self.assertTrue(m.headers["content-type"].startswith("text/plain"))
             text = m.body.decode()
