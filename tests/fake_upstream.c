@@ -34,6 +34,7 @@ typedef struct scenario {
     double closed_at;   /* wall seconds when a client closed early; 0: never */
     char *last_body;
     char *last_auth;
+    char *last_headers; /* JSON object of the last request's headers */
     struct scenario *next;
 } scenario;
 
@@ -245,6 +246,8 @@ static enum MHD_Result stats(struct MHD_Connection *c)
             cJSON_AddStringToObject(k, "last_body", s->last_body);
         if (s->last_auth)
             cJSON_AddStringToObject(k, "last_auth", s->last_auth);
+        if (s->last_headers)
+            cJSON_AddRawToObject(k, "last_headers", s->last_headers);
     }
     pthread_mutex_unlock(&mu);
     char *t = cJSON_PrintUnformatted(j);
@@ -252,6 +255,13 @@ static enum MHD_Result stats(struct MHD_Connection *c)
     enum MHD_Result r = reply(c, 200, t, 0);
     free(t);
     return r;
+}
+
+static enum MHD_Result add_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    cJSON_AddStringToObject(cls, key, value ? value : "");
+    return MHD_YES;
 }
 
 static const char *last_text(const cJSON *body, bool chat)
@@ -290,6 +300,11 @@ static enum MHD_Result answer(struct MHD_Connection *c, const char *url, req_ctx
     free(sc->last_auth);
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
     sc->last_auth = auth ? strdup(auth) : NULL;
+    cJSON *headers = cJSON_CreateObject();
+    MHD_get_connection_values(c, MHD_HEADER_KIND, add_header, headers);
+    free(sc->last_headers);
+    sc->last_headers = cJSON_PrintUnformatted(headers);
+    cJSON_Delete(headers);
     pthread_mutex_unlock(&mu);
 
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);

@@ -57,6 +57,11 @@ class Api(unittest.TestCase):
         # The upstream got its own model name, and the configured headers.
         sent = json.loads(self.up.key("ns")["last_body"])
         self.assertEqual(sent["model"], "upstream-model")
+        headers = self.up.key("ns")["last_headers"]
+        self.assertEqual(headers["X-Team"], "integration")
+        self.assertEqual(headers["Content-Type"], "application/json")
+        # The client's own headers (its key above all) are not passed on.
+        self.assertNotIn("client-key-2", json.dumps(headers))
 
     def test_stream_passthrough_is_identical_and_unbuffered(self):
         body = chat_body("fake: key=st chunks=6 delay_ms=300", stream=True)
