@@ -9,7 +9,8 @@ usage: bench/gateway_overhead.py [--connections N,N...] [--duration S] [--ttfb-r
 
 The default concurrencies are 2 (the machine is not saturated: the figures are the
 gateway's own cost) and 16 (every core is busy with wrk, coegate and the upstream, so
-p99 mostly measures the scheduler). Run it on an otherwise idle machine."""
+p99 mostly measures the scheduler). Shared machines drift: each figure is the median
+of several rounds in which the paths are measured alternately."""
 
 import argparse
 import json
@@ -69,8 +70,9 @@ def ttfb(port, n):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--connections", default="2,16")
-    ap.add_argument("--duration", type=int, default=8)
-    ap.add_argument("--ttfb-requests", type=int, default=2000)
+    ap.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported")
+    ap.add_argument("--ttfb-requests", type=int, default=500, help="per path and round")
     a = ap.parse_args()
     levels = [int(c) for c in a.connections.split(",")]
     rows = {}
@@ -83,17 +85,23 @@ def main():
             # Warm both paths (connection pools, page cache) before measuring.
             for url in (up.base_url, gw.base_url, gw_log.base_url):
                 wrk(url + "/chat/completions", levels[0], 1)
+            paths = {"direct": up.base_url, "coegate": gw.base_url, "coegate, access log on": gw_log.base_url}
             for c in levels:
-                rows[c] = {
-                    "direct": wrk(up.base_url + "/chat/completions", c, a.duration),
-                    "coegate": wrk(gw.base_url + "/chat/completions", c, a.duration),
-                    "coegate, access log on": wrk(gw_log.base_url + "/chat/completions", c, a.duration),
-                }
-            t_direct = ttfb(up.port, a.ttfb_requests)
-            t_gw = ttfb(gw.port, a.ttfb_requests)
+                runs = {name: [] for name in paths}
+                for _ in range(a.rounds):
+                    for name, url in paths.items():
+                        runs[name].append(wrk(url + "/chat/completions", c, a.duration))
+                rows[c] = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+            tt = {"direct": [], "coegate": []}
+            for _ in range(a.rounds):
+                tt["direct"].append(ttfb(up.port, a.ttfb_requests))
+                tt["coegate"].append(ttfb(gw.port, a.ttfb_requests))
+            t_direct = {k: statistics.median(r[k] for r in tt["direct"]) for k in tt["direct"][0]}
+            t_gw = {k: statistics.median(r[k] for r in tt["coegate"]) for k in tt["coegate"][0]}
     for c, by_path in rows.items():
         base = by_path["direct"]
-        print(f"## Gateway overhead (wrk, {c} connections, {a.duration} s, non-streaming)\n")
+        print(f"## Gateway overhead (wrk, {c} connections, non-streaming; medians of {a.rounds} alternating "
+              f"rounds of {a.duration} s)\n")
         print("| path | requests/s | vs direct | p50 ms | p99 ms | added p50 us | added p99 us |")
         print("|---|---|---|---|---|---|---|")
         for name, r in by_path.items():
@@ -101,7 +109,8 @@ def main():
                   f"{r['p99_ms']:.3f} | {(r['p50_ms'] - base['p50_ms']) * 1e3:.0f} | "
                   f"{(r['p99_ms'] - base['p99_ms']) * 1e3:.0f} |")
         print()
-    print(f"## Time to first streamed chunk ({a.ttfb_requests} sequential requests, one connection)\n")
+    print(f"## Time to first streamed chunk (one connection; medians of {a.rounds} alternating rounds of "
+          f"{a.ttfb_requests} sequential requests)\n")
     print("| path | p50 ms | p99 ms |")
     print("|---|---|---|")
     print(f"| direct | {t_direct['p50_ms']:.3f} | {t_direct['p99_ms']:.3f} |")
