@@ -11,6 +11,8 @@
 #include "coe_build.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/gguf.h"
+#include "experts/model_info.h"
 #include "gateway/config.h"
 #include "gateway/server.h"
 
@@ -22,6 +24,7 @@ static const char usage_main[] =
     "verbs:\n"
     "  serve          run the gateway (built-in demo configuration without --config)\n"
     "  config check   validate a configuration file\n"
+    "  model info     describe a GGUF model file\n"
     "  version        print the version and build features\n"
     "\n"
     "Run 'coegate VERB --help' for a verb's options.\n";
@@ -48,6 +51,14 @@ static const char usage_config[] =
     "Validates FILE and reports every problem as 'FILE: json.path: what is wrong'.\n"
     "Environment variables the file names (API keys) only draw warnings here.\n"
     "Exits 0 when the file is valid, 1 otherwise.\n";
+
+static const char usage_model[] =
+    "usage: coegate model info FILE...\n"
+    "\n"
+    "Describes GGUF model files: format, architecture and shape, parameter counts\n"
+    "(total, and active per token for Mixture-of-Experts models), tensor types,\n"
+    "vocabulary and chat template. A file that is not a valid GGUF is refused with\n"
+    "the byte offset, key or tensor concerned. Exits 1 if any file is refused.\n";
 
 static bool wants_help(int argc, char **argv)
 {
@@ -91,6 +102,33 @@ static int parse_level(const char *s, coe_log_level *out)
             return 0;
         }
     return COE_EINVAL;
+}
+
+static int cmd_model(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        fputs(usage_model, stdout);
+        return 0;
+    }
+    if (argc < 2 || strcmp(argv[0], "info") != 0) {
+        fputs(usage_model, stderr);
+        return 2;
+    }
+    int status = 0;
+    for (int i = 1; i < argc; i++) {
+        coe_buf out = COE_BUF_INIT;
+        coe_gguf *g = NULL;
+        if (coe_gguf_open(&g, argv[i], &out)) {
+            fputs(out.data, stderr);
+            status = 1;
+        } else {
+            coe_model_info(g, &out);
+            fputs(out.data, stdout);
+        }
+        coe_gguf_close(&g);
+        coe_buf_free(&out);
+    }
+    return status;
 }
 
 typedef struct serve_opts {
@@ -258,6 +296,8 @@ int main(int argc, char **argv)
         return cmd_serve(argc - 2, argv + 2);
     if (strcmp(verb, "config") == 0)
         return cmd_config(argc - 2, argv + 2);
+    if (strcmp(verb, "model") == 0)
+        return cmd_model(argc - 2, argv + 2);
     if (strcmp(verb, "version") == 0 || strcmp(verb, "--version") == 0) {
         printf("coegate %s (cuda: %s)\n", COE_VERSION, COE_HAVE_CUDA ? "yes" : "no");
         return 0;

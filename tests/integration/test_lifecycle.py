@@ -4,6 +4,7 @@ serving as the remote expert of another."""
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -125,6 +126,20 @@ class CommandLine(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("tests/integration/bad-config.json: experts.remote.base_url: must start with http://", r.stderr)
         self.assertIn("tests/integration/bad-config.json: routes.auto.default: no expert named \"missing\"", r.stderr)
+
+    def test_model_info(self):
+        r = self.run_coegate("model", "info", "tests/fuzz/corpus/gguf/small")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("architecture  llama", r.stdout)
+        self.assertIn("Q8_0: 1 tensors", r.stdout)
+        with open("tests/fuzz/corpus/gguf/small", "rb") as f:
+            data = f.read()
+        with tempfile.NamedTemporaryFile(suffix=".gguf") as cut:
+            cut.write(data[:200])
+            cut.flush()
+            r = self.run_coegate("model", "info", cut.name)
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stderr, r"\.gguf: byte \d+: .*runs past the end of the file")
 
     def test_bad_config_does_not_start(self):
         r = self.run_coegate("serve", "--config", "tests/integration/bad-config.json", "--port", "0")
