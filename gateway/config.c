@@ -11,6 +11,7 @@
 
 #include "common/err.h"
 #include "common/jsonx.h"
+#include "router/classifier.h"
 
 const char coe_config_demo_json[] =
     "{\n"
@@ -321,8 +322,13 @@ static bool named_entry(vctx *v, const cJSON *j, const char *path, const char *w
                         const char *const *keys)
 {
     snprintf(name, COE_NAME_MAX + 1, "%s", j->string);
-    if (!valid_name(j->string))
-        verr(v, path, "%s name must be 1-%d characters of letters, digits and _ - . : /", what, COE_NAME_MAX);
+    /* Categories come from training data ("computer science"): any printable text. */
+    bool category = strcmp(what, "a category") == 0;
+    if (category ? (!*j->string || strlen(j->string) > COE_NAME_MAX || !safe_text(j->string))
+                 : !valid_name(j->string))
+        verr(v, path, category ? "%s name must be 1-%d printable characters"
+                               : "%s name must be 1-%d characters of letters, digits and _ - . : /",
+             what, COE_NAME_MAX);
     if (!cJSON_IsObject(j)) {
         verr(v, path, "expected an object, found %s", type_name(j));
         return false;
@@ -436,27 +442,113 @@ static void resolve_fallbacks(vctx *v, const cJSON *experts, coe_config *c)
     }
 }
 
-static const char *const route_keys[] = {"default", NULL};
+static const char *const category_keys[] = {"experts", NULL};
+
+static void parse_category(vctx *v, const cJSON *j, const char *path, coe_config *c, coe_category_cfg *cat)
+{
+    if (!named_entry(v, j, path, "a category", cat->name, category_keys))
+        return;
+    char p[512];
+    child_path(p, sizeof p, path, "experts");
+    const cJSON *ex = get(j, "experts");
+    if (!cJSON_IsObject(ex) || !ex->child) {
+        verr(v, p, "expected an object of expert names to quality scores, with at least one expert");
+        return;
+    }
+    int n = cJSON_GetArraySize(ex);
+    cat->experts = calloc((size_t)n, sizeof *cat->experts);
+    cat->quality = calloc((size_t)n, sizeof *cat->quality);
+    if (!cat->experts || !cat->quality)
+        return;
+    check_keys(v, ex, p, NULL);
+    for (const cJSON *e = ex->child; e; e = e->next) {
+        char ep[640];
+        child_path(ep, sizeof ep, p, e->string);
+        int idx = coe_config_find_expert(c, e->string);
+        if (idx < 0)
+            verr(v, ep, "no expert named \"%s\"", e->string);
+        else if (!cJSON_IsNumber(e) || !isfinite(e->valuedouble))
+            verr(v, ep, "expected a quality score (a number), found %s", type_name(e));
+        else {
+            cat->experts[cat->n_experts] = idx;
+            cat->quality[cat->n_experts++] = e->valuedouble;
+        }
+    }
+}
+
+static const char *const route_keys[] = {"default", "router", "threshold", "fallback", "cost_weight", NULL};
+
+/* An expert named by key of route j, or -1 (reported when required). */
+static int route_expert(vctx *v, const cJSON *j, const char *path, const char *key, bool required, coe_config *c)
+{
+    char *name = get_string(v, j, path, key, required, NULL);
+    int idx = -1;
+    if (name) {
+        char p[512];
+        child_path(p, sizeof p, path, key);
+        idx = coe_config_find_expert(c, name);
+        if (idx < 0)
+            verr(v, p, "no expert named \"%s\"", name);
+    }
+    free(name);
+    return idx;
+}
 
 static void parse_route(vctx *v, const cJSON *j, const char *path, coe_config *c, coe_route_cfg *r)
 {
-    r->default_expert = -1;
+    r->default_expert = r->fallback_expert = -1;
     if (!named_entry(v, j, path, "a route", r->name, route_keys))
         return;
-    char *dflt = get_string(v, j, path, "default", true, NULL);
-    if (dflt) {
-        char p[512];
-        child_path(p, sizeof p, path, "default");
-        r->default_expert = coe_config_find_expert(c, dflt);
-        if (r->default_expert < 0)
-            verr(v, p, "no expert named \"%s\"", dflt);
-    }
-    free(dflt);
+    r->default_expert = route_expert(v, j, path, "default", true, c);
     if (coe_config_find_expert(c, r->name) >= 0)
         verr(v, path, "a route cannot have the name of an expert: clients could not tell them apart");
+    r->router_path = get_string(v, j, path, "router", false, NULL);
+    r->threshold = get_number(v, j, path, "threshold", 0, 1, 0);
+    r->cost_weight = get_number(v, j, path, "cost_weight", 0, 1e12, 0);
+    r->fallback_expert = route_expert(v, j, path, "fallback", false, c);
+    if (r->fallback_expert < 0)
+        r->fallback_expert = r->default_expert;
+    char p[512];
+    if (!r->router_path) {
+        static const char *const needs_router[] = {"threshold", "fallback", "cost_weight", NULL};
+        for (const char *const *k = needs_router; *k; k++)
+            if (get(j, *k)) {
+                child_path(p, sizeof p, path, *k);
+                verr(v, p, "takes effect only with a router");
+            }
+        return;
+    }
+    /* The router is loaded with the configuration; a relative path is taken from the
+     * configuration file's folder. */
+    child_path(p, sizeof p, path, "router");
+    char full[4096];
+    const char *slash = strrchr(v->file, '/');
+    if (r->router_path[0] != '/' && slash && v->file[0] != '<')
+        snprintf(full, sizeof full, "%.*s/%s", (int)(slash - v->file), v->file, r->router_path);
+    else
+        snprintf(full, sizeof full, "%s", r->router_path);
+    coe_buf why = COE_BUF_INIT;
+    if (coe_router_open(&r->router, full, &why)) {
+        size_t n = why.len;
+        while (n > 0 && why.data[n - 1] == '\n')
+            why.data[--n] = '\0';
+        verr(v, p, "cannot load the router: %s", why.data ? why.data : "unknown error");
+        coe_buf_free(&why);
+        return;
+    }
+    coe_buf_free(&why);
+    r->category_of_class = malloc((size_t)r->router->n_classes * sizeof *r->category_of_class);
+    int mapped = 0;
+    for (int k = 0; r->category_of_class && k < r->router->n_classes; k++) {
+        r->category_of_class[k] = coe_config_find_category(c, r->router->categories[k]);
+        mapped += r->category_of_class[k] >= 0;
+    }
+    if (mapped == 0)
+        diag(v, true, p, "none of the router's %d categories is configured under \"categories\": every request "
+                         "goes to the default expert", r->router->n_classes);
 }
 
-static const char *const top_keys[] = {"server", "experts", "routes", NULL};
+static const char *const top_keys[] = {"server", "experts", "categories", "routes", NULL};
 
 int coe_config_parse(const char *text, size_t len, const char *name, coe_config_mode mode,
                      coe_config **out, coe_buf *d)
@@ -514,6 +606,21 @@ int coe_config_parse(const char *text, size_t len, const char *name, coe_config_
             parse_expert(&v, j, path, &c->experts[i]);
         }
         resolve_fallbacks(&v, experts, c);
+    }
+
+    const cJSON *cats = get(root, "categories");
+    if (cats && !cJSON_IsObject(cats)) {
+        verr(&v, "categories", "expected an object of category names to categories, found %s", type_name(cats));
+    } else if (cats && c->n_experts > 0) {
+        check_keys(&v, cats, "categories", NULL);
+        c->n_categories = cJSON_GetArraySize(cats);
+        c->categories = calloc((size_t)c->n_categories + 1, sizeof *c->categories);
+        int i = 0;
+        for (const cJSON *j = cats->child; j && c->categories; j = j->next, i++) {
+            char path[512];
+            child_path(path, sizeof path, "categories", j->string);
+            parse_category(&v, j, path, c, &c->categories[i]);
+        }
     }
 
     const cJSON *routes = get(root, "routes");
@@ -610,7 +717,17 @@ void coe_config_unref(coe_config **cp)
         free(e->fallbacks);
     }
     free(c->experts);
+    for (int i = 0; i < c->n_routes && c->routes; i++) {
+        free(c->routes[i].router_path);
+        coe_router_close(&c->routes[i].router);
+        free(c->routes[i].category_of_class);
+    }
     free(c->routes);
+    for (int i = 0; i < c->n_categories && c->categories; i++) {
+        free(c->categories[i].experts);
+        free(c->categories[i].quality);
+    }
+    free(c->categories);
     free(c->server.host);
     free(c->server.api_keys_env);
     free_strings(c->server.api_keys, c->server.n_api_keys);
@@ -622,6 +739,14 @@ int coe_config_find_expert(const coe_config *c, const char *name)
 {
     for (int i = 0; i < c->n_experts; i++)
         if (strcmp(c->experts[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+int coe_config_find_category(const coe_config *c, const char *name)
+{
+    for (int i = 0; i < c->n_categories; i++)
+        if (strcmp(c->categories[i].name, name) == 0)
             return i;
     return -1;
 }

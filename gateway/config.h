@@ -43,9 +43,26 @@ typedef struct coe_expert_cfg {
     atomic_int inflight;        /* runtime: requests now being answered */
 } coe_expert_cfg;
 
+struct coe_router;
+
+/* A category's experts with their quality scores (higher is better). */
+typedef struct coe_category_cfg {
+    char name[COE_NAME_MAX + 1];
+    int *experts;               /* owned; indexes into coe_config.experts */
+    double *quality;            /* owned */
+    int n_experts;
+} coe_category_cfg;
+
 typedef struct coe_route_cfg {
     char name[COE_NAME_MAX + 1];
-    int default_expert;         /* index into coe_config.experts */
+    int default_expert;         /* index into coe_config.experts: no router, or a category with no experts */
+    /* The learned policy, when the route has a router: */
+    char *router_path;          /* owned */
+    struct coe_router *router;  /* owned; loaded with the configuration */
+    int *category_of_class;     /* owned; router class -> index into coe_config.categories, or -1 */
+    double threshold;           /* below this top probability, the fallback answers */
+    int fallback_expert;        /* index into coe_config.experts */
+    double cost_weight;         /* expert score = quality - cost_weight * cost */
 } coe_route_cfg;
 
 typedef struct coe_server_cfg {
@@ -73,6 +90,8 @@ typedef struct coe_config {
     int n_experts;
     coe_route_cfg *routes;      /* owned, n_routes */
     int n_routes;
+    coe_category_cfg *categories; /* owned, n_categories */
+    int n_categories;
 } coe_config;
 
 /* How strictly the environment is checked: serve needs every named variable set,
@@ -94,8 +113,9 @@ coe_config *coe_config_ref(coe_config *c);
 /* Drops a reference; frees on the last one and sets *c to NULL. */
 void coe_config_unref(coe_config **c);
 
-/* Index of the expert or route named name, or -1. */
+/* Index of the expert, route or category named name, or -1. */
 int coe_config_find_expert(const coe_config *c, const char *name);
 int coe_config_find_route(const coe_config *c, const char *name);
+int coe_config_find_category(const coe_config *c, const char *name);
 
 #endif

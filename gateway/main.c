@@ -1,5 +1,9 @@
 /* coegate: the command line. One binary, several verbs. */
+#include <cblas.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +19,9 @@
 #include "experts/model_info.h"
 #include "gateway/config.h"
 #include "gateway/server.h"
+#include "router/classifier.h"
+#include "router/cli.h"
+#include "router/route.h"
 
 static const char usage_main[] =
     "usage: coegate VERB [options]\n"
@@ -25,6 +32,9 @@ static const char usage_main[] =
     "  serve          run the gateway (built-in demo configuration without --config)\n"
     "  config check   validate a configuration file\n"
     "  model info     describe a GGUF model file\n"
+    "  route          show which expert a route picks for a text, and why\n"
+    "  router train   learn the category router from labeled queries\n"
+    "  router eval    measure a router on labeled queries\n"
     "  version        print the version and build features\n"
     "\n"
     "Run 'coegate VERB --help' for a verb's options.\n";
@@ -59,6 +69,15 @@ static const char usage_model[] =
     "(total, and active per token for Mixture-of-Experts models), tensor types,\n"
     "vocabulary and chat template. A file that is not a valid GGUF is refused with\n"
     "the byte offset, key or tensor concerned. Exits 1 if any file is refused.\n";
+
+static const char usage_route[] =
+    "usage: coegate route --config FILE [--route NAME] TEXT\n"
+    "\n"
+    "Classifies TEXT with the route's router (NAME, default auto) and prints the top\n"
+    "categories with their probabilities, the expert chosen and the rule used:\n"
+    "policy (best quality minus cost_weight x cost for the category), threshold (the\n"
+    "top probability is under the route's threshold: its fallback), unconfigured (the\n"
+    "category lists no experts: the default) or default (the route has no router).\n";
 
 static bool wants_help(int argc, char **argv)
 {
@@ -131,6 +150,72 @@ static int cmd_model(int argc, char **argv)
     return status;
 }
 
+static int cmd_route(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        fputs(usage_route, stdout);
+        return 0;
+    }
+    const char *config = NULL, *route = "auto", *text = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--config") && i + 1 < argc)
+            config = argv[++i];
+        else if (!strcmp(argv[i], "--route") && i + 1 < argc)
+            route = argv[++i];
+        else if (argv[i][0] != '-' && !text)
+            text = argv[i];
+        else {
+            fprintf(stderr, "coegate route: unexpected argument '%s'\n\n%s", argv[i], usage_route);
+            return 2;
+        }
+    }
+    if (!config || !text) {
+        fputs(usage_route, stderr);
+        return 2;
+    }
+    coe_buf diag = COE_BUF_INIT;
+    coe_config *cfg = NULL;
+    int rc = coe_config_load(config, COE_CONFIG_CHECK, &cfg, &diag);
+    if (diag.len)
+        fputs(diag.data, stderr);
+    coe_buf_free(&diag);
+    if (rc)
+        return 1;
+    int r = coe_config_find_route(cfg, route);
+    coe_route_decision d;
+    if (r < 0) {
+        fprintf(stderr, "coegate route: %s has no route named '%s'\n", config, route);
+        rc = 1;
+    } else if ((rc = coe_route_text(cfg, r, text, &d)) != 0) {
+        fprintf(stderr, "coegate route: %s\n", coe_strerror(rc));
+        rc = 1;
+    } else {
+        const coe_route_cfg *rt = &cfg->routes[r];
+        printf("route       %s%s%s%s\n", route, rt->router_path ? " (router " : " (no router)",
+               rt->router_path ? rt->router_path : "", rt->router_path ? ")" : "");
+        if (d.category >= 0) {
+            printf("categories ");
+            for (int k = 0; k < d.n_top; k++)
+                printf(" %s %.4f%s", rt->router->categories[d.top[k]], d.top_p[k], k + 1 < d.n_top ? "," : "");
+            printf("\n");
+        }
+        const coe_expert_cfg *e = &cfg->experts[d.expert];
+        printf("expert      %s\nrule        %s: ", e->name, d.rule);
+        if (!strcmp(d.rule, "policy"))
+            printf("best quality - %g x cost among the experts of '%s' (score %.4f)\n", rt->cost_weight,
+                   d.category_name, d.score);
+        else if (!strcmp(d.rule, "threshold"))
+            printf("top probability %.4f is under the threshold %g: the fallback answers\n", d.confidence,
+                   rt->threshold);
+        else if (!strcmp(d.rule, "unconfigured"))
+            printf("category '%s' lists no experts: the default answers\n", d.category_name);
+        else
+            printf("the route has no router: its default answers\n");
+    }
+    coe_config_unref(&cfg);
+    return rc;
+}
+
 typedef struct serve_opts {
     const char *config;
     const char *host;
@@ -161,13 +246,53 @@ static int load_config(const serve_opts *o, coe_config **out)
     return 0;
 }
 
+/* Signals arrive through a pipe: a handler works whatever thread the kernel picks
+ * (libraries such as OpenBLAS start threads before main, which no mask set here
+ * could cover), and the main thread reads them in order. */
+static int signal_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    ssize_t n = write(signal_pipe[1], &b, 1);
+    (void)n;
+    errno = saved;
+}
+
+static int install_signals(void)
+{
+    if (pipe2(signal_pipe, O_CLOEXEC) != 0)
+        return -1;
+    fcntl(signal_pipe[1], F_SETFL, O_NONBLOCK);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+/* The next signal, waiting at most timeout_ms (-1: no limit); 0 when none came. */
+static int next_signal(int timeout_ms)
+{
+    struct pollfd p = {signal_pipe[0], POLLIN, 0};
+    if (poll(&p, 1, timeout_ms) <= 0)
+        return 0;
+    unsigned char b;
+    return read(signal_pipe[0], &b, 1) == 1 ? b : 0;
+}
+
 /* Waits for in-flight requests to end, at most grace_ms; a second signal cuts it short. */
-static void drain(coe_server *srv, long grace_ms, const sigset_t *set)
+static void drain(coe_server *srv, long grace_ms)
 {
     long long deadline = coe_now_ms() + grace_ms;
     while (coe_server_inflight(srv) > 0 && coe_now_ms() < deadline) {
-        struct timespec ts = {0, 20 * 1000000L};
-        int sig = sigtimedwait(set, NULL, &ts);
+        int sig = next_signal(20);
         if (sig == SIGTERM || sig == SIGINT) {
             coe_warn("second signal: stopping now");
             return;
@@ -218,15 +343,12 @@ static int cmd_serve(int argc, char **argv)
         i++;
     }
 
-    /* Signals are taken synchronously by this thread alone; every thread started
-     * from here on inherits the blocked mask. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    if (install_signals() != 0) {
+        coe_error("cannot set up signal handling: %s", strerror(errno));
+        return 1;
+    }
+    /* One BLAS thread: the workers are the parallelism (router batches are small). */
+    openblas_set_num_threads(1);
 
     coe_config *cfg = NULL;
     if (load_config(&o, &cfg)) {
@@ -251,8 +373,8 @@ static int cmd_serve(int argc, char **argv)
     fflush(stdout);
 
     for (;;) {
-        int sig = 0;
-        if (sigwait(&set, &sig) != 0)
+        int sig = next_signal(-1);
+        if (!sig)
             continue;
         if (sig == SIGHUP) {
             if (!o.config) {
@@ -275,7 +397,7 @@ static int cmd_serve(int argc, char **argv)
         coe_info("%s: stopping: no new connections; waiting for %d requests in flight", sig == SIGINT ? "SIGINT" : "SIGTERM",
                  coe_server_inflight(srv));
         coe_server_quiesce(srv);
-        drain(srv, cfg->server.shutdown_grace_ms, &set);
+        drain(srv, cfg->server.shutdown_grace_ms);
         break;
     }
     coe_server_close(&srv);
@@ -298,6 +420,10 @@ int main(int argc, char **argv)
         return cmd_config(argc - 2, argv + 2);
     if (strcmp(verb, "model") == 0)
         return cmd_model(argc - 2, argv + 2);
+    if (strcmp(verb, "router") == 0)
+        return coe_router_cli(argc - 2, argv + 2);
+    if (strcmp(verb, "route") == 0)
+        return cmd_route(argc - 2, argv + 2);
     if (strcmp(verb, "version") == 0 || strcmp(verb, "--version") == 0) {
         printf("coegate %s (cuda: %s)\n", COE_VERSION, COE_HAVE_CUDA ? "yes" : "no");
         return 0;

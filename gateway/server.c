@@ -60,6 +60,9 @@ typedef struct conn_ctx {
     endpoint ep;
     char id[40];
     char model[COE_NAME_MAX + 1];
+    const char *category;     /* routed: the router's top category (lives with cfg), else NULL */
+    char confidence[16];
+    const char *rule;
     long long start_us;
     coe_buf body;
     bool too_large;
@@ -177,6 +180,10 @@ static void common_headers(struct MHD_Response *r, const conn_ctx *cx, const cha
     MHD_add_response_header(r, "X-Request-Id", cx->id);
     /* "none": answered by the gateway itself (an error before any expert, health, models). */
     MHD_add_response_header(r, "X-Coegate-Expert", expert && *expert ? expert : "none");
+    if (cx->category) {
+        MHD_add_response_header(r, "X-Coegate-Category", cx->category);
+        MHD_add_response_header(r, "X-Coegate-Confidence", cx->confidence);
+    }
 }
 
 static enum MHD_Result send_body(struct MHD_Connection *conn, conn_ctx *cx, int status, const char *ctype,
@@ -405,12 +412,22 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
         cx->model[k++] = (*m > 0x20 && *m < 0x7f) ? *m : '?';
     cx->model[k] = '\0';
     coe_route_decision dec;
-    if (coe_route_resolve(cx->cfg, req, &dec)) {
+    int route_rc = coe_route_resolve(cx->cfg, req, &dec);
+    if (route_rc == COE_ENOMEM) {
+        coe_request_free(&req);
+        return fail(conn, cx, 503, "overloaded", NULL, "the gateway is out of memory");
+    }
+    if (route_rc) {
         char msg[160];
         snprintf(msg, sizeof msg, "the model '%.64s' is neither an expert nor a route; see GET /v1/models",
                  req->model);
         coe_request_free(&req);
         return fail(conn, cx, 404, "model_not_found", "model", msg);
+    }
+    cx->rule = dec.rule;
+    if (dec.category_name) {
+        cx->category = dec.category_name;
+        snprintf(cx->confidence, sizeof cx->confidence, "%.4f", dec.confidence);
     }
     if (atomic_fetch_add(&s->inflight, 1) >= sc->max_inflight) {
         atomic_fetch_sub(&s->inflight, 1);
@@ -506,8 +523,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         if (usage.prompt_tokens >= 0)
             snprintf(tokens, sizeof tokens, "prompt_tokens=%ld completion_tokens=%ld", usage.prompt_tokens,
                      usage.completion_tokens);
-        coe_info("access id=%s client=%s method=%s path=%s model=%s expert=%s status=%d ms=%.2f %s", cx->id, ip,
-                 cx->method, cx->path, cx->model[0] ? cx->model : "-", expert, cx->status, seconds * 1000.0, tokens);
+        coe_info("access id=%s client=%s method=%s path=%s model=%s rule=%s category=%s expert=%s status=%d ms=%.2f %s",
+                 cx->id, ip, cx->method, cx->path, cx->model[0] ? cx->model : "-", cx->rule ? cx->rule : "-",
+                 cx->category ? cx->category : "-", expert, cx->status, seconds * 1000.0, tokens);
     }
     coe_buf_free(&cx->body);
     coe_config_unref(&cx->cfg);

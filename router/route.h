@@ -1,19 +1,34 @@
 /* Route resolution: which expert answers a request. A request's model names an
- * expert (no routing) or a route; a route picks its expert (for now its default;
- * the learned category policy plugs in here). */
+ * expert (no routing) or a route. A route without a router sends everything to its
+ * default expert; with one, it classifies the conversation into categories and
+ * picks, for the most probable category, the expert with the best quality minus
+ * cost_weight times cost, or its fallback when the classifier is unsure. */
 #ifndef COE_ROUTE_H
 #define COE_ROUTE_H
 
 #include "gateway/config.h"
 #include "gateway/request.h"
 
+#define COE_ROUTE_TOP 3
+
 typedef struct coe_route_decision {
     int expert;          /* index into cfg->experts */
     int route;           /* index into cfg->routes, or -1 when the model named an expert */
-    const char *rule;    /* static: "direct" or "default" */
+    const char *rule;    /* static: "direct", "default", "threshold", "policy" or "unconfigured" */
+    /* With a router: */
+    int category;        /* the router's class index of the top category, -1 without a router */
+    const char *category_name; /* borrowed from the router */
+    float confidence;    /* its probability */
+    int n_top;
+    int top[COE_ROUTE_TOP];      /* the most probable classes, best first */
+    float top_p[COE_ROUTE_TOP];
+    double score;        /* the chosen expert's quality - cost_weight * cost, for "policy" */
 } coe_route_decision;
 
-/* Returns 0, or COE_ENOTFOUND when model names neither an expert nor a route. */
+/* Returns 0, COE_ENOTFOUND when model names neither an expert nor a route, or
+ * COE_ENOMEM. */
 int coe_route_resolve(const coe_config *cfg, const coe_request *req, coe_route_decision *out);
+/* The same for a bare text, on route r (for `coegate route`). */
+int coe_route_text(const coe_config *cfg, int r, const char *text, coe_route_decision *out);
 
 #endif

@@ -1,6 +1,9 @@
 """Process lifetime: reload on SIGHUP, graceful stop on SIGTERM, and one coegate
 serving as the remote expert of another."""
 
+import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -118,10 +121,31 @@ class CommandLine(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertIn("unknown verb 'frobnicate'", r.stderr)
 
+    def test_demo_configuration(self):
+        # What scripts/demo.sh does: train the demo router beside the demo config, serve it.
+        with tempfile.TemporaryDirectory() as d:
+            config = os.path.join(d, "demo.json")
+            shutil.copy("configs/demo.json", config)
+            r = self.run_coegate("router", "train", "--data", "configs/demo-queries.jsonl", "--out",
+                                 os.path.join(d, "demo-router.gguf"), "--buckets", "65536", "--dim", "32")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = self.run_coegate("config", "check", config)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("ok (4 experts, 1 routes)", r.stdout)
+            with open(config) as f:
+                demo = json.load(f)
+            # The harness writes its own copy elsewhere: point it at the router by full path.
+            demo["routes"]["auto"]["router"] = os.path.join(d, "demo-router.gguf")
+            with Gateway(demo) as gw:
+                r = post(gw.port, chat_body("What is the integral of 1/(1+x^2)? Explain step by step."))
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.headers["x-coegate-expert"], "mathematician")
+
     def test_config_check(self):
-        r = self.run_coegate("config", "check", "configs/demo.json")
+        r = self.run_coegate("config", "check", "configs/remote-example.json")
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("ok", r.stdout)
+        self.assertIn("ok (4 experts, 2 routes)", r.stdout)
+        self.assertIn("warning:", r.stderr)  # OPENAI_API_KEY is not set here
         r = self.run_coegate("config", "check", "tests/integration/bad-config.json")
         self.assertEqual(r.returncode, 1)
         self.assertIn("tests/integration/bad-config.json: experts.remote.base_url: must start with http://", r.stderr)

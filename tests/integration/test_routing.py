@@ -1,0 +1,123 @@
+"""The learned route policy through the real server: category headers, the
+threshold fallback, the cost weight, `coegate route`, and config errors."""
+
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+
+from harness import COEGATE, Gateway, chat_body, post
+
+CODE_Q = "How do I parse a CSV file in Python without extra libraries?"
+MATH_Q = "What is the derivative of x^3 sin x? Explain step by step."
+WRITING_Q = "Write a short poem about the sea at night."
+
+
+class Routing(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.TemporaryDirectory(prefix="coegate-routing-")
+        cls.router = os.path.join(cls.dir.name, "router.gguf")
+        r = subprocess.run([COEGATE, "router", "train", "--data", "configs/demo-queries.jsonl", "--out", cls.router,
+                            "--buckets", "65536", "--dim", "32"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        experts = {name: {"kind": "echo", "cost": cost} for name, cost in
+                   (("coder", 1.0), ("mathematician", 1.0), ("writer", 1.0), ("generalist", 0.1))}
+        categories = {"code": {"experts": {"coder": 0.9, "generalist": 0.6}},
+                      "math": {"experts": {"mathematician": 0.9, "generalist": 0.5}}}
+        cls.config = {
+            "experts": experts,
+            "categories": categories,
+            "routes": {
+                "auto": {"router": cls.router, "default": "generalist", "threshold": 0.4},
+                "strict": {"router": cls.router, "default": "generalist", "fallback": "writer", "threshold": 0.9999},
+                "cheap": {"router": cls.router, "default": "generalist", "cost_weight": 10},
+                "plain": {"default": "writer"},
+            },
+        }
+        cls.gw = Gateway(cls.config)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.close()
+        cls.dir.cleanup()
+
+    def ask(self, text, model="auto", stream=False):
+        return post(self.gw.port, chat_body(text, model=model, stream=stream))
+
+    def test_policy_picks_the_categorys_best_expert(self):
+        for text, category, expert in ((CODE_Q, "code", "coder"), (MATH_Q, "math", "mathematician")):
+            r = self.ask(text)
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.headers["x-coegate-category"], category)
+            self.assertGreater(float(r.headers["x-coegate-confidence"]), 0.4)
+            self.assertEqual(r.headers["x-coegate-expert"], expert)
+        self.assertTrue(self.gw.wait_log(r"rule=policy category=math expert=mathematician"))
+
+    def test_category_without_experts_goes_to_the_default(self):
+        r = self.ask(WRITING_Q)
+        self.assertEqual(r.headers["x-coegate-category"], "writing")
+        self.assertEqual(r.headers["x-coegate-expert"], "generalist")
+        self.assertTrue(self.gw.wait_log(r"rule=unconfigured category=writing"))
+
+    def test_threshold_fallback(self):
+        r = self.ask(CODE_Q, model="strict")
+        self.assertEqual(r.headers["x-coegate-category"], "code")
+        self.assertLess(float(r.headers["x-coegate-confidence"]), 0.9999)
+        self.assertEqual(r.headers["x-coegate-expert"], "writer")
+
+    def test_cost_weight(self):
+        # 0.6 - 10 x 0.1 beats 0.9 - 10 x 1.0: the cheap generalist answers.
+        r = self.ask(CODE_Q, model="cheap")
+        self.assertEqual(r.headers["x-coegate-expert"], "generalist")
+        self.assertEqual(r.headers["x-coegate-category"], "code")
+
+    def test_conversation_history_and_streams(self):
+        body = {"model": "auto", "stream": True, "messages": [
+            {"role": "user", "content": WRITING_Q},
+            {"role": "assistant", "content": "Here is a poem."},
+            {"role": "user", "content": MATH_Q}]}
+        r = post(self.gw.port, body)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers["x-coegate-category"], "math")  # the last user message weighs most
+
+    def test_routes_without_router_and_direct_experts_have_no_category(self):
+        for model in ("plain", "coder"):
+            r = self.ask(CODE_Q, model=model)
+            self.assertEqual(r.status, 200)
+            self.assertNotIn("x-coegate-category", r.headers)
+
+    def run_coegate(self, *args):
+        return subprocess.run([COEGATE, *args], capture_output=True, text=True, timeout=30)
+
+    def test_route_command_explains(self):
+        r = self.run_coegate("route", "--config", self.gw.config_path, MATH_Q)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"categories +math 0\.\d+,")
+        self.assertIn("expert      mathematician", r.stdout)
+        self.assertIn("rule        policy: best quality - 0 x cost among the experts of 'math'", r.stdout)
+        r = self.run_coegate("route", "--config", self.gw.config_path, "--route", "strict", CODE_Q)
+        self.assertIn("rule        threshold: top probability", r.stdout)
+        r = self.run_coegate("route", "--config", self.gw.config_path, "--route", "nope", CODE_Q)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("has no route named 'nope'", r.stderr)
+
+    def test_config_errors(self):
+        bad = json.loads(json.dumps(self.config))
+        bad["routes"]["auto"]["router"] = "/nonexistent/router.gguf"
+        bad["categories"]["code"]["experts"]["nobody"] = 1
+        bad["routes"]["plain"]["threshold"] = 0.5
+        path = os.path.join(self.dir.name, "bad.json")
+        with open(path, "w") as f:
+            json.dump(bad, f)
+        r = self.run_coegate("config", "check", path)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f"{path}: categories.code.experts.nobody: no expert named \"nobody\"", r.stderr)
+        self.assertIn(f"{path}: routes.auto.router: cannot load the router: /nonexistent/router.gguf: cannot open",
+                      r.stderr)
+        self.assertIn(f"{path}: routes.plain.threshold: takes effect only with a router", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
