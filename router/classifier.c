@@ -114,10 +114,11 @@ static void softmax(float *v, int n)
         v[i] /= s;
 }
 
+static void head_q(const coe_router *m, const float *z, float *q);
+
 void coe_router_head(const coe_router *m, const float *x, float *probs, float *scratch)
 {
     const float *z = x;
-    int zn = coe_router_z(m);
     if (m->hidden > 0) {
         // W1 (hidden, dim) @ x (dim,) + b1 -> relu -> z (hidden,)
         for (int h = 0; h < m->hidden; h++) {
@@ -131,6 +132,14 @@ void coe_router_head(const coe_router *m, const float *x, float *probs, float *s
     }
     // W2 (outputs, zn) @ z (zn,) + b2 -> q (outputs,) -> probs (classes,)
     float *q = m->output_category ? scratch + (m->hidden > 0 ? m->hidden : 0) : probs;
+    head_q(m, z, q);
+    coe_router_fold(m, q, probs);
+}
+
+/* q = softmax(W2 z + b2). */
+static void head_q(const coe_router *m, const float *z, float *q)
+{
+    int zn = coe_router_z(m);
     for (int o = 0; o < m->n_outputs; o++) {
         const float *row = m->w2 + (size_t)o * (size_t)zn;
         float s = m->b2[o];
@@ -139,7 +148,22 @@ void coe_router_head(const coe_router *m, const float *x, float *probs, float *s
         q[o] = s;
     }
     softmax(q, m->n_outputs);
-    coe_router_fold(m, q, probs);
+}
+
+int coe_router_classify_outputs(const coe_router *m, const char *text, size_t n, float *q, float *probs)
+{
+    coe_features f = {0};
+    float x[1024], scratch[8192];
+    int rc = m->dim > 1024 || m->hidden > 8192 ? COE_EINVAL : coe_features_add_text(&m->fp, text, n, 1.0f, &f);
+    if (!rc) {
+        coe_router_embed(m, &f, x);
+        coe_router_head(m, x, probs, scratch);
+        /* coe_router_head left q in scratch after the hidden layer, or in probs. */
+        memcpy(q, m->output_category ? scratch + (m->hidden > 0 ? m->hidden : 0) : probs,
+               (size_t)m->n_outputs * sizeof *q);
+    }
+    coe_features_free(&f);
+    return rc;
 }
 
 void coe_router_fold(const coe_router *m, const float *q, float *probs)
@@ -236,6 +260,8 @@ int coe_router_save(const coe_router *m, const char *path, coe_buf *diag)
         coe_gguf_writer_kv_strings(w, "router.outputs", (const char *const *)m->outputs, (uint64_t)m->n_outputs);
         coe_gguf_writer_kv_array(w, "router.output_category", COE_GGUF_I32, m->output_category,
                                  (uint64_t)m->n_outputs);
+        if (m->output_field[0])
+            coe_gguf_writer_kv_str(w, "router.output_field", m->output_field);
     }
     int zn = coe_router_z(m);
     coe_gguf_writer_tensor(w, "router.embd", COE_GGML_F32, 2, (const uint64_t[]){(uint64_t)m->dim, m->fp.buckets},
@@ -357,6 +383,10 @@ int coe_router_open(coe_router **out, const char *path, coe_buf *diag)
             m->output_category[i] = (int)c;
             m->outputs[i] = strndup(outs->value.strings[i].ptr, outs->value.strings[i].len);
         }
+        const coe_gguf_kv *field = coe_gguf_find_kv(g, "router.output_field");
+        if (field && field->value.type == COE_GGUF_STRING && field->value.str.len <= COE_FIELD_MAX)
+            snprintf(m->output_field, sizeof m->output_field, "%.*s", (int)field->value.str.len,
+                     field->value.str.ptr);
     }
     const coe_gguf_tensor *e = coe_gguf_find_tensor(g, "router.embd");
     m->dim = e && e->n_dims == 2 && e->dims[0] <= 4096 ? (int)e->dims[0] : 0;

@@ -19,6 +19,8 @@
 #include "common/gguf.h"
 #include "router/features.h"
 
+#define COE_FIELD_MAX 64
+
 typedef struct coe_router {
     coe_features_params fp;
     int dim, hidden, n_classes;
@@ -26,6 +28,7 @@ typedef struct coe_router {
     int n_outputs;          /* n_classes, or the number of finer classes */
     char **outputs;         /* owned; the finer classes' names, NULL when they are the categories */
     int *output_category;   /* owned; the category of each output, NULL when they are the categories */
+    char output_field[COE_FIELD_MAX + 1]; /* the data field the finer classes came from, "" when none */
     float *embd, *w1, *b1, *w2, *b2;
     char data_hash[17];     /* hex FNV-1a of the training file */
     coe_gguf *file;         /* when loaded: the weights point into its mapping */
@@ -52,6 +55,9 @@ static inline int coe_router_z(const coe_router *m)
 void coe_router_embed(const coe_router *m, const coe_features *f, float *x);
 /* probs (n_classes) from x; scratch holds at least hidden + n_outputs floats. */
 void coe_router_head(const coe_router *m, const float *x, float *probs, float *scratch);
+/* Output probabilities q (n_outputs) and category probabilities (n_classes) of one
+ * text; scratch as for coe_router_head. */
+int coe_router_classify_outputs(const coe_router *m, const char *text, size_t n, float *q, float *probs);
 /* Category probabilities (n_classes) from output probabilities q (n_outputs). */
 void coe_router_fold(const coe_router *m, const float *q, float *probs);
 /* Category probabilities for one feature set (no BLAS: lowest latency for one). */

@@ -118,7 +118,11 @@ static int cmd_train(int argc, char **argv)
         if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "--dev")) dev_path = v;
         else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--fine-label")) fine = v;
+        else if (!strcmp(a, "--fine-label")) {
+            if (strlen(v) > COE_FIELD_MAX)
+                return bad_option("train", "--fine-label: a field name of at most 64 bytes, got", v);
+            fine = v;
+        }
         else if (!strcmp(a, "--dim")) { if (!parse_long(v, 1, 1024, &n)) return bad_option("train", "--dim: expected 1-1024, got", v); tp.dim = (int)n; }
         else if (!strcmp(a, "--hidden")) { if (!parse_long(v, 0, 4096, &n)) return bad_option("train", "--hidden: expected 0-4096, got", v); tp.hidden = (int)n; }
         else if (!strcmp(a, "--buckets")) { if (!parse_long(v, 2, 1L << 24, &n) || (n & (n - 1))) return bad_option("train", "--buckets: expected a power of two up to 16777216, got", v); tp.features.buckets = (uint32_t)n; }
@@ -180,6 +184,8 @@ static int cmd_train(int argc, char **argv)
         if (r.tty)
             fputs("\n", stderr);
     }
+    if (!rc && fine)
+        snprintf(m->output_field, sizeof m->output_field, "%s", fine);
     if (!rc)
         rc = coe_router_save(m, out, &diag);
     if (rc)
@@ -236,11 +242,13 @@ static int cmd_eval(int argc, char **argv)
     if (!rc)
         rc = coe_eval_classifier(m, &test, &ev);
     if (!rc && routing) {
-        rc = coe_dataset_load(train_path, m->categories, m->n_classes, NULL, &train, &diag);
+        /* A router with finer classes routes on them: the training rows need that field. */
+        rc = coe_dataset_load(train_path, m->categories, m->n_classes, m->output_field[0] ? m->output_field : NULL,
+                              &train, &diag);
         if (!rc)
             rc = coe_pool_load(models, &pool, &diag);
         if (!rc)
-            rc = coe_eval_routing(&ev, &train, &test, &pool, max_active, budget, strong, weak, &rev, &diag);
+            rc = coe_eval_routing(m, &ev, &train, &test, &pool, max_active, budget, strong, weak, &rev, &diag);
     }
     if (rc) {
         fprintf(stderr, "%s%s", diag.data ? diag.data : "", diag.len ? "" : coe_strerror(rc));

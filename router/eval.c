@@ -19,14 +19,19 @@ int coe_eval_classifier(const coe_router *m, const coe_dataset *d, coe_eval *e)
     e->predicted = calloc(d->n ? d->n : 1, sizeof(int));
     e->confidence = calloc(d->n ? d->n : 1, sizeof(float));
     e->probs = calloc((d->n ? d->n : 1) * (size_t)C, sizeof(float));
-    if (!e->precision || !e->recall || !e->f1 || !e->confusion || !e->predicted || !e->confidence || !e->probs) {
+    e->n_outputs = m->n_outputs;
+    e->q = m->output_category ? calloc((d->n ? d->n : 1) * (size_t)m->n_outputs, sizeof(float)) : NULL;
+    if (!e->precision || !e->recall || !e->f1 || !e->confusion || !e->predicted || !e->confidence || !e->probs ||
+        (m->output_category && !e->q)) {
         coe_eval_free(e);
         return COE_ENOMEM;
     }
     size_t right = 0;
     for (size_t i = 0; i < d->n; i++) {
         float *probs = e->probs + i * (size_t)C;
-        int rc = coe_router_classify_text(m, d->texts[i], strlen(d->texts[i]), probs);
+        int rc = e->q ? coe_router_classify_outputs(m, d->texts[i], strlen(d->texts[i]),
+                                                    e->q + i * (size_t)m->n_outputs, probs)
+                      : coe_router_classify_text(m, d->texts[i], strlen(d->texts[i]), probs);
         if (rc) {
             coe_eval_free(e);
             return rc;
@@ -82,6 +87,7 @@ void coe_eval_free(coe_eval *e)
     free(e->predicted);
     free(e->confidence);
     free(e->probs);
+    free(e->q);
     memset(e, 0, sizeof *e);
 }
 

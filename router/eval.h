@@ -19,6 +19,8 @@ typedef struct coe_eval {
     int *predicted;           /* per row, -1 never */
     float *confidence;        /* per row: the top probability */
     float *probs;             /* per row: every category's probability (n x n_classes) */
+    int n_outputs;            /* the router's outputs: categories, or finer classes */
+    float *q;                 /* per row, with finer classes: their probabilities (n x n_outputs) */
     long bin_count[COE_ECE_BINS];
     double bin_confidence[COE_ECE_BINS], bin_accuracy[COE_ECE_BINS];
 } coe_eval;

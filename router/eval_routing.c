@@ -111,7 +111,8 @@ static double envelope(const coe_routing_eval *r, double level)
     return best;
 }
 
-int coe_eval_routing(const coe_eval *classes, const coe_dataset *train, const coe_dataset *test, const coe_pool *pool,
+int coe_eval_routing(const coe_router *m, const coe_eval *classes, const coe_dataset *train, const coe_dataset *test,
+                     const coe_pool *pool,
                      double max_active, double budget, const char *strong, const char *weak, coe_routing_eval *r,
                      coe_buf *diag)
 {
@@ -162,29 +163,46 @@ int coe_eval_routing(const coe_eval *classes, const coe_dataset *train, const co
         return COE_EINVAL;
     }
 
-    /* Train accuracy of each eligible expert on each true category. */
-    double *acc = calloc((size_t)n_cat * (size_t)r->n_experts, sizeof *acc);
-    long *rows = calloc((size_t)n_cat, sizeof *rows);
+    /* Route on the router's finer classes when it has them and the training rows
+     * carry their field: the classes whose probabilities weigh each expert. */
+    int *out_of_fine = NULL; /* train fine label -> router output */
+    r->fine = classes->q && train->n_fine > 0;
+    if (r->fine) {
+        out_of_fine = malloc((size_t)train->n_fine * sizeof *out_of_fine);
+        for (int k = 0; out_of_fine && k < train->n_fine; k++) {
+            out_of_fine[k] = -1;
+            for (int o = 0; o < m->n_outputs; o++)
+                if (!strcmp(m->outputs[o], train->fine_names[k]))
+                    out_of_fine[k] = o;
+        }
+    }
+    int n_cls = r->fine ? m->n_outputs : n_cat;
+    const float *probs = r->fine ? classes->q : classes->probs;
+
+    /* Train accuracy of each eligible expert on each true class. */
+    double *acc = calloc((size_t)n_cls * (size_t)r->n_experts, sizeof *acc);
+    long *rows = calloc((size_t)n_cls, sizeof *rows);
     r->alone = calloc((size_t)r->n_experts, sizeof *r->alone);
     r->curve = calloc(WEIGHT_STEPS + 2, sizeof *r->curve);
     r->table_at_budget = calloc((size_t)n_cat, sizeof *r->table_at_budget);
-    int *table = calloc((size_t)n_cat, sizeof *table);
+    int *table = calloc((size_t)n_cls, sizeof *table);
     coe_curve_point *all = calloc(WEIGHT_STEPS + 2, sizeof *all);
     if (!acc || !rows || !r->alone || !r->curve || !r->table_at_budget || !table || !all) {
         free(acc), free(rows), free(table), free(all), free(train_col);
         return COE_ENOMEM;
     }
     for (size_t i = 0; i < train->n; i++) {
-        int c = train->labels[i];
+        int c = r->fine ? (out_of_fine ? out_of_fine[train->fine_labels[i]] : -1) : train->labels[i];
         if (c < 0)
             continue;
         rows[c]++;
         for (int e = 0; e < r->n_experts; e++)
             acc[(size_t)c * (size_t)r->n_experts + (size_t)e] += score(train, i, train_col[e]);
     }
-    for (int c = 0; c < n_cat; c++)
+    for (int c = 0; c < n_cls; c++)
         for (int e = 0; e < r->n_experts && rows[c]; e++)
             acc[(size_t)c * (size_t)r->n_experts + (size_t)e] /= (double)rows[c];
+    free(out_of_fine);
 
     /* Experts alone and the oracle, on test. */
     size_t oracle = 0;
@@ -214,11 +232,11 @@ int coe_eval_routing(const coe_eval *classes, const coe_dataset *train, const co
         double w = k <= WEIGHT_STEPS ? WEIGHT_MAX * k / WEIGHT_STEPS : 1e9; /* the last: the cheapest */
         double right = 0, cost = 0;
         for (size_t i = 0; i < test->n; i++) {
-            const float *p = classes->probs + i * (size_t)n_cat;
+            const float *p = probs + i * (size_t)n_cls;
             int best = 0;
             for (int e = 0; e < r->n_experts; e++) {
                 double v = -w * pool->cost[r->expert[e]];
-                for (int c = 0; c < n_cat; c++)
+                for (int c = 0; c < n_cls; c++)
                     v += p[c] * acc[(size_t)c * (size_t)r->n_experts + (size_t)e];
                 expect[e] = v;
                 if (v > expect[best] + 1e-12)
@@ -250,7 +268,7 @@ int coe_eval_routing(const coe_eval *classes, const coe_dataset *train, const co
     for (int i = 0; i < r->n_curve; i++)
         if (r->curve[i].cost <= budget + 1e-9 && (r->at_budget < 0 || r->curve[i].accuracy > r->curve[r->at_budget].accuracy))
             r->at_budget = i;
-    if (r->at_budget >= 0)
+    if (r->at_budget >= 0 && !r->fine)
         build_table(r, pool, acc, n_cat, r->curve[r->at_budget].weight, r->table_at_budget);
 
     /* RouteLLM-style summary between weak and strong: over LEVELS mean costs from the
@@ -296,11 +314,15 @@ int coe_routing_markdown(const coe_routing_eval *r, const coe_pool *pool, const 
     coe_buf_printf(b, "\nper-question oracle over these experts: %.4f\n", r->oracle);
     if (r->at_budget >= 0) {
         const coe_curve_point *p = &r->curve[r->at_budget];
-        coe_buf_printf(b, "\nrouted by predicted category, mean active <= %g B: **accuracy %.4f at %.2f B** "
-                          "(cost weight %.4f)\n\n| category | expert |\n|---|---|\n",
-                       r->budget, p->accuracy, p->cost, p->weight);
-        for (int c = 0; c < classes->n_classes; c++)
-            coe_buf_printf(b, "| %s | %s |\n", classes->categories[c], pool->names[r->expert[r->table_at_budget[c]]]);
+        coe_buf_printf(b, "\nrouted by predicted %s, mean active <= %g B: **accuracy %.4f at %.2f B** "
+                          "(cost weight %.4f)\n",
+                       r->fine ? "finer class" : "category", r->budget, p->accuracy, p->cost, p->weight);
+        if (!r->fine) {
+            coe_buf_puts(b, "\n| category | expert (when the classifier is sure) |\n|---|---|\n");
+            for (int c = 0; c < classes->n_classes; c++)
+                coe_buf_printf(b, "| %s | %s |\n", classes->categories[c],
+                               pool->names[r->expert[r->table_at_budget[c]]]);
+        }
     } else {
         coe_buf_printf(b, "\nno routing reaches a mean active of %g B or less\n", r->budget);
     }

@@ -8,6 +8,7 @@
 
 #include "common/buf.h"
 #include "router/dataset.h"
+#include "router/classifier.h"
 #include "router/eval.h"
 
 typedef struct coe_pool {
@@ -40,11 +41,13 @@ typedef struct coe_routing_eval {
     int *table_at_budget;     /* per category: index into expert[] */
     int strong, weak;         /* indexes into expert[], -1 when not named */
     double auc, apgr;         /* between weak and strong (RouteLLM's summary numbers) */
+    bool fine;                /* routed on the router's finer classes */
 } coe_routing_eval;
 
-/* classes: the classifier's predictions on test. train and test must have been
- * loaded with the router's categories. strong and weak may be NULL. */
-int coe_eval_routing(const coe_eval *classes, const coe_dataset *train, const coe_dataset *test,
+/* classes: m's predictions on test. train and test must have been loaded with the
+ * router's categories; when m has finer classes and train was loaded with their
+ * field, routing uses them. strong and weak may be NULL. */
+int coe_eval_routing(const coe_router *m, const coe_eval *classes, const coe_dataset *train, const coe_dataset *test,
                      const coe_pool *pool, double max_active, double budget, const char *strong,
                      const char *weak, coe_routing_eval *out, coe_buf *diag);
 void coe_routing_eval_free(coe_routing_eval *r);
