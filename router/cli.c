@@ -10,11 +10,12 @@
 #include "router/dataset.h"
 #include "router/eval.h"
 #include "router/eval_routing.h"
+#include "router/report.h"
 #include "router/train.h"
 
 static const char usage[] =
     "usage: coegate router train --data TRAIN.jsonl [--dev DEV.jsonl] --out ROUTER.gguf [options]\n"
-    "       coegate router eval --router ROUTER.gguf --data TEST.jsonl [--json FILE]\n"
+    "       coegate router eval --router ROUTER.gguf --data TEST.jsonl [--json FILE] [--report DIR]\n"
     "                           [--train TRAIN.jsonl --models MODELS.json [--max-active B]\n"
     "                            [--budget B] [--strong NAME --weak NAME]]\n"
     "\n"
@@ -44,7 +45,8 @@ static const char usage[] =
     "(billions), it also builds the category-to-expert table from TRAIN.jsonl for each\n"
     "cost weight and reports, for experts of at most --max-active B, the quality versus\n"
     "mean cost curve, the best accuracy within --budget B, the best single expert, the\n"
-    "per-question oracle, and AUC and APGR between --weak and --strong.\n";
+    "per-question oracle, and AUC and APGR between --weak and --strong. --report DIR\n"
+    "writes report.json, report.md, SVG charts and an index.html that shows them.\n";
 
 static bool wants_help(int argc, char **argv)
 {
@@ -206,7 +208,7 @@ static int cmd_train(int argc, char **argv)
 static int cmd_eval(int argc, char **argv)
 {
     const char *router = NULL, *data = NULL, *json = NULL, *train_path = NULL, *models = NULL;
-    const char *strong = NULL, *weak = NULL;
+    const char *strong = NULL, *weak = NULL, *report_dir = NULL;
     float max_active = 1e9f, budget = 1e9f;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -217,6 +219,7 @@ static int cmd_eval(int argc, char **argv)
         else if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "--json")) json = v;
         else if (!strcmp(a, "--train")) train_path = v;
+        else if (!strcmp(a, "--report")) report_dir = v;
         else if (!strcmp(a, "--models")) models = v;
         else if (!strcmp(a, "--strong")) strong = v;
         else if (!strcmp(a, "--weak")) weak = v;
@@ -261,18 +264,7 @@ static int cmd_eval(int argc, char **argv)
         coe_buf_free(&text);
         if (json) {
             coe_buf j = COE_BUF_INIT;
-            coe_eval_json(&ev, &j);
-            if (routing) {
-                /* {"classifier": {...}, "routing": {...}} */
-                coe_buf both = COE_BUF_INIT;
-                coe_buf_puts(&both, "{\"classifier\":");
-                coe_buf_append(&both, j.data, j.len - 1); /* without its newline */
-                coe_buf_puts(&both, ",\"routing\":");
-                coe_routing_json(&rev, &pool, &both);
-                coe_buf_puts(&both, "}\n");
-                coe_buf_free(&j);
-                j = both;
-            }
+            coe_report_json(&ev, routing ? &rev : NULL, &pool, &j);
             FILE *f = fopen(json, "w");
             if (!f || fwrite(j.data, 1, j.len, f) != j.len) {
                 fprintf(stderr, "coegate router eval: cannot write %s\n", json);
@@ -281,6 +273,14 @@ static int cmd_eval(int argc, char **argv)
             if (f)
                 fclose(f);
             coe_buf_free(&j);
+        }
+        if (!rc && report_dir) {
+            rc = coe_report_write(report_dir, &ev, routing ? &rev : NULL, &pool, &diag);
+            if (rc)
+                fputs(diag.data, stderr);
+            else
+                fprintf(stderr, "wrote %s/index.html (with report.json, report.md and the SVG charts)\n",
+                        report_dir);
         }
     }
     coe_eval_free(&ev);

@@ -274,7 +274,9 @@ int coe_eval_routing(const coe_router *m, const coe_eval *classes, const coe_dat
     /* RouteLLM-style summary between weak and strong: over LEVELS mean costs from the
      * weak expert's to the strong one's, the best reachable accuracy; AUC is its mean,
      * APGR the mean of (accuracy - weak) / (strong - weak). */
-    if (r->strong >= 0 && r->weak >= 0) {
+    r->has_apgr = r->strong >= 0 && r->weak >= 0 && r->alone[r->strong] > r->alone[r->weak] &&
+                  pool->cost[r->expert[r->strong]] > pool->cost[r->expert[r->weak]];
+    if (r->has_apgr) {
         double cw = pool->cost[r->expert[r->weak]], cs = pool->cost[r->expert[r->strong]];
         double aw = r->alone[r->weak], as = r->alone[r->strong];
         for (int l = 0; l < LEVELS; l++) {
@@ -283,8 +285,7 @@ int coe_eval_routing(const coe_router *m, const coe_eval *classes, const coe_dat
             if (a < aw)
                 a = aw; /* the weak expert alone is always reachable at its cost */
             r->auc += a / LEVELS;
-            if (as != aw)
-                r->apgr += (a - aw) / (as - aw) / LEVELS;
+            r->apgr += (a - aw) / (as - aw) / LEVELS;
         }
     }
     free(acc);
@@ -326,9 +327,11 @@ int coe_routing_markdown(const coe_routing_eval *r, const coe_pool *pool, const 
     } else {
         coe_buf_printf(b, "\nno routing reaches a mean active of %g B or less\n", r->budget);
     }
-    if (r->strong >= 0 && r->weak >= 0)
+    if (r->has_apgr)
         coe_buf_printf(b, "\nbetween %s (weak) and %s (strong): AUC %.4f, APGR %.4f\n", pool->names[r->expert[r->weak]],
                        pool->names[r->expert[r->strong]], r->auc, r->apgr);
+    else if (r->strong >= 0 && r->weak >= 0)
+        coe_buf_puts(b, "\nAUC and APGR need a strong expert both costlier and more accurate than the weak one\n");
     coe_buf_puts(b, "\n## Quality versus mean cost\n\n| cost weight | accuracy | mean active B |\n|---|---|---|\n");
     for (int i = 0; i < r->n_curve; i++)
         coe_buf_printf(b, "| %.4f | %.4f | %.2f |\n", r->curve[i].weight, r->curve[i].accuracy, r->curve[i].cost);
@@ -351,7 +354,7 @@ int coe_routing_json(const coe_routing_eval *r, const coe_pool *pool, coe_buf *b
     if (r->at_budget >= 0)
         coe_buf_printf(b, ",\"at_budget\":{\"accuracy\":%.6f,\"mean_active_b\":%.4f}", r->curve[r->at_budget].accuracy,
                        r->curve[r->at_budget].cost);
-    if (r->strong >= 0 && r->weak >= 0)
+    if (r->has_apgr)
         coe_buf_printf(b, ",\"auc\":%.6f,\"apgr\":%.6f", r->auc, r->apgr);
     return coe_buf_puts(b, "}");
 }

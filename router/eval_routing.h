@@ -41,6 +41,7 @@ typedef struct coe_routing_eval {
     int *table_at_budget;     /* per category: index into expert[] */
     int strong, weak;         /* indexes into expert[], -1 when not named */
     double auc, apgr;         /* between weak and strong (RouteLLM's summary numbers) */
+    bool has_apgr;            /* strong and weak named, strong costlier and more accurate */
     bool fine;                /* routed on the router's finer classes */
 } coe_routing_eval;
 

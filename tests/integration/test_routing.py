@@ -119,5 +119,49 @@ class Routing(unittest.TestCase):
         self.assertIn(f"{path}: routes.plain.threshold: takes effect only with a router", r.stderr)
 
 
+class Evaluation(unittest.TestCase):
+    def test_report_with_an_expert_pool(self):
+        # "fast" (1B) is right on code and writing, "deep" (8B) on everything.
+        with tempfile.TemporaryDirectory() as d:
+            rows = [json.loads(line) for line in open("configs/demo-queries.jsonl")]
+            right = {"code": {"fast": 1, "deep": 1}, "math": {"fast": 0, "deep": 1}, "writing": {"fast": 1, "deep": 1}}
+            for name, part in (("train", rows[:200]), ("test", rows[200:])):
+                with open(os.path.join(d, name + ".jsonl"), "w") as f:
+                    for r in part:
+                        f.write(json.dumps({**r, "scores": right[r["category"]]}) + "\n")
+            with open(os.path.join(d, "models.json"), "w") as f:
+                json.dump({"models": [{"name": "fast", "active_params_b": 1},
+                                      {"name": "deep", "active_params_b": 8}]}, f)
+            router = os.path.join(d, "r.gguf")
+            r = subprocess.run([COEGATE, "router", "train", "--data", os.path.join(d, "train.jsonl"), "--out", router,
+                                "--buckets", "4096", "--dim", "16"], capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            report = os.path.join(d, "report")
+            r = subprocess.run([COEGATE, "router", "eval", "--router", router, "--data", os.path.join(d, "test.jsonl"),
+                                "--train", os.path.join(d, "train.jsonl"), "--models", os.path.join(d, "models.json"),
+                                "--budget", "4", "--strong", "deep", "--weak", "fast", "--report", report],
+                               capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("# Routing with the expert pool", r.stdout)
+            with open(os.path.join(report, "report.json")) as f:
+                result = json.load(f)
+            self.assertGreater(result["classifier"]["accuracy"], 0.9)
+            routing = result["routing"]
+            self.assertAlmostEqual(routing["oracle"], 1.0)
+            # Math to deep, the rest to fast: nearly all right, at under half the deep expert's cost.
+            self.assertGreater(routing["at_budget"]["accuracy"], 0.9)
+            self.assertLessEqual(routing["at_budget"]["mean_active_b"], 4)
+            costs = [p["mean_active_b"] for p in routing["curve"]]
+            self.assertEqual(costs, sorted(costs))
+            self.assertGreater(routing["apgr"], 0.5)
+            import xml.etree.ElementTree as ET
+            for svg in ("confusion.svg", "reliability.svg", "quality-cost.svg"):
+                root = ET.parse(os.path.join(report, svg)).getroot()
+                self.assertTrue(root.tag.endswith("svg"), svg)
+            html = open(os.path.join(report, "index.html")).read()
+            self.assertEqual(html.count("<svg"), 3)
+            self.assertIn("Router evaluation", html)
+
+
 if __name__ == "__main__":
     unittest.main()
