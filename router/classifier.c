@@ -78,9 +78,42 @@ void coe_router_close(coe_router **mp)
         free(m->outputs[i]);
     free(m->outputs);
     free(m->output_category);
+    for (int k = 0; k < m->n_more; k++)
+        free(m->more[k].owned);
+    free(m->more);
     free(m->owned);
     coe_gguf_close(&m->file);
     free(m);
+}
+
+/* ---- ensembles ---- */
+
+/* Member k of m, as a router of its own (k = 0: m itself). A shallow copy: only for reading. */
+static coe_router member(const coe_router *m, int k)
+{
+    coe_router v = *m;
+    if (k > 0) {
+        const coe_router_member *w = &m->more[k - 1];
+        v.embd = w->embd, v.w1 = w->w1, v.b1 = w->b1, v.w2 = w->w2, v.b2 = w->b2;
+    }
+    v.n_more = 0;
+    return v;
+}
+
+int coe_router_adopt(coe_router *m, coe_router **mp)
+{
+    coe_router *o = *mp;
+    if (!o->owned || o->dim != m->dim || o->hidden != m->hidden || o->n_outputs != m->n_outputs ||
+        o->fp.buckets != m->fp.buckets)
+        return COE_EINVAL;
+    coe_router_member *more = realloc(m->more, (size_t)(m->n_more + 1) * sizeof *more);
+    if (!more)
+        return COE_ENOMEM;
+    m->more = more;
+    more[m->n_more++] = (coe_router_member){o->embd, o->w1, o->b1, o->w2, o->b2, o->owned};
+    o->owned = NULL;
+    coe_router_close(mp);
+    return 0;
 }
 
 /* ---- inference ---- */
@@ -155,13 +188,17 @@ int coe_router_classify_outputs(const coe_router *m, const char *text, size_t n,
     coe_features f = {0};
     float x[1024], scratch[8192];
     int rc = m->dim > 1024 || m->hidden > 8192 ? COE_EINVAL : coe_features_add_text(&m->fp, text, n, 1.0f, &f);
-    if (!rc) {
-        coe_router_embed(m, &f, x);
-        coe_router_head(m, x, probs, scratch);
+    for (int k = 0; !rc && k <= m->n_more; k++) {
+        coe_router v = member(m, k);
+        coe_router_embed(&v, &f, x);
+        coe_router_head(&v, x, probs, scratch);
         /* coe_router_head left q in scratch after the hidden layer, or in probs. */
-        memcpy(q, m->output_category ? scratch + (m->hidden > 0 ? m->hidden : 0) : probs,
-               (size_t)m->n_outputs * sizeof *q);
+        const float *qk = m->output_category ? scratch + (m->hidden > 0 ? m->hidden : 0) : probs;
+        for (int o = 0; o < m->n_outputs; o++)
+            q[o] = (k ? q[o] : 0) + qk[o] / (float)(m->n_more + 1);
     }
+    if (!rc)
+        coe_router_fold(m, q, probs);
     coe_features_free(&f);
     return rc;
 }
@@ -180,11 +217,18 @@ void coe_router_fold(const coe_router *m, const float *q, float *probs)
 
 int coe_router_classify(const coe_router *m, const coe_features *f, float *probs)
 {
-    float x[1024], scratch[8192];
-    if (m->dim > 1024 || m->hidden + m->n_outputs > 8192)
+    float x[1024], scratch[8192], pk[4096];
+    if (m->dim > 1024 || m->hidden + m->n_outputs > 8192 || m->n_classes > 4096)
         return coe_router_classify_batch(m, (const coe_features *const[]){f}, 1, probs);
-    coe_router_embed(m, f, x);
-    coe_router_head(m, x, probs, scratch);
+    for (int k = 0; k <= m->n_more; k++) {
+        coe_router v = member(m, k);
+        coe_router_embed(&v, f, x);
+        coe_router_head(&v, x, k ? pk : probs, scratch);
+        for (int c = 0; k && c < m->n_classes; c++)
+            probs[c] += pk[c];
+    }
+    for (int c = 0; m->n_more && c < m->n_classes; c++)
+        probs[c] /= (float)(m->n_more + 1);
     return 0;
 }
 
@@ -198,7 +242,7 @@ int coe_router_classify_text(const coe_router *m, const char *text, size_t n, fl
     return rc;
 }
 
-int coe_router_classify_batch(const coe_router *m, const coe_features *const *f, int n, float *probs)
+static int batch_one(const coe_router *m, const coe_features *const *f, int n, float *probs)
 {
     int d = m->dim, zn = coe_router_z(m), c = m->n_outputs;
     float *x = malloc((size_t)n * (size_t)d * sizeof *x);
@@ -235,6 +279,28 @@ int coe_router_classify_batch(const coe_router *m, const coe_features *const *f,
     free(h);
     free(q);
     return 0;
+}
+
+int coe_router_classify_batch(const coe_router *m, const coe_features *const *f, int n, float *probs)
+{
+    coe_router v = member(m, 0);
+    int rc = batch_one(&v, f, n, probs);
+    if (rc || m->n_more == 0)
+        return rc;
+    size_t total = (size_t)n * (size_t)m->n_classes;
+    float *pk = malloc(total * sizeof *pk);
+    if (!pk)
+        return COE_ENOMEM;
+    for (int k = 1; k <= m->n_more && !rc; k++) {
+        v = member(m, k);
+        if (!(rc = batch_one(&v, f, n, pk)))
+            for (size_t i = 0; i < total; i++)
+                probs[i] += pk[i];
+    }
+    for (size_t i = 0; i < total; i++)
+        probs[i] /= (float)(m->n_more + 1);
+    free(pk);
+    return rc;
 }
 
 /* ---- files ---- */
@@ -274,6 +340,26 @@ int coe_router_save(const coe_router *m, const char *path, coe_buf *diag)
     coe_gguf_writer_tensor(w, "router.w2", COE_GGML_F32, 2,
                            (const uint64_t[]){(uint64_t)zn, (uint64_t)m->n_outputs}, m->w2);
     coe_gguf_writer_tensor(w, "router.b2", COE_GGML_F32, 1, (const uint64_t[]){(uint64_t)m->n_outputs}, m->b2);
+    /* Ensemble members after the first: the same tensors, suffixed .1, .2, ... */
+    v = (uint32_t)(m->n_more + 1), coe_gguf_writer_kv(w, "router.members", COE_GGUF_U32, &v);
+    for (int k = 1; k <= m->n_more; k++) {
+        const coe_router_member *mm = &m->more[k - 1];
+        char name[64];
+        snprintf(name, sizeof name, "router.embd.%d", k);
+        coe_gguf_writer_tensor(w, name, COE_GGML_F32, 2, (const uint64_t[]){(uint64_t)m->dim, m->fp.buckets}, mm->embd);
+        if (m->hidden > 0) {
+            snprintf(name, sizeof name, "router.w1.%d", k);
+            coe_gguf_writer_tensor(w, name, COE_GGML_F32, 2, (const uint64_t[]){(uint64_t)m->dim, (uint64_t)m->hidden},
+                                   mm->w1);
+            snprintf(name, sizeof name, "router.b1.%d", k);
+            coe_gguf_writer_tensor(w, name, COE_GGML_F32, 1, (const uint64_t[]){(uint64_t)m->hidden}, mm->b1);
+        }
+        snprintf(name, sizeof name, "router.w2.%d", k);
+        coe_gguf_writer_tensor(w, name, COE_GGML_F32, 2, (const uint64_t[]){(uint64_t)zn, (uint64_t)m->n_outputs},
+                               mm->w2);
+        snprintf(name, sizeof name, "router.b2.%d", k);
+        coe_gguf_writer_tensor(w, name, COE_GGML_F32, 1, (const uint64_t[]){(uint64_t)m->n_outputs}, mm->b2);
+    }
     int rc = coe_gguf_writer_save(w, path, diag);
     coe_gguf_writer_free(&w);
     return rc;
@@ -399,6 +485,27 @@ int coe_router_open(coe_router **out, const char *path, coe_buf *diag)
     if (!(m->w2 = (float *)need_tensor(g, "router.w2", (uint64_t)zn, (uint64_t)m->n_outputs, diag)) ||
         !(m->b2 = (float *)need_tensor(g, "router.b2", (uint64_t)m->n_outputs, 0, diag)))
         goto fail;
+    uint32_t members = 1;
+    if (coe_gguf_find_kv(g, "router.members") && !need_u32(g, "router.members", 1, 64, &members, diag))
+        goto fail;
+    m->more = members > 1 ? calloc(members - 1, sizeof *m->more) : NULL;
+    if (members > 1 && !m->more)
+        goto fail;
+    for (uint32_t k = 1; k < members; k++, m->n_more++) {
+        coe_router_member *mm = &m->more[k - 1];
+        char n1[64], n2[64], n3[64], n4[64], n5[64];
+        snprintf(n1, sizeof n1, "router.embd.%u", k);
+        snprintf(n2, sizeof n2, "router.w1.%u", k);
+        snprintf(n3, sizeof n3, "router.b1.%u", k);
+        snprintf(n4, sizeof n4, "router.w2.%u", k);
+        snprintf(n5, sizeof n5, "router.b2.%u", k);
+        if (!(mm->embd = (float *)need_tensor(g, n1, (uint64_t)m->dim, buckets, diag)) ||
+            (hidden > 0 && (!(mm->w1 = (float *)need_tensor(g, n2, (uint64_t)m->dim, hidden, diag)) ||
+                            !(mm->b1 = (float *)need_tensor(g, n3, hidden, 0, diag)))) ||
+            !(mm->w2 = (float *)need_tensor(g, n4, (uint64_t)zn, (uint64_t)m->n_outputs, diag)) ||
+            !(mm->b2 = (float *)need_tensor(g, n5, (uint64_t)m->n_outputs, 0, diag)))
+            goto fail;
+    }
     m->categories = calloc((size_t)m->n_classes, sizeof *m->categories);
     if (!m->categories)
         goto fail;

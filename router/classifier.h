@@ -21,6 +21,12 @@
 
 #define COE_FIELD_MAX 64
 
+/* The weights of one ensemble member. */
+typedef struct coe_router_member {
+    float *embd, *w1, *b1, *w2, *b2;
+    float *owned;           /* when built here: the block holding them */
+} coe_router_member;
+
 typedef struct coe_router {
     coe_features_params fp;
     int dim, hidden, n_classes;
@@ -33,7 +39,15 @@ typedef struct coe_router {
     char data_hash[17];     /* hex FNV-1a of the training file */
     coe_gguf *file;         /* when loaded: the weights point into its mapping */
     float *owned;           /* when built here: one block holding every weight */
+    /* An ensemble: members after the first (whose weights are the fields above);
+     * their output probabilities are averaged. */
+    coe_router_member *more; /* owned */
+    int n_more;
 } coe_router;
+
+/* Moves member's weights into m as one more ensemble member (same shape needed);
+ * closes member. */
+int coe_router_adopt(coe_router *m, coe_router **member);
 
 /* Allocates a model with zeroed weights (training fills them). outputs and
  * output_category (both n_outputs long) may be NULL when the outputs are the categories. */

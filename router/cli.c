@@ -36,6 +36,7 @@ static const char usage[] =
     "  --weight-decay X   AdamW weight decay (0.0001)\n"
     "  --dropout X        share of each row's features dropped in training (0)\n"
     "  --seed N           random seed (1)\n"
+    "  --ensemble K       train K members with seeds SEED..SEED+K-1 and average them (1)\n"
     "  --refit            once early stopping has chosen the number of epochs on the\n"
     "                     held-out rows, learn again from all rows for that many\n"
     "\n"
@@ -106,6 +107,7 @@ static int cmd_train(int argc, char **argv)
 {
     const char *data = NULL, *dev_path = NULL, *out = NULL, *fine = NULL;
     bool refit = false;
+    long ensemble = 1;
     coe_train_params tp = coe_train_defaults();
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -142,6 +144,7 @@ static int cmd_train(int argc, char **argv)
         else if (!strcmp(a, "--batch")) { if (!parse_long(v, 1, 65536, &n)) return bad_option("train", "--batch: expected 1-65536, got", v); tp.batch = (int)n; }
         else if (!strcmp(a, "--lr")) { if (!parse_float(v, 1e-7, 10, &tp.lr)) return bad_option("train", "--lr: expected a number from 1e-7 to 10, got", v); }
         else if (!strcmp(a, "--weight-decay")) { if (!parse_float(v, 0, 1, &tp.weight_decay)) return bad_option("train", "--weight-decay: expected 0-1, got", v); }
+        else if (!strcmp(a, "--ensemble")) { if (!parse_long(v, 1, 16, &ensemble)) return bad_option("train", "--ensemble: expected 1-16, got", v); }
         else if (!strcmp(a, "--dropout")) { if (!parse_float(v, 0, 0.95, &tp.feature_dropout)) return bad_option("train", "--dropout: expected 0-0.95, got", v); }
         else if (!strcmp(a, "--seed")) { if (!parse_long(v, 0, 1L << 62, &n)) return bad_option("train", "--seed: expected a non-negative integer, got", v); tp.seed = (uint64_t)n; }
         else return bad_option("train", "unknown option", a);
@@ -170,21 +173,33 @@ static int cmd_train(int argc, char **argv)
             all.n_categories, dv->n, dev_path ? "dev" : "held-out");
     tty_report r = {isatty(2) != 0};
     coe_router *m = NULL;
-    int best_epoch = 0;
-    rc = coe_router_train(tr, dv, &tp, all.hash, report, &r, &m, &best_epoch);
-    if (r.tty)
-        fputs("\n", stderr);
-    if (!rc && refit && !dev_path) {
-        /* The epoch count is chosen: learn again from every training row. */
-        fprintf(stderr, "refitting on all %zu rows for %d epochs\n", all.n, best_epoch);
-        coe_router_close(&m);
-        coe_train_params again = tp;
-        again.max_epochs = best_epoch;
-        again.schedule_epochs = tp.max_epochs; /* the same learning rates as the run that chose */
-        coe_dataset none = {0};
-        rc = coe_router_train(&all, &none, &again, all.hash, report, &r, &m, NULL);
+    for (long k = 0; k < ensemble && !rc; k++) {
+        coe_train_params member = tp;
+        member.seed = tp.seed + (uint64_t)k;
+        if (ensemble > 1)
+            fprintf(stderr, "member %ld of %ld (seed %llu)\n", k + 1, ensemble, (unsigned long long)member.seed);
+        coe_router *one = NULL;
+        int best_epoch = 0;
+        rc = coe_router_train(tr, dv, &member, all.hash, report, &r, &one, &best_epoch);
         if (r.tty)
             fputs("\n", stderr);
+        if (!rc && refit && !dev_path) {
+            /* The epoch count is chosen: learn again from every training row. */
+            fprintf(stderr, "refitting on all %zu rows for %d epochs\n", all.n, best_epoch);
+            coe_router_close(&one);
+            coe_train_params again = member;
+            again.max_epochs = best_epoch;
+            again.schedule_epochs = member.max_epochs; /* the same learning rates as the run that chose */
+            coe_dataset none = {0};
+            rc = coe_router_train(&all, &none, &again, all.hash, report, &r, &one, NULL);
+            if (r.tty)
+                fputs("\n", stderr);
+        }
+        if (!rc && !m)
+            m = one, one = NULL;
+        else if (!rc)
+            rc = coe_router_adopt(m, &one);
+        coe_router_close(&one);
     }
     if (!rc && fine)
         snprintf(m->output_field, sizeof m->output_field, "%s", fine);

@@ -2,11 +2,11 @@
 settings chosen on a held-out tenth of train), reported on test. Skips where
 ../shared is absent.
 
-Issue 3's bars: mmlu-pro >= 0.80, clinc150 >= 0.96, arena-hard >= 0.75, and mmlu-pro
-routed over experts <= 9B active at a mean <= 6B >= 0.465 (routing on the router's
-finer classes, the MMLU-Pro sources). The mmlu-pro category accuracy is not reached yet
-(0.798 at the time of writing): for it this test holds the level reached as a floor
-against regressions and prints the gap; the issue stays open until it passes the bar."""
+Issue 3's bars, asserted as they are: mmlu-pro >= 0.80, clinc150 >= 0.96, arena-hard
+>= 0.75, and mmlu-pro routed over experts <= 9B active at a mean <= 6B >= 0.465
+(routing on the router's finer classes, the MMLU-Pro sources). Measured when this was
+written: 0.8012, 0.9616, 0.9057 and 0.4695; the margins on mmlu-pro are thin, and
+training is deterministic, so a change that moves them shows here."""
 
 import json
 import os
@@ -18,11 +18,11 @@ import unittest
 COEGATE = os.environ.get("COEGATE", "build/coegate")
 DATA = os.path.join(os.environ.get("COEGATE_SHARED", "../shared"), "routing-data")
 
-# set: (training options, issue bar, floor asserted here)
+# set: (training options, issue bar, value asserted here)
 SETS = {
     "arena-hard": (["--refit"], 0.75, 0.75),
     "clinc150": (["--fine-label", "intent", "--dropout", "0.3", "--refit"], 0.96, 0.96),
-    "mmlu-pro": (["--fine-label", "source", "--char-ngrams", "3-4", "--refit"], 0.80, 0.79),
+    "mmlu-pro": (["--fine-label", "source", "--char-ngrams", "3-4", "--refit", "--ensemble", "3"], 0.80, 0.80),
 }
 ROUTED_BAR, ROUTED_FLOOR = 0.465, 0.465
 

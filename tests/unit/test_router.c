@@ -185,6 +185,45 @@ static void test_file_round_trip_and_refusals(void **state)
     coe_buf_free(&d);
 }
 
+static void test_ensemble(void **state)
+{
+    (void)state;
+    coe_router *a = train_toy(11, 8), *b = train_toy(12, 8), *other = train_toy(13, 0);
+    const char *q = "a quick fish sat";
+    float pa[3], pb[3], pe[3], pf[3];
+    assert_int_equal(coe_router_classify_text(a, q, strlen(q), pa), 0);
+    assert_int_equal(coe_router_classify_text(b, q, strlen(q), pb), 0);
+    assert_int_equal(coe_router_adopt(a, &b), 0);
+    assert_null(b);
+    assert_int_equal(a->n_more, 1);
+    assert_int_equal(coe_router_adopt(a, &other), COE_EINVAL); /* another shape: refused */
+    assert_int_equal(coe_router_classify_text(a, q, strlen(q), pe), 0);
+    for (int c = 0; c < 3; c++)
+        assert_true(fabsf(pe[c] - (pa[c] + pb[c]) / 2) < 1e-6f);
+    /* The file keeps both members; the batched path averages the same way. */
+    char path[] = "/tmp/coegate-ens-XXXXXX.gguf";
+    close(mkstemps(path, 5));
+    coe_buf d = COE_BUF_INIT;
+    assert_int_equal(coe_router_save(a, path, &d), 0);
+    coe_router *r = NULL;
+    assert_int_equal(coe_router_open(&r, path, &d), 0);
+    assert_int_equal(r->n_more, 1);
+    assert_int_equal(coe_router_classify_text(r, q, strlen(q), pf), 0);
+    assert_memory_equal(pe, pf, sizeof pe);
+    coe_features f = {0};
+    coe_features_add_text(&r->fp, q, strlen(q), 1.0f, &f);
+    float pbatch[3];
+    assert_int_equal(coe_router_classify_batch(r, (const coe_features *const[]){&f}, 1, pbatch), 0);
+    for (int c = 0; c < 3; c++)
+        assert_true(fabsf(pbatch[c] - pe[c]) < 1e-5f);
+    coe_features_free(&f);
+    coe_router_close(&r);
+    coe_router_close(&a);
+    coe_router_close(&other);
+    unlink(path);
+    coe_buf_free(&d);
+}
+
 static void test_dataset_errors(void **state)
 {
     (void)state;
@@ -213,6 +252,7 @@ int main(void)
         cmocka_unit_test(test_features),
         cmocka_unit_test(test_training_learns_and_is_deterministic),
         cmocka_unit_test(test_file_round_trip_and_refusals),
+        cmocka_unit_test(test_ensemble),
         cmocka_unit_test(test_dataset_errors),
     };
     return cmocka_run_group_tests_name("router", tests, NULL, NULL);
