@@ -12,5 +12,5 @@ start=$(date +%s.%N)
 "$build/coegate" router train --data "$data/mmlu-pro.train.jsonl" --out "$out/router.gguf" \
     --fine-label source --char-ngrams 3-4 --refit 2>/dev/null
 end=$(date +%s.%N)
-echo "| training on mmlu-pro train (8376 rows, with refit) | $(echo "$end - $start" | bc) s | |"
+echo "| training on mmlu-pro train (8376 rows, one member with refit) | $(awk "BEGIN {printf \"%.1f\", $end - $start}") s | |"
 "$build/bench/router-bench" "$out/router.gguf"
