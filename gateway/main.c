@@ -13,6 +13,7 @@
 #include <curl/curl.h>
 
 #include "coe_build.h"
+#include "common/cli.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/gguf.h"
@@ -79,17 +80,9 @@ static const char usage_route[] =
     "top probability is under the route's threshold: its fallback), unconfigured (the\n"
     "category lists no experts: the default) or default (the route has no router).\n";
 
-static bool wants_help(int argc, char **argv)
-{
-    for (int i = 0; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-            return true;
-    return false;
-}
-
 static int cmd_config(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
+    if (coe_cli_wants_help(argc, argv)) {
         fputs(usage_config, stdout);
         return 0;
     }
@@ -125,7 +118,7 @@ static int parse_level(const char *s, coe_log_level *out)
 
 static int cmd_model(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
+    if (coe_cli_wants_help(argc, argv)) {
         fputs(usage_model, stdout);
         return 0;
     }
@@ -152,7 +145,7 @@ static int cmd_model(int argc, char **argv)
 
 static int cmd_route(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
+    if (coe_cli_wants_help(argc, argv)) {
         fputs(usage_route, stdout);
         return 0;
     }
@@ -305,7 +298,7 @@ static void drain(coe_server *srv, long grace_ms)
 
 static int cmd_serve(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
+    if (coe_cli_wants_help(argc, argv)) {
         fputs(usage_serve, stdout);
         return 0;
     }

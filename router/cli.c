@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/cli.h"
 #include "common/err.h"
 #include "router/classifier.h"
 #include "router/dataset.h"
@@ -48,14 +49,6 @@ static const char usage[] =
     "mean cost curve, the best accuracy within --budget B, the best single expert, the\n"
     "per-question oracle, and AUC and APGR between --weak and --strong. --report DIR\n"
     "writes report.json, report.md, SVG charts and an index.html that shows them.\n";
-
-static bool wants_help(int argc, char **argv)
-{
-    for (int i = 0; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-            return true;
-    return false;
-}
 
 static int bad_option(const char *verb, const char *what, const char *value)
 {
@@ -310,7 +303,7 @@ static int cmd_eval(int argc, char **argv)
 
 int coe_router_cli(int argc, char **argv)
 {
-    if (argc < 1 || wants_help(argc, argv)) {
+    if (argc < 1 || coe_cli_wants_help(argc, argv)) {
         fputs(usage, argc < 1 ? stderr : stdout);
         return argc < 1 ? 2 : 0;
     }

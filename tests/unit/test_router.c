@@ -120,6 +120,20 @@ static void test_training_learns_and_is_deterministic(void **state)
     }
 }
 
+/* Saves w (freed) to path and expects coe_router_open to refuse it with expect. */
+static void expect_refused(coe_gguf_writer **w, const char *path, const char *expect)
+{
+    coe_buf d = COE_BUF_INIT;
+    assert_int_equal(coe_gguf_writer_save(*w, path, &d), 0);
+    coe_gguf_writer_free(w);
+    coe_router *r = NULL;
+    assert_int_not_equal(coe_router_open(&r, path, &d), 0);
+    assert_null(r);
+    if (!d.data || !strstr(d.data, expect))
+        fail_msg("expected '%s' in '%s'", expect, d.data ? d.data : "");
+    coe_buf_free(&d);
+}
+
 static void test_file_round_trip_and_refusals(void **state)
 {
     (void)state;
@@ -145,11 +159,7 @@ static void test_file_round_trip_and_refusals(void **state)
     coe_gguf_writer_kv_str(w, "general.architecture", "coegate-router");
     const char *const cats[] = {"a", "b"};
     coe_gguf_writer_kv_strings(w, "router.categories", cats, 2);
-    assert_int_equal(coe_gguf_writer_save(w, path, &d), 0);
-    coe_gguf_writer_free(&w);
-    coe_buf_reset(&d);
-    assert_int_not_equal(coe_router_open(&r, path, &d), 0);
-    assert_non_null(strstr(d.data, "key 'router.features.buckets' is missing"));
+    expect_refused(&w, path, "key 'router.features.buckets' is missing");
 
     w = coe_gguf_writer_new(32);
     coe_gguf_writer_kv_str(w, "general.architecture", "coegate-router");
@@ -167,19 +177,11 @@ static void test_file_round_trip_and_refusals(void **state)
     coe_gguf_writer_tensor(w, "router.embd", COE_GGML_F32, 2, (const uint64_t[]){4, 16}, weights);
     coe_gguf_writer_tensor(w, "router.w2", COE_GGML_F32, 2, (const uint64_t[]){4, 3}, weights); /* 3 != 2 classes */
     coe_gguf_writer_tensor(w, "router.b2", COE_GGML_F32, 1, (const uint64_t[]){2}, weights);
-    assert_int_equal(coe_gguf_writer_save(w, path, &d), 0);
-    coe_gguf_writer_free(&w);
-    coe_buf_reset(&d);
-    assert_int_not_equal(coe_router_open(&r, path, &d), 0);
-    assert_non_null(strstr(d.data, "tensor 'router.w2' is F32 with shape [4, 3]; F32 [4, 2] is needed"));
+    expect_refused(&w, path, "tensor 'router.w2' is F32 with shape [4, 3]; F32 [4, 2] is needed");
     /* Not a router at all. */
     w = coe_gguf_writer_new(32);
     coe_gguf_writer_kv_str(w, "general.architecture", "llama");
-    assert_int_equal(coe_gguf_writer_save(w, path, &d), 0);
-    coe_gguf_writer_free(&w);
-    coe_buf_reset(&d);
-    assert_int_not_equal(coe_router_open(&r, path, &d), 0);
-    assert_non_null(strstr(d.data, "not a router file (general.architecture must be 'coegate-router')"));
+    expect_refused(&w, path, "not a router file (general.architecture must be 'coegate-router')");
     coe_router_close(&m);
     unlink(path);
     coe_buf_free(&d);
