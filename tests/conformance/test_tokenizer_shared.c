@@ -1,0 +1,110 @@
+/* Tokenization matches llama.cpp's vectors in ../shared/conformance/tokenizer exactly,
+ * for the vocabularies supported so far (SentencePiece). Skips (77) without ../shared. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/gguf.h"
+#include "experts/tokenizer.h"
+
+static const char *shared;
+
+static char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    coe_buf b = COE_BUF_INIT;
+    char chunk[65536];
+    size_t k;
+    while ((k = fread(chunk, 1, sizeof chunk, f)) > 0)
+        coe_buf_append(&b, chunk, k);
+    fclose(f);
+    *n = b.len;
+    return coe_buf_steal(&b);
+}
+
+static void check_vocab(const char *name)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/conformance/tokenizer/ggml-vocab-%s.gguf", shared, name);
+    coe_gguf *g = NULL;
+    coe_buf d = COE_BUF_INIT;
+    assert_int_equal(coe_gguf_open(&g, path, &d), 0);
+    coe_vocab v;
+    if (coe_vocab_load(&v, g, &d))
+        fail_msg("%s", d.data);
+    size_t n_inp, n_out;
+    snprintf(path, sizeof path, "%s/conformance/tokenizer/ggml-vocab-%s.gguf.inp", shared, name);
+    char *inp = slurp(path, &n_inp);
+    snprintf(path, sizeof path, "%s/conformance/tokenizer/ggml-vocab-%s.gguf.out", shared, name);
+    char *out = slurp(path, &n_out);
+    static const char sep[] = "\n__ggml_vocab_test__\n";
+    char *text = inp, *line = out;
+    int cases = 0;
+    int32_t *ids = NULL;
+    size_t cap = 0;
+    while (text < inp + n_inp && line < out + n_out) {
+        char *end = strstr(text, sep);
+        size_t tlen = end ? (size_t)(end - text) : (size_t)(inp + n_inp - text);
+        char *eol = strchr(line, '\n');
+        if (eol)
+            *eol = '\0';
+        size_t n_ids = 0;
+        assert_int_equal(coe_tokenize(&v, text, tlen, &ids, &n_ids, &cap), 0);
+        coe_buf got = COE_BUF_INIT;
+        for (size_t i = 0; i < n_ids; i++)
+            coe_buf_printf(&got, " %d", ids[i]);
+        /* The reference lines start with a space before each id. */
+        const char *want = line;
+        if (strcmp(got.data ? got.data : "", want) != 0)
+            fail_msg("%s, case %d: %.*s\n  want:%s\n  got: %s", name, cases, (int)tlen, text, want,
+                     got.data ? got.data : "");
+        coe_buf_free(&got);
+        cases++;
+        if (!end || !eol)
+            break;
+        text = end + sizeof sep - 1;
+        line = eol + 1;
+    }
+    print_message("%s: %d tokenizations match llama.cpp\n", name, cases);
+    assert_true(cases >= 40);
+    free(ids);
+    free(inp);
+    free(out);
+    coe_vocab_free(&v);
+    coe_gguf_close(&g);
+    coe_buf_free(&d);
+}
+
+static void test_llama_spm(void **state)
+{
+    (void)state;
+    check_vocab("llama-spm");
+}
+
+static void test_phi3(void **state)
+{
+    (void)state;
+    check_vocab("phi-3");
+}
+
+int main(void)
+{
+    shared = getenv("COEGATE_SHARED");
+    struct stat st;
+    char probe[4096];
+    snprintf(probe, sizeof probe, "%s/conformance/tokenizer", shared ? shared : "../shared");
+    if (!shared || stat(probe, &st) != 0) {
+        printf("skipped: %s not found (the conformance data lives in ../shared beside the checkout)\n", probe);
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_llama_spm), cmocka_unit_test(test_phi3)};
+    return cmocka_run_group_tests_name("tokenizer-shared", tests, NULL, NULL);
+}
