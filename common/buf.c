@@ -1,8 +1,10 @@
 #include "common/buf.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/err.h"
 
@@ -188,4 +190,51 @@ char *coe_buf_steal(coe_buf *b)
     b->data = NULL;
     b->len = b->cap = 0;
     return p;
+}
+
+int coe_buf_read_file(coe_buf *b, const char *path, size_t max, coe_buf *diag)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (diag)
+            coe_buf_printf(diag, "%s: cannot open: %s\n", path, strerror(errno));
+        return COE_ENOTFOUND;
+    }
+    char chunk[65536];
+    size_t n, total = 0;
+    int rc = 0;
+    while (!rc && (n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if ((total += n) > max) {
+            if (diag)
+                coe_buf_printf(diag, "%s: larger than the limit of %zu bytes for this kind of file\n", path, max);
+            rc = COE_ERANGE;
+        } else {
+            rc = coe_buf_append(b, chunk, n);
+        }
+    }
+    if (!rc && ferror(f)) {
+        if (diag)
+            coe_buf_printf(diag, "%s: read error: %s\n", path, strerror(errno));
+        rc = COE_EIO;
+    }
+    fclose(f);
+    return rc;
+}
+
+int coe_buf_write_file(const coe_buf *b, const char *path, coe_buf *diag)
+{
+    coe_buf tmp = COE_BUF_INIT;
+    coe_buf_printf(&tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp.data, "wb");
+    int ok = f && fwrite(b->data ? b->data : "", 1, b->len, f) == b->len;
+    ok = (f && fclose(f) == 0) && ok;
+    int rc = 0;
+    if (!ok || rename(tmp.data, path) != 0) {
+        if (diag)
+            coe_buf_printf(diag, "%s: cannot write: %s\n", path, strerror(errno));
+        unlink(tmp.data);
+        rc = COE_EIO;
+    }
+    coe_buf_free(&tmp);
+    return rc;
 }

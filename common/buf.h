@@ -25,6 +25,11 @@ int coe_buf_json_string(coe_buf *b, const char *s, size_t n);
 void coe_buf_consume(coe_buf *b, size_t n);
 void coe_buf_reset(coe_buf *b);
 void coe_buf_free(coe_buf *b);
+/* Appends the whole file at path to b, refusing a file over max bytes. Problems go
+ * to diag (may be NULL) as "PATH: what". Returns 0 or a negative coe_err. */
+int coe_buf_read_file(coe_buf *b, const char *path, size_t max, coe_buf *diag);
+/* Writes b to path atomically: a temporary file beside it, renamed over it. */
+int coe_buf_write_file(const coe_buf *b, const char *path, coe_buf *diag);
 /* Hands the data to the caller (who frees it) and empties b. Never NULL on success. */
 char *coe_buf_steal(coe_buf *b);
 

@@ -691,18 +691,7 @@ int coe_gguf_writer_save(coe_gguf_writer *w, const char *path, coe_buf *diag)
         coe_buf_free(&b);
         return rc;
     }
-    coe_buf tmp = COE_BUF_INIT;
-    coe_buf_printf(&tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp.data, "wb");
-    bool ok = f && fwrite(b.data, 1, b.len, f) == b.len;
-    ok = (f && fclose(f) == 0) && ok;
-    if (!ok || rename(tmp.data, path) != 0) {
-        if (diag)
-            coe_buf_printf(diag, "%s: cannot write: %s\n", path, strerror(errno));
-        unlink(tmp.data);
-        rc = COE_EIO;
-    }
-    coe_buf_free(&tmp);
+    rc = coe_buf_write_file(&b, path, diag);
     coe_buf_free(&b);
     return rc;
 }

@@ -5,13 +5,11 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/hash.h"
 
 static uint32_t hash(const char *s, size_t n)
 {
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 16777619u;
-    return h;
+    return (uint32_t)coe_fnv1a64(COE_FNV_OFFSET, s, n);
 }
 
 int coe_vocab_find(const coe_vocab *v, const char *s, size_t n)

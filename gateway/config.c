@@ -650,32 +650,8 @@ done:
 int coe_config_load(const char *path, coe_config_mode mode, coe_config **out, coe_buf *d)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        if (d)
-            coe_buf_printf(d, "%s: cannot open: %s\n", path, strerror(errno));
-        return COE_ENOTFOUND;
-    }
     coe_buf text = COE_BUF_INIT;
-    char chunk[65536];
-    size_t n;
-    int rc = 0;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        if (text.len + n > (16u << 20)) {
-            if (d)
-                coe_buf_printf(d, "%s: larger than 16 MiB; not a configuration file?\n", path);
-            rc = COE_ERANGE;
-            break;
-        }
-        if ((rc = coe_buf_append(&text, chunk, n)))
-            break;
-    }
-    if (!rc && ferror(f)) {
-        if (d)
-            coe_buf_printf(d, "%s: read error: %s\n", path, strerror(errno));
-        rc = COE_EIO;
-    }
-    fclose(f);
+    int rc = coe_buf_read_file(&text, path, 16u << 20, d);
     if (!rc)
         rc = coe_config_parse(text.data ? text.data : "", text.len, path, mode, out, d);
     coe_buf_free(&text);

@@ -273,13 +273,10 @@ static int cmd_eval(int argc, char **argv)
         if (json) {
             coe_buf j = COE_BUF_INIT;
             coe_report_json(&ev, routing ? &rev : NULL, &pool, &j);
-            FILE *f = fopen(json, "w");
-            if (!f || fwrite(j.data, 1, j.len, f) != j.len) {
-                fprintf(stderr, "coegate router eval: cannot write %s\n", json);
-                rc = COE_EIO;
-            }
-            if (f)
-                fclose(f);
+            coe_buf why = COE_BUF_INIT;
+            if ((rc = coe_buf_write_file(&j, json, &why)) != 0)
+                fprintf(stderr, "coegate router eval: %s", why.data);
+            coe_buf_free(&why);
             coe_buf_free(&j);
         }
         if (!rc && report_dir) {

@@ -9,6 +9,7 @@
 #include <cJSON.h>
 
 #include "common/err.h"
+#include "common/hash.h"
 
 static int cmp_str(const void *a, const void *b)
 {
@@ -62,13 +63,12 @@ int coe_dataset_load(const char *path, char *const *categories, int n_categories
     ssize_t len;
     long line_no = 0;
     int rc = 0;
-    uint64_t hash = 0xcbf29ce484222325ULL;
+    uint64_t hash = COE_FNV_OFFSET;
     char **cats = NULL, **models = NULL, **fines = NULL, **fine_cat_names = NULL;
     int n_cats = 0, n_models = 0, n_fines = 0, n_fine_cats = 0;
     while ((len = getline(&line, &line_cap, f)) >= 0) {
         line_no++;
-        for (ssize_t i = 0; i < len; i++)
-            hash = (hash ^ (unsigned char)line[i]) * 0x100000001b3ULL;
+        hash = coe_fnv1a64(hash, line, (size_t)len);
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
             line[--len] = '\0';
         if (len == 0)
@@ -243,9 +243,7 @@ void coe_dataset_split(const coe_dataset *d, double fraction, coe_dataset *a, co
         parts[p]->n = 0;
     }
     for (size_t i = 0; i < d->n; i++) {
-        uint64_t h = 0xcbf29ce484222325ULL;
-        for (const unsigned char *s = (const unsigned char *)d->texts[i]; *s; s++)
-            h = (h ^ *s) * 0x100000001b3ULL;
+        uint64_t h = coe_fnv1a64(COE_FNV_OFFSET, d->texts[i], strlen(d->texts[i]));
         coe_dataset *t = (double)(h % 10000) / 10000.0 < fraction ? b : a;
         t->texts[t->n] = d->texts[i];
         t->labels[t->n] = d->labels[i];

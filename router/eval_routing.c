@@ -1,6 +1,5 @@
 #include "router/eval_routing.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,17 +16,12 @@
 int coe_pool_load(const char *path, coe_pool *out, coe_buf *diag)
 {
     memset(out, 0, sizeof *out);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        coe_buf_printf(diag, "%s: cannot open: %s\n", path, strerror(errno));
-        return COE_ENOTFOUND;
-    }
     coe_buf text = COE_BUF_INIT;
-    char chunk[65536];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0 && text.len < (16u << 20))
-        coe_buf_append(&text, chunk, n);
-    fclose(f);
+    int rc = coe_buf_read_file(&text, path, 16u << 20, diag);
+    if (rc) {
+        coe_buf_free(&text);
+        return rc;
+    }
     cJSON *j = cJSON_ParseWithLength(text.data ? text.data : "", text.len);
     coe_buf_free(&text);
     const cJSON *models = cJSON_GetObjectItemCaseSensitive(j, "models");
@@ -39,7 +33,7 @@ int coe_pool_load(const char *path, coe_pool *out, coe_buf *diag)
     int count = cJSON_GetArraySize(models);
     out->names = calloc((size_t)count, sizeof *out->names);
     out->cost = calloc((size_t)count, sizeof *out->cost);
-    int rc = out->names && out->cost ? 0 : COE_ENOMEM;
+    rc = out->names && out->cost ? 0 : COE_ENOMEM;
     int i = 0;
     for (const cJSON *m = models->child; m && !rc; m = m->next, i++) {
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(m, "name");

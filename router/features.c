@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/hash.h"
 
 coe_features_params coe_features_defaults(void)
 {
@@ -45,17 +46,6 @@ static int push(coe_features *f, uint64_t h, uint32_t buckets, float w)
     return 0;
 }
 
-/* FNV-1a, 64 bits, seeded so that the feature kinds hash apart. */
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *s = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= s[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
 static uint64_t mix(uint64_t a, uint64_t b)
 {
     uint64_t h = a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
@@ -65,7 +55,8 @@ static uint64_t mix(uint64_t a, uint64_t b)
     return h;
 }
 
-#define SEED_WORD 0xcbf29ce484222325ULL
+/* Seeds, so that the feature kinds hash apart. */
+#define SEED_WORD COE_FNV_OFFSET
 #define SEED_CHAR 0x84222325cbf29ce4ULL
 
 static bool is_word_byte(unsigned char c)
@@ -114,7 +105,7 @@ int coe_features_add_text(const coe_features_params *p, const char *text, size_t
                 i += k;
             }
         }
-        uint64_t h = fnv(SEED_WORD, word, len);
+        uint64_t h = coe_fnv1a64(SEED_WORD, word, len);
         int rc = push(out, h, p->buckets, w);
         if (!rc && p->word_ngrams >= 2 && have_prev)
             rc = push(out, mix(prev, h), p->buckets, w);
@@ -140,7 +131,7 @@ int coe_features_add_text(const coe_features_params *p, const char *text, size_t
                 if (g == (int)n_cp) /* the whole "<word>" is the unigram already */
                     continue;
                 size_t from = starts[a], to = starts[a + (size_t)g];
-                if ((rc = push(out, fnv(SEED_CHAR, wrapped + from, to - from), p->buckets, w)))
+                if ((rc = push(out, coe_fnv1a64(SEED_CHAR, wrapped + from, to - from), p->buckets, w)))
                     return rc;
             }
     }

@@ -149,14 +149,7 @@ static int write_file(const char *dir, const char *name, const coe_buf *b, coe_b
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(b->data ? b->data : "", 1, b->len, f) != b->len) {
-        coe_buf_printf(diag, "%s: cannot write: %s\n", path, strerror(errno));
-        if (f)
-            fclose(f);
-        return COE_EIO;
-    }
-    return fclose(f) == 0 ? 0 : COE_EIO;
+    return coe_buf_write_file(b, path, diag);
 }
 
 int coe_report_json(const coe_eval *e, const coe_routing_eval *r, const coe_pool *pool, coe_buf *out)

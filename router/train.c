@@ -75,11 +75,11 @@ static double accuracy(const coe_router *m, const featurized *f, const coe_datas
     if (d->n == 0)
         return 0;
     float *probs = malloc((size_t)m->n_classes * sizeof *probs);
-    float x[4096], scratch[8192 + 4096];
+    if (!probs)
+        return 0;
     size_t right = 0;
     for (size_t i = 0; i < d->n; i++) {
-        coe_router_embed(m, &f->rows[i], x);
-        coe_router_head(m, x, probs, scratch);
+        coe_router_classify(m, &f->rows[i], probs);
         int best = 0;
         for (int c = 1; c < m->n_classes; c++)
             if (probs[c] > probs[best])

@@ -18,14 +18,8 @@ static const char *shared;
 
 static char *slurp(const char *path, size_t *n)
 {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
     coe_buf b = COE_BUF_INIT;
-    char chunk[65536];
-    size_t k;
-    while ((k = fread(chunk, 1, sizeof chunk, f)) > 0)
-        coe_buf_append(&b, chunk, k);
-    fclose(f);
+    assert_int_equal(coe_buf_read_file(&b, path, 64u << 20, NULL), 0);
     *n = b.len;
     return coe_buf_steal(&b);
 }
