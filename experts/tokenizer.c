@@ -6,6 +6,7 @@
 
 #include "common/err.h"
 #include "common/hash.h"
+#include "experts/unicode.h"
 
 static uint32_t hash(const char *s, size_t n)
 {
@@ -30,6 +31,101 @@ static int token_id(const coe_gguf *g, const char *key, int n)
     return kv && coe_gguf_get_u64(&kv->value, &id) && id < (uint64_t)n ? (int)id : -1;
 }
 
+static bool str_is(const coe_gguf_str *s, const char *want)
+{
+    return s->len == strlen(want) && memcmp(s->ptr, want, s->len) == 0;
+}
+
+static uint32_t table_size(int n)
+{
+    uint32_t size = 16;
+    while (size < 2u * (uint32_t)n)
+        size *= 2;
+    return size;
+}
+
+/* GPT-2's reversible map of bytes to printable code points. */
+static void byte_chars(coe_vocab *v)
+{
+    int extra = 0;
+    for (int i = 0; i < 324; i++)
+        v->char_byte[i] = -1;
+    for (int b = 0; b < 256; b++) {
+        bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+        v->byte_char[b] = printable ? b : 256 + extra++;
+        v->char_byte[v->byte_char[b]] = (int16_t)b;
+    }
+}
+
+static int by_length_desc(const void *a, const void *b, void *arg)
+{
+    const coe_vocab *v = arg;
+    uint64_t la = v->text[*(const int *)a].len, lb = v->text[*(const int *)b].len;
+    return la < lb ? 1 : la > lb ? -1 : *(const int *)a - *(const int *)b;
+}
+
+static int find_merge(const coe_vocab *v, const char *s, size_t n)
+{
+    for (uint32_t i = hash(s, n) & (v->n_merge_slots - 1);; i = (i + 1) & (v->n_merge_slots - 1)) {
+        int32_t r = v->merge_slots[i];
+        if (r < 0)
+            return -1;
+        if (v->merges[r].len == n && memcmp(v->merges[r].ptr, s, n) == 0)
+            return r;
+    }
+}
+
+static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
+{
+    const coe_gguf_kv *merges = coe_gguf_find_kv(g, "tokenizer.ggml.merges");
+    if (!merges || merges->value.type != COE_GGUF_ARRAY || merges->value.elem_type != COE_GGUF_STRING ||
+        merges->value.count > (1u << 24)) {
+        coe_buf_printf(diag, "%s: key 'tokenizer.ggml.merges' must be an array of strings for a BPE vocabulary\n",
+                       g->path);
+        return COE_EINVAL;
+    }
+    v->merges = merges->value.strings;
+    v->n_merges = (int)merges->value.count;
+    v->n_merge_slots = table_size(v->n_merges);
+    v->merge_slots = malloc(v->n_merge_slots * sizeof *v->merge_slots);
+    if (!v->merge_slots)
+        return COE_ENOMEM;
+    memset(v->merge_slots, 0xff, v->n_merge_slots * sizeof *v->merge_slots);
+    for (int r = 0; r < v->n_merges; r++) {
+        const coe_gguf_str *x = &v->merges[r];
+        if (find_merge(v, x->ptr, x->len) >= 0)
+            continue; /* the lower rank of a repeated merge wins */
+        uint32_t i = hash(x->ptr, x->len) & (v->n_merge_slots - 1);
+        while (v->merge_slots[i] >= 0)
+            i = (i + 1) & (v->n_merge_slots - 1);
+        v->merge_slots[i] = r;
+    }
+    byte_chars(v);
+    static const struct {
+        const char *name;
+        coe_pretok pre;
+    } pres[] = {
+        {"default", COE_PRE_DEFAULT}, {"gpt-2", COE_PRE_GPT2}, {"mpt", COE_PRE_GPT2}, {"olmo", COE_PRE_GPT2},
+        {"starcoder", COE_PRE_GPT2}, {"llama3", COE_PRE_LLAMA3}, {"llama-bpe", COE_PRE_LLAMA3},
+        {"smaug-bpe", COE_PRE_LLAMA3}, {"qwen2", COE_PRE_QWEN2}, {"deepseek-coder", COE_PRE_DEEPSEEK_CODER},
+    };
+    const coe_gguf_kv *pre = coe_gguf_find_kv(g, "tokenizer.ggml.pre");
+    v->pre = COE_PRE_DEFAULT;
+    if (pre && pre->value.type == COE_GGUF_STRING) {
+        size_t i = 0;
+        while (i < sizeof pres / sizeof pres[0] && !str_is(&pre->value.str, pres[i].name))
+            i++;
+        if (i == sizeof pres / sizeof pres[0]) {
+            coe_buf_printf(diag, "%s: pre-tokenizer '%.*s' (key 'tokenizer.ggml.pre') is not supported "
+                                 "(default, gpt-2, llama3/llama-bpe, qwen2, deepseek-coder, mpt, olmo, starcoder are)\n",
+                           g->path, (int)(pre->value.str.len < 64 ? pre->value.str.len : 64), pre->value.str.ptr);
+            return COE_EUNSUPPORTED;
+        }
+        v->pre = pres[i].pre;
+    }
+    return 0;
+}
+
 int coe_vocab_load(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
 {
     memset(v, 0, sizeof *v);
@@ -38,12 +134,16 @@ int coe_vocab_load(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         coe_buf_printf(diag, "%s: key 'tokenizer.ggml.model' is missing\n", g->path);
         return COE_EINVAL;
     }
-    if (model->value.str.len != 5 || memcmp(model->value.str.ptr, "llama", 5) != 0) {
-        coe_buf_printf(diag, "%s: tokenizer '%.*s' is not supported yet (SentencePiece 'llama' is)\n", g->path,
-                       (int)model->value.str.len, model->value.str.ptr);
+    if (str_is(&model->value.str, "llama")) {
+        v->kind = COE_VOCAB_SPM;
+    } else if (str_is(&model->value.str, "gpt2")) {
+        v->kind = COE_VOCAB_BPE;
+    } else {
+        coe_buf_printf(diag, "%s: tokenizer '%.*s' (key 'tokenizer.ggml.model') is not supported "
+                             "(SentencePiece 'llama' and byte-level BPE 'gpt2' are)\n", g->path,
+                       (int)(model->value.str.len < 64 ? model->value.str.len : 64), model->value.str.ptr);
         return COE_EUNSUPPORTED;
     }
-    v->kind = COE_VOCAB_SPM;
     const coe_gguf_kv *tokens = coe_gguf_find_kv(g, "tokenizer.ggml.tokens");
     if (!tokens || tokens->value.type != COE_GGUF_ARRAY || tokens->value.elem_type != COE_GGUF_STRING ||
         tokens->value.count == 0 || tokens->value.count > (1u << 24)) {
@@ -61,10 +161,10 @@ int coe_vocab_load(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
     }
     v->score = calloc((size_t)v->n, sizeof *v->score);
     v->type = calloc((size_t)v->n, sizeof *v->type);
-    for (v->n_slots = 16; v->n_slots < 2u * (uint32_t)v->n; v->n_slots *= 2)
-        ;
+    v->special = calloc((size_t)v->n, sizeof *v->special);
+    v->n_slots = table_size(v->n);
     v->slots = malloc(v->n_slots * sizeof *v->slots);
-    if (!v->score || !v->type || !v->slots) {
+    if (!v->score || !v->type || !v->slots || !v->special) {
         coe_vocab_free(v);
         return COE_ENOMEM;
     }
@@ -90,18 +190,33 @@ int coe_vocab_load(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         unsigned b;
         if (t == 6 && x->len == 6 && sscanf(x->ptr, "<0x%2X>", &b) == 1 && b < 256)
             v->byte_token[b] = id;
+        if ((t == 2 || t == 3 || t == 4) && x->len > 0)
+            v->special[v->n_special++] = id;
     }
+    qsort_r(v->special, (size_t)v->n_special, sizeof *v->special, by_length_desc, v);
     v->unk = token_id(g, "tokenizer.ggml.unknown_token_id", v->n);
     v->bos = token_id(g, "tokenizer.ggml.bos_token_id", v->n);
     v->eos = token_id(g, "tokenizer.ggml.eos_token_id", v->n);
-    v->add_space_prefix = true; /* SentencePiece's default */
+    v->eot = token_id(g, "tokenizer.ggml.eot_token_id", v->n);
+    static const char *const turn_ends[] = {"<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|EOT|>"};
+    for (size_t i = 0; v->eot < 0 && i < sizeof turn_ends / sizeof turn_ends[0]; i++)
+        v->eot = coe_vocab_find(v, turn_ends[i], strlen(turn_ends[i]));
+    /* SentencePiece adds a space prefix and BOS unless told otherwise; BPE neither. */
+    v->add_space_prefix = v->kind == COE_VOCAB_SPM;
     const coe_gguf_kv *asp = coe_gguf_find_kv(g, "tokenizer.ggml.add_space_prefix");
     if (asp)
         coe_gguf_get_bool(&asp->value, &v->add_space_prefix);
-    v->add_bos = true;
+    v->add_bos = v->kind == COE_VOCAB_SPM;
     const coe_gguf_kv *ab = coe_gguf_find_kv(g, "tokenizer.ggml.add_bos_token");
     if (ab)
         coe_gguf_get_bool(&ab->value, &v->add_bos);
+    if (v->kind == COE_VOCAB_BPE) {
+        int rc = load_bpe(v, g, diag);
+        if (rc) {
+            coe_vocab_free(v);
+            return rc;
+        }
+    }
     return 0;
 }
 
@@ -110,6 +225,8 @@ void coe_vocab_free(coe_vocab *v)
     free(v->score);
     free(v->type);
     free(v->slots);
+    free(v->special);
+    free(v->merge_slots);
     memset(v, 0, sizeof *v);
 }
 
@@ -209,11 +326,12 @@ static size_t utf8_len(unsigned char c)
     return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
 }
 
-static int spm(const coe_vocab *v, const char *text, size_t n, int32_t **out, size_t *n_out, size_t *cap)
+static int spm(const coe_vocab *v, const char *text, size_t n, bool prefix, int32_t **out, size_t *n_out,
+               size_t *cap)
 {
     /* Spaces become U+2581; SentencePiece adds one in front. */
     coe_buf s = COE_BUF_INIT;
-    if (v->add_space_prefix)
+    if (prefix && v->add_space_prefix)
         coe_buf_puts(&s, "\xE2\x96\x81");
     for (size_t i = 0; i < n; i++)
         if (text[i] == ' ')
@@ -266,9 +384,458 @@ static int spm(const coe_vocab *v, const char *text, size_t n, int32_t **out, si
     return rc;
 }
 
+/* ---- byte-level BPE ---- */
+
+/* Text as code points, each with its byte offset (off[n] is the end). */
+typedef struct cps {
+    uint32_t *cp;
+    size_t *off;
+    size_t n;
+} cps;
+
+enum { IS_L = 1, IS_N = 2, IS_P = 4, IS_S = 8 };
+
+static int flags(uint32_t c)
+{
+    return (coe_cp_is_letter(c) ? IS_L : 0) | (coe_cp_is_number(c) ? IS_N : 0) | (coe_cp_is_punct(c) ? IS_P : 0) |
+           (coe_cp_is_space(c) ? IS_S : 0);
+}
+
+/* The expressions of the pre-tokenizers, each matched at one position of a piece
+ * [.., end): the length of the match (0: none). */
+typedef enum expr {
+    X_GPT2,       /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
+    X_LLAMA3,     /* the llama-3 expression, numbers in runs of up to 3 */
+    X_QWEN2,      /* the same, one digit at a time */
+    X_NEWLINE,    /* [\r\n] */
+    X_S_LETTERS,  /* \s?\p{L}+ */
+    X_S_PUNCT,    /* \s?\p{P}+ */
+    X_CJK,        /* [一-龥ࠀ-一가-퟿]+ */
+    X_NUMBER,     /* \p{N} */
+    X_NUMBERS,    /* \p{N}+ */
+    X_PUNCT_SYM,  /* [\p{P}\$\+<=>\^~\|]+ */
+    X_DIGITS3,    /* [0-9][0-9][0-9] */
+} expr;
+
+static size_t run(const cps *t, size_t at, size_t end, int want, int avoid)
+{
+    size_t i = at;
+    while (i < end && (flags(t->cp[i]) & want) && !(flags(t->cp[i]) & avoid))
+        i++;
+    return i - at;
+}
+
+/* [^\s\p{L}\p{N}] */
+static bool other(uint32_t c)
+{
+    return !(flags(c) & (IS_S | IS_L | IS_N));
+}
+
+static size_t run_other(const cps *t, size_t at, size_t end)
+{
+    size_t i = at;
+    while (i < end && other(t->cp[i]))
+        i++;
+    return i - at;
+}
+
+static uint32_t lower(uint32_t c)
+{
+    return c >= 'A' && c <= 'Z' ? c + 32 : c;
+}
+
+/* 's 't 're 've 'm 'll 'd; case-insensitive for llama-3. */
+static size_t contraction(const cps *t, size_t i, size_t end, bool any_case)
+{
+    if (t->cp[i] != '\'' || i + 1 >= end)
+        return 0;
+    uint32_t a = any_case ? lower(t->cp[i + 1]) : t->cp[i + 1];
+    uint32_t b = i + 2 < end ? (any_case ? lower(t->cp[i + 2]) : t->cp[i + 2]) : 0;
+    if (a == 's' || a == 't' || a == 'm' || a == 'd')
+        return 2;
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))
+        return 3;
+    return 0;
+}
+
+/* \s+(?!\S)|\s+ : a run of spaces gives its last one to a following non-space. */
+static size_t spaces(const cps *t, size_t i, size_t end)
+{
+    size_t n = run(t, i, end, IS_S, 0);
+    if (n > 1 && i + n < end)
+        n--;
+    return n;
+}
+
+static bool newline(uint32_t c)
+{
+    return c == '\r' || c == '\n';
+}
+
+static size_t match(expr x, const cps *t, size_t i, size_t end)
+{
+    uint32_t c = t->cp[i];
+    int f = flags(c);
+    size_t n;
+    switch (x) {
+    case X_GPT2:
+        if ((n = contraction(t, i, end, false)))
+            return n;
+        {
+            size_t j = i + (c == ' ' && i + 1 < end);
+            int g = j < end ? flags(t->cp[j]) : 0;
+            if (g & IS_L)
+                return j - i + run(t, j, end, IS_L, 0);
+            if (g & IS_N)
+                return j - i + run(t, j, end, IS_N, 0);
+            if (j < end && other(t->cp[j]))
+                return j - i + run_other(t, j, end);
+        }
+        return spaces(t, i, end);
+    case X_LLAMA3:
+    case X_QWEN2:
+        if ((n = contraction(t, i, end, true)))
+            return n;
+        /* [^\r\n\p{L}\p{N}]?\p{L}+ */
+        if (f & IS_L)
+            return run(t, i, end, IS_L, 0);
+        if (!newline(c) && !(f & (IS_L | IS_N)) && i + 1 < end && (flags(t->cp[i + 1]) & IS_L))
+            return 1 + run(t, i + 1, end, IS_L, 0);
+        if (f & IS_N) {
+            n = run(t, i, end, IS_N, 0);
+            return x == X_QWEN2 ? 1 : n < 3 ? n : 3;
+        }
+        /*  ?[^\s\p{L}\p{N}]+[\r\n]* */
+        {
+            size_t j = i + (c == ' ' && i + 1 < end);
+            if (j < end && other(t->cp[j])) {
+                j += run_other(t, j, end);
+                while (j < end && newline(t->cp[j]))
+                    j++;
+                return j - i;
+            }
+        }
+        if (f & IS_S) {
+            /* \s*[\r\n]+ : through the last newline of the run of spaces */
+            size_t all = run(t, i, end, IS_S, 0), last_nl = 0;
+            for (size_t k = 0; k < all; k++)
+                if (newline(t->cp[i + k]))
+                    last_nl = k + 1;
+            if (last_nl)
+                return last_nl;
+            return spaces(t, i, end);
+        }
+        return 0;
+    case X_NEWLINE:
+        return newline(c);
+    case X_S_LETTERS:
+    case X_S_PUNCT: {
+        int want = x == X_S_LETTERS ? IS_L : IS_P;
+        if ((f & IS_S) && i + 1 < end && (flags(t->cp[i + 1]) & want))
+            return 1 + run(t, i + 1, end, want, 0);
+        return run(t, i, end, want, 0);
+    }
+    case X_CJK:
+        for (n = 0; i + n < end; n++) {
+            uint32_t d = t->cp[i + n];
+            if (!((d >= 0x4E00 && d <= 0x9FA5) || (d >= 0x0800 && d <= 0x4E00) || (d >= 0xAC00 && d <= 0xD7FF)))
+                break;
+        }
+        return n;
+    case X_NUMBER:
+        return (f & IS_N) != 0;
+    case X_NUMBERS:
+        return run(t, i, end, IS_N, 0);
+    case X_PUNCT_SYM:
+        for (n = 0; i + n < end; n++) {
+            uint32_t d = t->cp[i + n];
+            if (!(flags(d) & IS_P) && !strchr("$+<=>^~|", (int)(d < 128 && d ? d : 1)))
+                break;
+        }
+        return n;
+    case X_DIGITS3:
+        for (n = 0; n < 3 && i + n < end && t->cp[i + n] >= '0' && t->cp[i + n] <= '9'; n++)
+            ;
+        return n == 3 ? 3 : 0;
+    }
+    return 0;
+}
+
+/* Splits every piece (code point boundaries in cuts, ascending) by expression x:
+ * matches and the text between them become pieces. */
+static int split(expr x, const cps *t, size_t **cuts, size_t *n_cuts)
+{
+    size_t cap = *n_cuts * 2 + 16, n = 0;
+    size_t *out = malloc(cap * sizeof *out);
+    if (!out)
+        return COE_ENOMEM;
+    out[n++] = 0;
+#define CUT(at)                                                                                                        \
+    do {                                                                                                               \
+        if (out[n - 1] != (at)) {                                                                                      \
+            if (n == cap) {                                                                                            \
+                size_t *p = realloc(out, (cap *= 2) * sizeof *p);                                                      \
+                if (!p) {                                                                                              \
+                    free(out);                                                                                         \
+                    return COE_ENOMEM;                                                                                 \
+                }                                                                                                      \
+                out = p;                                                                                               \
+            }                                                                                                          \
+            out[n++] = (at);                                                                                           \
+        }                                                                                                              \
+    } while (0)
+    for (size_t p = 0; p + 1 < *n_cuts; p++) {
+        size_t start = (*cuts)[p], end = (*cuts)[p + 1];
+        for (size_t i = start; i < end;) {
+            size_t m = match(x, t, i, end);
+            if (m == 0) {
+                i++;
+                continue;
+            }
+            CUT(i);
+            CUT(i + m);
+            i += m;
+        }
+        CUT(end);
+    }
+#undef CUT
+    free(*cuts);
+    *cuts = out;
+    *n_cuts = n;
+    return 0;
+}
+
+static int pre_split(const coe_vocab *v, const cps *t, size_t **cuts, size_t *n_cuts)
+{
+    static const expr gpt2[] = {X_GPT2}, llama3[] = {X_LLAMA3}, qwen2[] = {X_QWEN2};
+    static const expr deepseek[] = {X_NEWLINE, X_S_LETTERS, X_S_PUNCT, X_CJK, X_NUMBER};
+    static const expr dflt[] = {X_PUNCT_SYM, X_GPT2, X_NUMBERS, X_DIGITS3};
+    const expr *xs;
+    size_t n;
+    switch (v->pre) {
+    case COE_PRE_GPT2: xs = gpt2, n = 1; break;
+    case COE_PRE_LLAMA3: xs = llama3, n = 1; break;
+    case COE_PRE_QWEN2: xs = qwen2, n = 1; break;
+    case COE_PRE_DEEPSEEK_CODER: xs = deepseek, n = 5; break;
+    default: xs = dflt, n = 4; break;
+    }
+    *cuts = malloc(2 * sizeof **cuts);
+    if (!*cuts)
+        return COE_ENOMEM;
+    (*cuts)[0] = 0;
+    (*cuts)[1] = t->n;
+    *n_cuts = 2;
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++)
+        rc = split(xs[i], t, cuts, n_cuts);
+    return rc;
+}
+
+static int try_merge(const coe_vocab *v, const char *s, const symbol *sym, int left, int right, heap *h, coe_buf *key)
+{
+    if (left < 0 || right < 0)
+        return 0;
+    coe_buf_reset(key);
+    coe_buf_append(key, s + sym[left].at, sym[left].len);
+    coe_buf_puts(key, " ");
+    coe_buf_append(key, s + sym[right].at, sym[right].len);
+    int rank = find_merge(v, key->data, key->len);
+    if (rank < 0)
+        return 0;
+    return heap_push(h, (bigram){left, right, -(float)rank, sym[left].len + sym[right].len});
+}
+
+/* One pre-tokenized piece: bytes to GPT-2's alphabet, then merges by rank. */
+static int bpe_word(const coe_vocab *v, const char *bytes, size_t n, int32_t **out, size_t *n_out, size_t *cap)
+{
+    coe_buf s = COE_BUF_INIT, key = COE_BUF_INIT;
+    for (size_t i = 0; i < n; i++) {
+        char u[4];
+        coe_buf_append(&s, u, coe_utf8_encode((uint32_t)v->byte_char[(unsigned char)bytes[i]], u));
+    }
+    int rc = 0;
+    int whole = v->pre == COE_PRE_LLAMA3 ? coe_vocab_find(v, s.data, s.len) : -1;
+    if (whole >= 0) { /* llama-3 takes a piece that is a token as it is */
+        rc = push(out, n_out, cap, whole);
+        coe_buf_free(&s);
+        return rc;
+    }
+    symbol *sym = malloc((n + 1) * sizeof *sym);
+    heap h = {0};
+    rc = sym ? 0 : COE_ENOMEM;
+    int n_sym = 0;
+    for (size_t i = 0; i < s.len && !rc;) {
+        size_t k;
+        coe_utf8_decode(s.data + i, s.len - i, &k);
+        sym[n_sym] = (symbol){n_sym - 1, -1, i, k};
+        if (n_sym > 0)
+            sym[n_sym - 1].next = n_sym;
+        n_sym++;
+        i += k;
+    }
+    for (int i = 1; i < n_sym && !rc; i++)
+        rc = try_merge(v, s.data, sym, i - 1, i, &h, &key);
+    while (!rc && h.n > 0) {
+        bigram b = heap_pop(&h);
+        symbol *l = &sym[b.left], *r = &sym[b.right];
+        if (l->len == 0 || r->len == 0 || l->len + r->len != b.len)
+            continue;
+        l->len += r->len;
+        r->len = 0;
+        l->next = r->next;
+        if (r->next >= 0)
+            sym[r->next].prev = b.left;
+        if (!(rc = try_merge(v, s.data, sym, l->prev, b.left, &h, &key)))
+            rc = try_merge(v, s.data, sym, b.left, l->next, &h, &key);
+    }
+    for (int i = 0; i >= 0 && i < n_sym && !rc; i = sym[i].next) {
+        int id = coe_vocab_find(v, s.data + sym[i].at, sym[i].len);
+        if (id >= 0) {
+            rc = push(out, n_out, cap, id);
+            continue;
+        }
+        /* Not a token: one token per byte's character, where there is one. */
+        for (size_t k = 0; k < sym[i].len && !rc;) {
+            size_t len;
+            coe_utf8_decode(s.data + sym[i].at + k, sym[i].len - k, &len);
+            int b = coe_vocab_find(v, s.data + sym[i].at + k, len);
+            if (b >= 0 || v->unk >= 0)
+                rc = push(out, n_out, cap, b >= 0 ? b : v->unk);
+            k += len;
+        }
+    }
+    free(sym);
+    free(h.v);
+    coe_buf_free(&s);
+    coe_buf_free(&key);
+    return rc;
+}
+
+static int bpe(const coe_vocab *v, const char *text, size_t n, int32_t **out, size_t *n_out, size_t *cap)
+{
+    cps t = {malloc((n + 1) * sizeof(uint32_t)), malloc((n + 1) * sizeof(size_t)), 0};
+    size_t *cuts = NULL, n_cuts = 0;
+    int rc = t.cp && t.off ? 0 : COE_ENOMEM;
+    for (size_t i = 0; i < n && !rc;) {
+        size_t len;
+        t.cp[t.n] = coe_utf8_decode(text + i, n - i, &len);
+        t.off[t.n++] = i;
+        i += len;
+    }
+    if (!rc) {
+        t.off[t.n] = n;
+        rc = pre_split(v, &t, &cuts, &n_cuts);
+    }
+    for (size_t p = 0; !rc && p + 1 < n_cuts; p++) {
+        size_t a = t.off[cuts[p]], b = t.off[cuts[p + 1]];
+        rc = bpe_word(v, text + a, b - a, out, n_out, cap);
+    }
+    free(cuts);
+    free(t.cp);
+    free(t.off);
+    return rc;
+}
+
+/* ---- detokenization ---- */
+
+int coe_token_bytes(const coe_vocab *v, int id, coe_buf *out)
+{
+    if (id < 0 || id >= v->n)
+        return COE_EINVAL;
+    const coe_gguf_str *x = &v->text[id];
+    int type = v->type[id];
+    if (type == 3 || type == 5)
+        return 0; /* control and unused tokens are not text */
+    if (v->kind == COE_VOCAB_SPM) {
+        unsigned b;
+        if (type == 6 && x->len == 6 && sscanf(x->ptr, "<0x%2X>", &b) == 1) {
+            char c = (char)b;
+            return coe_buf_append(out, &c, 1);
+        }
+        for (size_t i = 0; i < x->len;) {
+            if (i + 3 <= x->len && memcmp(x->ptr + i, "\xE2\x96\x81", 3) == 0) {
+                coe_buf_puts(out, " ");
+                i += 3;
+            } else {
+                coe_buf_append(out, x->ptr + i++, 1);
+            }
+        }
+        return 0;
+    }
+    if (type == 4)
+        return coe_buf_append(out, x->ptr, x->len); /* user-defined tokens are plain text */
+    for (size_t i = 0; i < x->len;) {
+        size_t len;
+        uint32_t cp = coe_utf8_decode(x->ptr + i, x->len - i, &len);
+        int b = cp < 324 ? v->char_byte[cp] : -1;
+        if (b >= 0) {
+            char c = (char)b;
+            coe_buf_append(out, &c, 1);
+        } else {
+            coe_buf_append(out, x->ptr + i, len);
+        }
+        i += len;
+    }
+    return 0;
+}
+
+bool coe_token_is_end(const coe_vocab *v, int id)
+{
+    return id >= 0 && (id == v->eos || id == v->eot);
+}
+
+/* The special token that text starts with, the longest where several do; -1 for
+ * none. User-defined tokens always count (llama.cpp's rule); control and unknown
+ * tokens only where asked (prompts, not plain text). */
+static int special_at(const coe_vocab *v, const char *text, size_t n, bool control)
+{
+    for (int i = 0; i < v->n_special; i++) {
+        int id = v->special[i];
+        size_t len = v->text[id].len;
+        if (len <= n && memcmp(text, v->text[id].ptr, len) == 0 && (control || v->type[id] == 4))
+            return id;
+    }
+    return -1;
+}
+
+/* Text split at special tokens; the spans between go to the vocabulary's algorithm. */
+static int tokenize_parts(const coe_vocab *v, const char *text, size_t n, bool control, int32_t **out, size_t *n_out,
+                          size_t *cap)
+{
+    int rc = 0;
+    bool prev_special = true; /* SentencePiece's space prefix goes after a special token or the start */
+    size_t start = 0;
+    for (size_t i = 0; i <= n && !rc;) {
+        int id = i < n ? special_at(v, text + i, n - i, control) : -1;
+        if (id < 0 && i < n) {
+            i++;
+            continue;
+        }
+        if (i > start) {
+            rc = v->kind == COE_VOCAB_SPM ? spm(v, text + start, i - start, prev_special, out, n_out, cap)
+                                          : bpe(v, text + start, i - start, out, n_out, cap);
+            prev_special = false;
+        }
+        if (id < 0)
+            break;
+        if (!rc)
+            rc = push(out, n_out, cap, id);
+        prev_special = true;
+        i += v->text[id].len;
+        start = i;
+    }
+    return rc;
+}
+
 int coe_tokenize(const coe_vocab *v, const char *text, size_t n, int32_t **out, size_t *n_out, size_t *cap)
 {
-    if (n == 0)
-        return 0;
-    return spm(v, text, n, out, n_out, cap);
+    return tokenize_parts(v, text, n, false, out, n_out, cap);
+}
+
+int coe_tokenize_prompt(const coe_vocab *v, const char *text, size_t n, int32_t **out, size_t *n_out, size_t *cap)
+{
+    int rc = 0;
+    if (v->add_bos && v->bos >= 0)
+        rc = push(out, n_out, cap, v->bos);
+    return rc ? rc : tokenize_parts(v, text, n, true, out, n_out, cap);
 }

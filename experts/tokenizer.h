@@ -1,6 +1,7 @@
-/* Tokenizers from GGUF metadata. For now SentencePiece vocabularies
- * (tokenizer.ggml.model "llama"), matching llama.cpp token for token; byte-level BPE
- * is the next step. */
+/* Tokenizers from GGUF metadata, matching llama.cpp token for token: SentencePiece
+ * (tokenizer.ggml.model "llama") and byte-level BPE ("gpt2") with the pre-tokenizers
+ * of gpt-2, llama-3, qwen2, deepseek-coder and the default one; special tokens in
+ * prompts; detokenization. */
 #ifndef COE_TOKENIZER_H
 #define COE_TOKENIZER_H
 
@@ -11,7 +12,12 @@
 #include "common/buf.h"
 #include "common/gguf.h"
 
-typedef enum coe_vocab_kind { COE_VOCAB_SPM } coe_vocab_kind;
+typedef enum coe_vocab_kind { COE_VOCAB_SPM, COE_VOCAB_BPE } coe_vocab_kind;
+
+/* How byte-level BPE splits text before merging (tokenizer.ggml.pre). */
+typedef enum coe_pretok {
+    COE_PRE_DEFAULT, COE_PRE_GPT2, COE_PRE_LLAMA3, COE_PRE_QWEN2, COE_PRE_DEEPSEEK_CODER,
+} coe_pretok;
 
 typedef struct coe_vocab {
     coe_vocab_kind kind;
@@ -25,6 +31,17 @@ typedef struct coe_vocab {
     int unk, bos, eos;          /* -1 when absent */
     bool add_space_prefix;
     bool add_bos;
+    int eot;                    /* end-of-turn token (<|im_end|>, <|eot_id|>, ...), -1 when none */
+    int *special;               /* owned: control, user-defined and unknown tokens, longest text first */
+    int n_special;
+    /* byte-level BPE */
+    coe_pretok pre;
+    const coe_gguf_str *merges; /* borrowed: "left right", by rank */
+    int n_merges;
+    int32_t *merge_slots;       /* owned: open-addressing table of ranks by text */
+    uint32_t n_merge_slots;
+    int byte_char[256];         /* the code point byte b is written as in BPE token texts */
+    int16_t char_byte[324];     /* and back, -1 for none */
 } coe_vocab;
 
 /* Reads the vocabulary of g (which must outlive it). Errors name the key. */
@@ -33,7 +50,17 @@ void coe_vocab_free(coe_vocab *v);
 /* The id of a token's text, or -1. */
 int coe_vocab_find(const coe_vocab *v, const char *s, size_t n);
 
-/* Tokenizes text (n bytes) without BOS; appends ids to out (n_out, cap grown). */
+/* Tokenizes text (n bytes) without BOS, as plain text; appends ids to out (n_out,
+ * cap grown). */
 int coe_tokenize(const coe_vocab *v, const char *text, size_t n, int32_t **out, size_t *n_out, size_t *cap);
+/* Tokenizes a prompt: BOS where the vocabulary asks for it, and special-token text
+ * (such as a chat template's <|im_start|>) read as those tokens. */
+int coe_tokenize_prompt(const coe_vocab *v, const char *text, size_t n, int32_t **out, size_t *n_out, size_t *cap);
+
+/* Appends the bytes token id stands for to out: control tokens give nothing, byte
+ * tokens their byte, SentencePiece's U+2581 a space. */
+int coe_token_bytes(const coe_vocab *v, int id, coe_buf *out);
+/* Whether generating id ends a turn (end of sequence or of turn). */
+bool coe_token_is_end(const coe_vocab *v, int id);
 
 #endif

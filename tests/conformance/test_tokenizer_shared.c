@@ -1,5 +1,6 @@
-/* Tokenization matches llama.cpp's vectors in ../shared/conformance/tokenizer exactly,
- * for the vocabularies supported so far (SentencePiece). Skips (77) without ../shared. */
+/* Tokenization matches llama.cpp's vectors in ../shared/conformance/tokenizer exactly:
+ * SentencePiece (llama-spm, phi-3) and byte-level BPE (gpt-2, deepseek-coder), and
+ * every text's tokens turn back into the text. Skips (77) without ../shared. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -61,6 +62,15 @@ static void check_vocab(const char *name)
             fail_msg("%s, case %d: %.*s\n  want:%s\n  got: %s", name, cases, (int)tlen, text, want,
                      got.data ? got.data : "");
         coe_buf_free(&got);
+        /* Round trip: the tokens' bytes are the text (after SentencePiece's space prefix). */
+        coe_buf back = COE_BUF_INIT;
+        for (size_t i = 0; i < n_ids; i++)
+            assert_int_equal(coe_token_bytes(&v, ids[i], &back), 0);
+        size_t skip = v.kind == COE_VOCAB_SPM && v.add_space_prefix && back.len > 0 && back.data[0] == ' ' ? 1 : 0;
+        if (back.len - skip != tlen || (tlen && memcmp(back.data + skip, text, tlen) != 0))
+            fail_msg("%s, case %d: detokenized to '%.*s', not '%.*s'", name, cases, (int)(back.len - skip),
+                     back.data + skip, (int)tlen, text);
+        coe_buf_free(&back);
         cases++;
         if (!end || !eol)
             break;
@@ -89,6 +99,18 @@ static void test_phi3(void **state)
     check_vocab("phi-3");
 }
 
+static void test_gpt2(void **state)
+{
+    (void)state;
+    check_vocab("gpt-2");
+}
+
+static void test_deepseek_coder(void **state)
+{
+    (void)state;
+    check_vocab("deepseek-coder");
+}
+
 int main(void)
 {
     shared = getenv("COEGATE_SHARED");
@@ -99,6 +121,7 @@ int main(void)
         printf("skipped: %s not found (the conformance data lives in ../shared beside the checkout)\n", probe);
         return 77;
     }
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_llama_spm), cmocka_unit_test(test_phi3)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_llama_spm), cmocka_unit_test(test_phi3),
+                                       cmocka_unit_test(test_gpt2), cmocka_unit_test(test_deepseek_coder)};
     return cmocka_run_group_tests_name("tokenizer-shared", tests, NULL, NULL);
 }

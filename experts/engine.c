@@ -1,0 +1,622 @@
+#include "experts/engine.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "experts/threads.h"
+#include "experts/quant.h"
+
+/* ---- key/value cache ---- */
+
+coe_kv *coe_kv_new(const coe_model *m)
+{
+    coe_kv *kv = calloc(1, sizeof *kv);
+    if (!kv)
+        return NULL;
+    kv->n_layer = m->n_layer;
+    kv->kv_dim = m->n_head_kv * m->head_dim;
+    kv->k = calloc((size_t)m->n_layer, sizeof *kv->k);
+    kv->v = calloc((size_t)m->n_layer, sizeof *kv->v);
+    if (!kv->k || !kv->v)
+        coe_kv_free(&kv);
+    return kv;
+}
+
+void coe_kv_free(coe_kv **p)
+{
+    coe_kv *kv = *p;
+    if (!kv)
+        return;
+    for (int l = 0; l < kv->n_layer && kv->k && kv->v; l++) {
+        free(kv->k[l]);
+        free(kv->v[l]);
+    }
+    free(kv->k);
+    free(kv->v);
+    free(kv);
+    *p = NULL;
+}
+
+void coe_kv_truncate(coe_kv *kv, int n)
+{
+    if (n >= 0 && n < kv->n_pos)
+        kv->n_pos = n;
+}
+
+static int kv_reserve(coe_kv *kv, int n)
+{
+    if (n <= kv->cap)
+        return 0;
+    int cap = kv->cap ? kv->cap : 64;
+    while (cap < n)
+        cap *= 2;
+    for (int l = 0; l < kv->n_layer; l++) {
+        float *k = realloc(kv->k[l], (size_t)cap * (size_t)kv->kv_dim * sizeof *k);
+        if (k)
+            kv->k[l] = k;
+        float *v = realloc(kv->v[l], (size_t)cap * (size_t)kv->kv_dim * sizeof *v);
+        if (v)
+            kv->v[l] = v;
+        if (!k || !v)
+            return COE_ENOMEM;
+    }
+    kv->cap = cap;
+    return 0;
+}
+
+/* ---- engine ---- */
+
+/* One matrix product of a job: y[t][r] = W_mat[r] . x[t] for T rows of x. */
+typedef struct mm_item {
+    const coe_weight *w;
+    int mat;
+    const uint8_t *xq;   /* x converted to the weight's dot type */
+    size_t xq_row;       /* bytes per row of xq */
+    int T;
+    float *y;
+    int y_stride;
+    int first_chunk;
+} mm_item;
+
+typedef struct mm_job {
+    mm_item *items;
+    int n_items, n_chunks, chunk_rows;
+    atomic_int next;
+} mm_job;
+
+struct coe_engine {
+    const coe_model *m;
+    coe_threads *team;
+    int n_ctx;
+    /* scratch, grown to the largest batch seen */
+    int cap_T;
+    float *x, *cur, *q, *k, *v, *att, *tmp, *out, *router, *sel_w;
+    float *xe, *hg, *hu, *eo, *sg, *su, *so, *scores;
+    int *pos, *sel, *sel_slot, *ex_count, *ex_first;
+    uint8_t *xq;
+    size_t xq_cap, xq_used;
+    mm_item *items;
+    int cap_items;
+};
+
+const coe_model *coe_engine_model(const coe_engine *e)
+{
+    return e->m;
+}
+
+int coe_engine_n_ctx(const coe_engine *e)
+{
+    return e->n_ctx;
+}
+
+coe_engine *coe_engine_new(const coe_model *m, int n_threads, int n_ctx)
+{
+    coe_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->m = m;
+    e->n_ctx = n_ctx > 0 ? n_ctx : m->n_ctx_train;
+    e->team = coe_threads_new(n_threads);
+    e->cap_items = 2 * (m->n_expert > 0 ? m->n_expert : 1) + 8;
+    e->items = calloc((size_t)e->cap_items, sizeof *e->items);
+    if (!e->team || !e->items)
+        coe_engine_free(&e);
+    return e;
+}
+
+static void free_scratch(coe_engine *e)
+{
+    float **fs[] = {&e->x, &e->cur, &e->q, &e->k, &e->v, &e->att, &e->tmp, &e->out, &e->router, &e->sel_w,
+                    &e->xe, &e->hg, &e->hu, &e->eo, &e->sg, &e->su, &e->so, &e->scores};
+    for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++) {
+        free(*fs[i]);
+        *fs[i] = NULL;
+    }
+    int **is[] = {&e->pos, &e->sel, &e->sel_slot, &e->ex_count, &e->ex_first};
+    for (size_t i = 0; i < sizeof is / sizeof is[0]; i++) {
+        free(*is[i]);
+        *is[i] = NULL;
+    }
+    free(e->xq);
+    e->xq = NULL;
+    e->cap_T = 0;
+}
+
+void coe_engine_free(coe_engine **p)
+{
+    coe_engine *e = *p;
+    if (!e)
+        return;
+    free_scratch(e);
+    coe_threads_free(&e->team);
+    free(e->items);
+    free(e);
+    *p = NULL;
+}
+
+static int max_i(int a, int b)
+{
+    return a > b ? a : b;
+}
+
+static int reserve(coe_engine *e, int T)
+{
+    if (T <= e->cap_T)
+        return 0;
+    free_scratch(e);
+    const coe_model *m = e->m;
+    size_t E = (size_t)m->n_embd, Qd = (size_t)m->n_head * m->head_dim, KVd = (size_t)m->n_head_kv * m->head_dim;
+    size_t k = (size_t)(m->n_expert_used > 0 ? m->n_expert_used : 1), A = (size_t)T * k;
+    size_t F = (size_t)max_i(m->n_ff_exp, 1), Fs = (size_t)max_i(max_i(m->n_ff_shexp, m->n_ff), 1);
+    size_t nx = (size_t)max_i(m->n_expert, 1), n_threads = (size_t)coe_threads_count(e->team);
+    size_t t = (size_t)T, widest = E > Qd ? E : Qd;
+    widest = widest > F ? widest : F;
+    widest = widest > Fs ? widest : Fs;
+    e->x = malloc(t * E * sizeof(float));
+    e->cur = malloc(t * E * sizeof(float));
+    e->q = malloc(t * Qd * sizeof(float));
+    e->k = malloc(t * KVd * sizeof(float));
+    e->v = malloc(t * KVd * sizeof(float));
+    e->att = malloc(t * Qd * sizeof(float));
+    e->tmp = malloc(t * E * sizeof(float));
+    e->out = malloc(t * E * sizeof(float));
+    e->router = malloc(t * nx * sizeof(float));
+    e->sel_w = malloc(A * sizeof(float));
+    e->xe = malloc(A * E * sizeof(float));
+    e->hg = malloc(A * F * sizeof(float));
+    e->hu = malloc(A * F * sizeof(float));
+    e->eo = malloc(A * E * sizeof(float));
+    e->sg = malloc(t * Fs * sizeof(float));
+    e->su = malloc(t * Fs * sizeof(float));
+    e->so = malloc(t * E * sizeof(float));
+    e->scores = malloc(n_threads * (size_t)e->n_ctx * sizeof(float));
+    e->pos = malloc(t * sizeof(int));
+    e->sel = malloc(A * sizeof(int));
+    e->sel_slot = malloc(A * sizeof(int));
+    e->ex_count = malloc(nx * sizeof(int));
+    e->ex_first = malloc(nx * sizeof(int));
+    /* Converted activations of one job: at most A + 2T rows of the widest input,
+     * never more than 4 bytes a value (F32), plus block slack per row. */
+    e->xq_cap = (A + 2 * t) * (widest * 4 + 64);
+    e->xq = malloc(e->xq_cap);
+    if (!e->x || !e->cur || !e->q || !e->k || !e->v || !e->att || !e->tmp || !e->out || !e->router ||
+        !e->sel_w || !e->xe || !e->hg || !e->hu || !e->eo || !e->sg || !e->su || !e->so || !e->scores ||
+        !e->pos || !e->sel || !e->sel_slot || !e->ex_count || !e->ex_first || !e->xq) {
+        free_scratch(e);
+        return COE_ENOMEM;
+    }
+    e->cap_T = T;
+    return 0;
+}
+
+/* ---- matrix products, spread over the team in chunks of rows ---- */
+
+static const uint8_t *convert(coe_engine *e, uint32_t wtype, const float *x, int T, int cols, size_t *row_bytes)
+{
+    uint32_t dt = coe_dot_type(wtype);
+    *row_bytes = coe_row_bytes(dt, cols);
+    uint8_t *out = e->xq + e->xq_used;
+    e->xq_used += *row_bytes * (size_t)T;
+    for (int t = 0; t < T; t++)
+        coe_quantize_row(dt, x + (size_t)t * (size_t)cols, out + (size_t)t * *row_bytes, cols);
+    return out;
+}
+
+static void mm_worker(void *ctx, int ith, int nth)
+{
+    (void)ith, (void)nth;
+    mm_job *j = ctx;
+    int item = 0;
+    for (;;) {
+        int c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (c >= j->n_chunks)
+            return;
+        while (item + 1 < j->n_items && j->items[item + 1].first_chunk <= c)
+            item++;
+        while (item > 0 && j->items[item].first_chunk > c)
+            item--;
+        const mm_item *it = &j->items[item];
+        const coe_weight *w = it->w;
+        coe_dot_fn dot = coe_vec_dot_fn(w->type);
+        int64_t r0 = (int64_t)(c - it->first_chunk) * j->chunk_rows;
+        int64_t r1 = r0 + j->chunk_rows < w->rows ? r0 + j->chunk_rows : w->rows;
+        const uint8_t *base = w->data + (size_t)it->mat * w->mat_bytes;
+        /* Tiles of tokens so a block of weight rows is reused from cache. */
+        for (int t0 = 0; t0 < it->T; t0 += 16) {
+            int t1 = t0 + 16 < it->T ? t0 + 16 : it->T;
+            for (int64_t r = r0; r < r1; r++) {
+                const uint8_t *row = base + (size_t)r * w->row_bytes;
+                for (int t = t0; t < t1; t++)
+                    it->y[(size_t)t * (size_t)it->y_stride + (size_t)r] =
+                        dot(row, it->xq + (size_t)t * it->xq_row, w->cols);
+            }
+        }
+    }
+}
+
+typedef struct job_builder {
+    coe_engine *e;
+    int n;
+} job_builder;
+
+static void job_begin(coe_engine *e, job_builder *jb)
+{
+    jb->e = e;
+    jb->n = 0;
+    e->xq_used = 0;
+}
+
+/* Adds y = W_mat x for T rows of x (cols = W's inputs); xq: x already converted
+ * for W's dot type by an earlier item of the job, or NULL to convert here. */
+static const uint8_t *job_add(job_builder *jb, const coe_weight *w, int mat, const float *x, const uint8_t *xq,
+                              size_t xq_row, int T, float *y, int y_stride)
+{
+    if (T == 0 || !w->data)
+        return xq;
+    if (!xq)
+        xq = convert(jb->e, w->type, x, T, (int)w->cols, &xq_row);
+    jb->e->items[jb->n++] = (mm_item){w, mat, xq, xq_row, T, y, y_stride, 0};
+    return xq;
+}
+
+static void job_run(job_builder *jb)
+{
+    coe_engine *e = jb->e;
+    if (jb->n == 0)
+        return;
+    int64_t rows = 0;
+    for (int i = 0; i < jb->n; i++)
+        rows += e->items[i].w->rows;
+    int nth = coe_threads_count(e->team);
+    int64_t chunk = rows / ((int64_t)nth * 8);
+    chunk = chunk < 1 ? 1 : chunk > 64 ? 64 : chunk;
+    mm_job j = {e->items, jb->n, 0, (int)chunk, 0};
+    for (int i = 0; i < jb->n; i++) {
+        e->items[i].first_chunk = j.n_chunks;
+        j.n_chunks += (int)((e->items[i].w->rows + chunk - 1) / chunk);
+    }
+    atomic_init(&j.next, 0);
+    coe_threads_run(e->team, mm_worker, &j);
+}
+
+/* One product alone. */
+static void matmul(coe_engine *e, const coe_weight *w, int mat, const float *x, int T, float *y)
+{
+    job_builder jb;
+    job_begin(e, &jb);
+    job_add(&jb, w, mat, x, NULL, 0, T, y, (int)w->rows);
+    job_run(&jb);
+}
+
+/* ---- element-wise pieces, as llama.cpp computes them ---- */
+
+static void rms_norm(const float *x, const float *weight, float *y, int n, float eps)
+{
+    double sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += (double)(x[i] * x[i]);
+    float mean = (float)(sum / n);
+    float scale = 1.0f / sqrtf(mean + eps);
+    for (int i = 0; i < n; i++)
+        y[i] = x[i] * scale * weight[i];
+}
+
+static void rope(float *x, int n_heads, int head_dim, int rope_dim, int pos, float base, bool neox)
+{
+    float theta_scale = powf(base, -2.0f / (float)rope_dim);
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * (size_t)head_dim;
+        float theta = (float)pos;
+        for (int i = 0; i < rope_dim; i += 2, theta *= theta_scale) {
+            float c = cosf(theta), s = sinf(theta);
+            int a = neox ? i / 2 : i, b = neox ? i / 2 + rope_dim / 2 : i + 1;
+            float x0 = v[a], x1 = v[b];
+            v[a] = x0 * c - x1 * s;
+            v[b] = x0 * s + x1 * c;
+        }
+    }
+}
+
+static float silu(float x)
+{
+    return x / (1.0f + expf(-x));
+}
+
+/* ---- attention, spread over (token, head) pairs ---- */
+
+typedef struct att_job {
+    coe_engine *e;
+    coe_kv *const *seq;
+    int layer, T;
+    atomic_int next;
+} att_job;
+
+static void att_worker(void *ctx, int ith, int nth)
+{
+    (void)nth;
+    att_job *j = ctx;
+    coe_engine *e = j->e;
+    const coe_model *m = e->m;
+    int hd = m->head_dim, Qd = m->n_head * hd, KVd = m->n_head_kv * hd, group = m->n_head / m->n_head_kv;
+    float scale = 1.0f / sqrtf((float)hd), *s = e->scores + (size_t)ith * (size_t)e->n_ctx;
+    coe_dot_fn dot = coe_vec_dot_fn(COE_GGML_F32);
+    for (;;) {
+        int c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (c >= j->T * m->n_head)
+            return;
+        int t = c / m->n_head, h = c % m->n_head, kvh = h / group, p = e->pos[t];
+        const float *q = e->q + (size_t)t * (size_t)Qd + (size_t)h * (size_t)hd;
+        const float *K = j->seq[t]->k[j->layer] + (size_t)kvh * (size_t)hd;
+        const float *V = j->seq[t]->v[j->layer] + (size_t)kvh * (size_t)hd;
+        float max = -INFINITY;
+        for (int i = 0; i <= p; i++) {
+            s[i] = dot(q, K + (size_t)i * (size_t)KVd, hd) * scale;
+            max = s[i] > max ? s[i] : max;
+        }
+        double sum = 0;
+        for (int i = 0; i <= p; i++) {
+            s[i] = expf(s[i] - max);
+            sum += s[i];
+        }
+        float inv = (float)(1.0 / sum);
+        float *o = e->att + (size_t)t * (size_t)Qd + (size_t)h * (size_t)hd;
+        memset(o, 0, (size_t)hd * sizeof *o);
+        for (int i = 0; i <= p; i++) {
+            const float *vi = V + (size_t)i * (size_t)KVd;
+            float w = s[i] * inv;
+            for (int d = 0; d < hd; d++)
+                o[d] += w * vi[d];
+        }
+    }
+}
+
+/* ---- feed-forward ---- */
+
+static void ffn_dense(coe_engine *e, const coe_layer *l, int T)
+{
+    const coe_model *m = e->m;
+    job_builder jb;
+    job_begin(e, &jb);
+    size_t row;
+    const uint8_t *xq = job_add(&jb, &l->ffn_gate, 0, e->cur, NULL, 0, T, e->sg, m->n_ff);
+    row = coe_row_bytes(coe_dot_type(l->ffn_gate.type), m->n_embd);
+    if (l->ffn_up.type == l->ffn_gate.type)
+        job_add(&jb, &l->ffn_up, 0, e->cur, xq, row, T, e->su, m->n_ff);
+    else
+        job_add(&jb, &l->ffn_up, 0, e->cur, NULL, 0, T, e->su, m->n_ff);
+    job_run(&jb);
+    for (size_t i = 0; i < (size_t)T * (size_t)m->n_ff; i++)
+        e->sg[i] = silu(e->sg[i]) * e->su[i];
+    matmul(e, &l->ffn_down, 0, e->sg, T, e->out);
+}
+
+static void ffn_moe(coe_engine *e, const coe_layer *l, int T)
+{
+    const coe_model *m = e->m;
+    const int E = m->n_embd, k = m->n_expert_used, nx = m->n_expert, F = m->n_ff_exp, Fs = m->n_ff_shexp;
+    matmul(e, &l->gate_inp, 0, e->cur, T, e->router);
+    /* softmax over all experts, the k largest, optionally renormalized */
+    memset(e->ex_count, 0, (size_t)nx * sizeof *e->ex_count);
+    for (int t = 0; t < T; t++) {
+        float *p = e->router + (size_t)t * (size_t)nx, max = -INFINITY;
+        for (int i = 0; i < nx; i++)
+            max = p[i] > max ? p[i] : max;
+        double sum = 0;
+        for (int i = 0; i < nx; i++) {
+            p[i] = expf(p[i] - max);
+            sum += p[i];
+        }
+        float inv = (float)(1.0 / sum);
+        for (int i = 0; i < nx; i++)
+            p[i] *= inv;
+        float wsum = 0;
+        for (int s = 0; s < k; s++) {
+            int best = -1;
+            for (int i = 0; i < nx; i++) {
+                bool taken = false;
+                for (int r = 0; r < s; r++)
+                    taken = taken || e->sel[t * k + r] == i;
+                if (!taken && (best < 0 || p[i] > p[best]))
+                    best = i;
+            }
+            e->sel[t * k + s] = best;
+            e->sel_w[t * k + s] = p[best];
+            wsum += p[best];
+            e->ex_count[best]++;
+        }
+        if (m->norm_topk)
+            for (int s = 0; s < k; s++)
+                e->sel_w[t * k + s] /= wsum;
+    }
+    /* Gather each expert's tokens together so its weights are read once. */
+    for (int i = 0, at = 0; i < nx; i++) {
+        e->ex_first[i] = at;
+        at += e->ex_count[i];
+        e->ex_count[i] = 0;
+    }
+    for (int t = 0; t < T; t++)
+        for (int s = 0; s < k; s++) {
+            int x = e->sel[t * k + s], a = e->ex_first[x] + e->ex_count[x]++;
+            e->sel_slot[t * k + s] = a;
+            memcpy(e->xe + (size_t)a * (size_t)E, e->cur + (size_t)t * (size_t)E, (size_t)E * sizeof(float));
+        }
+    job_builder jb;
+    job_begin(e, &jb);
+    for (int i = 0; i < nx; i++) {
+        if (!e->ex_count[i])
+            continue;
+        const float *xi = e->xe + (size_t)e->ex_first[i] * (size_t)E;
+        float *g = e->hg + (size_t)e->ex_first[i] * (size_t)F, *u = e->hu + (size_t)e->ex_first[i] * (size_t)F;
+        size_t row = coe_row_bytes(coe_dot_type(l->gate_exps.type), E);
+        const uint8_t *xq = job_add(&jb, &l->gate_exps, i, xi, NULL, 0, e->ex_count[i], g, F);
+        job_add(&jb, &l->up_exps, i, xi, l->up_exps.type == l->gate_exps.type ? xq : NULL, row, e->ex_count[i], u, F);
+    }
+    if (Fs) {
+        job_add(&jb, &l->gate_shexp, 0, e->cur, NULL, 0, T, e->sg, Fs);
+        job_add(&jb, &l->up_shexp, 0, e->cur, NULL, 0, T, e->su, Fs);
+    }
+    job_run(&jb);
+    size_t A = (size_t)T * (size_t)k;
+    for (size_t i = 0; i < A * (size_t)F; i++)
+        e->hg[i] = silu(e->hg[i]) * e->hu[i];
+    for (size_t i = 0; Fs && i < (size_t)T * (size_t)Fs; i++)
+        e->sg[i] = silu(e->sg[i]) * e->su[i];
+    job_begin(e, &jb);
+    for (int i = 0; i < nx; i++)
+        if (e->ex_count[i])
+            job_add(&jb, &l->down_exps, i, e->hg + (size_t)e->ex_first[i] * (size_t)F, NULL, 0, e->ex_count[i],
+                    e->eo + (size_t)e->ex_first[i] * (size_t)E, E);
+    if (Fs)
+        job_add(&jb, &l->down_shexp, 0, e->sg, NULL, 0, T, e->so, E);
+    job_run(&jb);
+    for (int t = 0; t < T; t++) {
+        float *o = e->out + (size_t)t * (size_t)E;
+        memset(o, 0, (size_t)E * sizeof *o);
+        for (int s = 0; s < k; s++) {
+            const float *eo = e->eo + (size_t)e->sel_slot[t * k + s] * (size_t)E;
+            float w = e->sel_w[t * k + s];
+            for (int d = 0; d < E; d++)
+                o[d] += eo[d] * w;
+        }
+        if (Fs) {
+            float gate = 1;
+            if (l->gate_inp_shexp) {
+                const float *c = e->cur + (size_t)t * (size_t)E;
+                float z = coe_vec_dot(COE_GGML_F32, l->gate_inp_shexp, c, E);
+                gate = 1.0f / (1.0f + expf(-z));
+            }
+            const float *so = e->so + (size_t)t * (size_t)E;
+            for (int d = 0; d < E; d++)
+                o[d] += so[d] * gate;
+        }
+    }
+}
+
+/* ---- the forward pass ---- */
+
+static void add_bias(float *y, const float *b, int T, int n)
+{
+    if (!b)
+        return;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < n; i++)
+            y[(size_t)t * (size_t)n + (size_t)i] += b[i];
+}
+
+int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf *diag)
+{
+    const coe_model *m = e->m;
+    const int T = b->n, E = m->n_embd, hd = m->head_dim, Qd = m->n_head * hd, KVd = m->n_head_kv * hd;
+    if (T <= 0)
+        return 0;
+    for (int t = 0; t < T; t++)
+        if (b->tokens[t] < 0 || b->tokens[t] >= m->n_vocab) {
+            coe_buf_printf(diag, "token %d at batch index %d is outside the vocabulary of %d\n", b->tokens[t], t,
+                           m->n_vocab);
+            return COE_EINVAL;
+        }
+    int rc = reserve(e, T);
+    if (rc)
+        return rc;
+    /* Positions: each token takes its sequence's next one. */
+    for (int t = 0; t < T; t++) {
+        int before = 0;
+        for (int u = 0; u < t; u++)
+            before += b->seq[u] == b->seq[t];
+        e->pos[t] = b->seq[t]->n_pos + before;
+        if (e->pos[t] >= e->n_ctx) {
+            coe_buf_printf(diag, "the sequence would exceed the context of %d positions\n", e->n_ctx);
+            return COE_ERANGE;
+        }
+    }
+    for (int t = 0; t < T; t++)
+        if ((rc = kv_reserve(b->seq[t], e->pos[t] + 1)))
+            return rc;
+
+    for (int t = 0; t < T; t++)
+        coe_dequantize_row(m->tok_embd.type, m->tok_embd.data + (size_t)b->tokens[t] * m->tok_embd.row_bytes,
+                           e->x + (size_t)t * (size_t)E, E);
+
+    for (int il = 0; il < m->n_layer; il++) {
+        const coe_layer *l = &m->layers[il];
+        for (int t = 0; t < T; t++)
+            rms_norm(e->x + (size_t)t * (size_t)E, l->attn_norm, e->cur + (size_t)t * (size_t)E, E, m->eps);
+        job_builder jb;
+        job_begin(e, &jb);
+        size_t row = coe_row_bytes(coe_dot_type(l->wq.type), E);
+        const uint8_t *xq = job_add(&jb, &l->wq, 0, e->cur, NULL, 0, T, e->q, Qd);
+        job_add(&jb, &l->wk, 0, e->cur, l->wk.type == l->wq.type ? xq : NULL, row, T, e->k, KVd);
+        job_add(&jb, &l->wv, 0, e->cur, l->wv.type == l->wq.type ? xq : NULL, row, T, e->v, KVd);
+        job_run(&jb);
+        add_bias(e->q, l->bq, T, Qd);
+        add_bias(e->k, l->bk, T, KVd);
+        add_bias(e->v, l->bv, T, KVd);
+        for (int t = 0; t < T; t++) {
+            float *q = e->q + (size_t)t * (size_t)Qd, *k = e->k + (size_t)t * (size_t)KVd;
+            if (m->arch == COE_ARCH_OLMOE) {
+                rms_norm(q, l->q_norm, q, Qd, m->eps);
+                rms_norm(k, l->k_norm, k, KVd, m->eps);
+            } else if (m->arch == COE_ARCH_QWEN3MOE) {
+                for (int h = 0; h < m->n_head; h++)
+                    rms_norm(q + h * hd, l->q_norm, q + h * hd, hd, m->eps);
+                for (int h = 0; h < m->n_head_kv; h++)
+                    rms_norm(k + h * hd, l->k_norm, k + h * hd, hd, m->eps);
+            }
+            rope(q, m->n_head, hd, m->rope_dim, e->pos[t], m->rope_base, m->rope_neox);
+            rope(k, m->n_head_kv, hd, m->rope_dim, e->pos[t], m->rope_base, m->rope_neox);
+            memcpy(b->seq[t]->k[il] + (size_t)e->pos[t] * (size_t)KVd, k, (size_t)KVd * sizeof(float));
+            memcpy(b->seq[t]->v[il] + (size_t)e->pos[t] * (size_t)KVd, e->v + (size_t)t * (size_t)KVd,
+                   (size_t)KVd * sizeof(float));
+        }
+        att_job aj = {e, b->seq, il, T, 0};
+        atomic_init(&aj.next, 0);
+        coe_threads_run(e->team, att_worker, &aj);
+        matmul(e, &l->wo, 0, e->att, T, e->tmp);
+        add_bias(e->tmp, l->bo, T, E);
+        for (size_t i = 0; i < (size_t)T * (size_t)E; i++)
+            e->x[i] += e->tmp[i];
+
+        for (int t = 0; t < T; t++)
+            rms_norm(e->x + (size_t)t * (size_t)E, l->ffn_norm, e->cur + (size_t)t * (size_t)E, E, m->eps);
+        if (m->n_expert)
+            ffn_moe(e, l, T);
+        else
+            ffn_dense(e, l, T);
+        for (size_t i = 0; i < (size_t)T * (size_t)E; i++)
+            e->x[i] += e->out[i];
+    }
+
+    int n_out = 0;
+    for (int t = 0; t < T; t++)
+        if (b->want[t])
+            rms_norm(e->x + (size_t)t * (size_t)E, m->output_norm, e->cur + (size_t)(n_out++) * (size_t)E, E, m->eps);
+    matmul(e, &m->output, 0, e->cur, n_out, logits);
+
+    for (int t = 0; t < T; t++)
+        if (e->pos[t] + 1 > b->seq[t]->n_pos)
+            b->seq[t]->n_pos = e->pos[t] + 1;
+    return 0;
+}

@@ -1,0 +1,49 @@
+/* The CPU forward pass of experts/model.h: a batch of tokens from any number of
+ * sequences in one call, so that each weight is read once for the whole batch
+ * (prompt processing and continuous batching are the same call). Each sequence owns
+ * its key/value cache. Not thread-safe: one caller at a time per engine; the work is
+ * spread over the engine's threads. */
+#ifndef COE_ENGINE_H
+#define COE_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "experts/model.h"
+
+/* One sequence's key/value cache (F32), grown as positions are added. */
+typedef struct coe_kv {
+    int n_pos;        /* positions already in the cache */
+    int cap;
+    float **k, **v;   /* per layer: [cap][n_head_kv * head_dim] */
+    int n_layer, kv_dim;
+} coe_kv;
+
+coe_kv *coe_kv_new(const coe_model *m);
+void coe_kv_free(coe_kv **kv);
+/* Forgets positions from n on (n <= n_pos), keeping the memory. */
+void coe_kv_truncate(coe_kv *kv, int n);
+
+typedef struct coe_engine coe_engine;
+
+/* n_threads 0: one per CPU. n_ctx: the most positions a sequence may hold. */
+coe_engine *coe_engine_new(const coe_model *m, int n_threads, int n_ctx);
+void coe_engine_free(coe_engine **e);
+const coe_model *coe_engine_model(const coe_engine *e);
+int coe_engine_n_ctx(const coe_engine *e);
+
+typedef struct coe_batch {
+    int n;                  /* tokens */
+    const int32_t *tokens;
+    coe_kv *const *seq;     /* per token: the sequence it extends, at its next position */
+    const bool *want;       /* per token: compute its logits */
+} coe_batch;
+
+/* Runs the batch. Tokens of one sequence must appear in order; each takes the next
+ * position of its sequence. logits gets one row of n_vocab per token with want set,
+ * in batch order. Fails (without touching any cache) on a token id out of range or a
+ * sequence that would exceed n_ctx, with a message in diag. */
+int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf *diag);
+
+#endif

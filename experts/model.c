@@ -1,0 +1,351 @@
+#include "experts/model.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "experts/quant.h"
+
+static const struct {
+    const char *name;
+    coe_arch arch;
+} archs[] = {
+    {"llama", COE_ARCH_LLAMA},
+    {"qwen2moe", COE_ARCH_QWEN2MOE},
+    {"olmoe", COE_ARCH_OLMOE},
+    {"qwen3moe", COE_ARCH_QWEN3MOE},
+};
+
+const char *coe_arch_name(coe_arch a)
+{
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
+        if (archs[i].arch == a)
+            return archs[i].name;
+    return "?";
+}
+
+typedef struct loader {
+    coe_model *m;
+    coe_gguf *g;
+    coe_buf *diag;
+    int rc;
+} loader;
+
+static void fail(loader *L, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fail(loader *L, int rc, const char *fmt, ...)
+{
+    if (L->rc)
+        return; /* the first problem is the one reported */
+    L->rc = rc;
+    coe_buf_printf(L->diag, "%s: ", L->g->path);
+    va_list ap;
+    va_start(ap, fmt);
+    coe_buf_vprintf(L->diag, fmt, ap);
+    va_end(ap);
+    coe_buf_puts(L->diag, "\n");
+}
+
+/* ARCH.suffix as a positive integer below limit; def where absent (-1: required). */
+static int hparam(loader *L, const char *suffix, long long def, long long limit)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", L->m->arch_name, suffix);
+    const coe_gguf_kv *kv = coe_gguf_find_kv(L->g, key);
+    uint64_t v;
+    if (!kv) {
+        if (def < 0)
+            fail(L, COE_EINVAL, "key '%s' is missing", key);
+        return def < 0 ? 0 : (int)def;
+    }
+    if (!coe_gguf_get_u64(&kv->value, &v) || v == 0 || v > (uint64_t)limit) {
+        fail(L, COE_EINVAL, "key '%s' must be an integer from 1 to %lld", key, limit);
+        return 0;
+    }
+    return (int)v;
+}
+
+static float hparam_f(loader *L, const char *suffix, double def)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", L->m->arch_name, suffix);
+    const coe_gguf_kv *kv = coe_gguf_find_kv(L->g, key);
+    double v = def;
+    if (kv && (!coe_gguf_get_f64(&kv->value, &v) || !(v > 0) || v > 1e12))
+        fail(L, COE_EINVAL, "key '%s' must be a positive number", key);
+    return (float)v;
+}
+
+/* The tensor name, checked for presence, shape {d0, d1, d2} (0: that dimension
+ * absent) and a type the engine computes with. NULL when absent and optional. */
+static const coe_gguf_tensor *tensor(loader *L, const char *name, bool required, int64_t d0, int64_t d1, int64_t d2)
+{
+    const coe_gguf_tensor *t = coe_gguf_find_tensor(L->g, name);
+    if (!t) {
+        if (required)
+            fail(L, COE_EINVAL, "tensor '%s' is missing", name);
+        return NULL;
+    }
+    int64_t want[3] = {d0, d1, d2};
+    uint32_t n_want = d2 ? 3 : d1 ? 2 : 1;
+    bool ok = true;
+    /* A vector may be stored as {n, 1}; trailing 1s are the same shape. */
+    for (uint32_t i = 0; i < 4; i++) {
+        uint64_t have = i < t->n_dims ? t->dims[i] : 1;
+        uint64_t need = i < n_want ? (uint64_t)want[i] : 1;
+        ok = ok && have == need;
+    }
+    if (!ok) {
+        char have[96] = "", need[96] = "";
+        for (uint32_t i = 0; i < t->n_dims; i++)
+            snprintf(have + strlen(have), sizeof have - strlen(have), "%s%llu", i ? ", " : "",
+                     (unsigned long long)t->dims[i]);
+        for (uint32_t i = 0; i < n_want; i++)
+            snprintf(need + strlen(need), sizeof need - strlen(need), "%s%lld", i ? ", " : "", (long long)want[i]);
+        fail(L, COE_EINVAL, "tensor '%s' has shape [%s], expected [%s]", name, have, need);
+        return NULL;
+    }
+    if (!coe_quant_supported(t->type) || t->type == COE_GGML_Q8_K) {
+        fail(L, COE_EUNSUPPORTED, "tensor '%s' has type %s, which the engine does not compute with "
+             "(F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K are supported)", name, coe_ggml_type_name(t->type));
+        return NULL;
+    }
+    uint32_t block, bytes;
+    coe_ggml_type_layout(t->type, &block, &bytes);
+    if (t->dims[0] % block) {
+        fail(L, COE_EINVAL, "tensor '%s': rows of %llu values do not fill blocks of %u", name,
+             (unsigned long long)t->dims[0], block);
+        return NULL;
+    }
+    return t;
+}
+
+static coe_weight weight(loader *L, const char *name, bool required, int64_t cols, int64_t rows, int64_t n_mat)
+{
+    coe_weight w = {0};
+    const coe_gguf_tensor *t = tensor(L, name, required, cols, rows, n_mat > 1 ? n_mat : 0);
+    if (!t)
+        return w;
+    w.data = t->data;
+    w.type = t->type;
+    w.cols = cols;
+    w.rows = rows;
+    w.n_mat = n_mat;
+    w.row_bytes = coe_row_bytes(t->type, cols);
+    w.mat_bytes = w.row_bytes * (size_t)rows;
+    return w;
+}
+
+/* A vector tensor copied out as F32 (norms and biases are small). */
+static float *vec(loader *L, const char *name, bool required, int64_t n)
+{
+    const coe_gguf_tensor *t = tensor(L, name, required, n, 0, 0);
+    if (!t)
+        return NULL;
+    float *v = malloc((size_t)n * sizeof *v);
+    if (!v) {
+        fail(L, COE_ENOMEM, "out of memory");
+        return NULL;
+    }
+    coe_dequantize_row(t->type, t->data, v, n);
+    return v;
+}
+
+static void load_layer(loader *L, int il)
+{
+    coe_model *m = L->m;
+    coe_layer *l = &m->layers[il];
+    char n[96];
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, il), n)
+    int64_t q_dim = (int64_t)m->n_head * m->head_dim, kv_dim = (int64_t)m->n_head_kv * m->head_dim;
+    l->attn_norm = vec(L, NAME("attn_norm.weight"), true, m->n_embd);
+    l->wq = weight(L, NAME("attn_q.weight"), true, m->n_embd, q_dim, 1);
+    l->wk = weight(L, NAME("attn_k.weight"), true, m->n_embd, kv_dim, 1);
+    l->wv = weight(L, NAME("attn_v.weight"), true, m->n_embd, kv_dim, 1);
+    l->wo = weight(L, NAME("attn_output.weight"), true, q_dim, m->n_embd, 1);
+    bool biases = m->arch == COE_ARCH_QWEN2MOE;
+    l->bq = vec(L, NAME("attn_q.bias"), biases, q_dim);
+    l->bk = vec(L, NAME("attn_k.bias"), biases, kv_dim);
+    l->bv = vec(L, NAME("attn_v.bias"), biases, kv_dim);
+    l->bo = vec(L, NAME("attn_output.bias"), false, m->n_embd);
+    if (m->arch == COE_ARCH_OLMOE) {
+        l->q_norm = vec(L, NAME("attn_q_norm.weight"), true, q_dim);
+        l->k_norm = vec(L, NAME("attn_k_norm.weight"), true, kv_dim);
+    } else if (m->arch == COE_ARCH_QWEN3MOE) {
+        l->q_norm = vec(L, NAME("attn_q_norm.weight"), true, m->head_dim);
+        l->k_norm = vec(L, NAME("attn_k_norm.weight"), true, m->head_dim);
+    }
+    l->ffn_norm = vec(L, NAME("ffn_norm.weight"), true, m->n_embd);
+    if (m->n_expert == 0) {
+        l->ffn_gate = weight(L, NAME("ffn_gate.weight"), true, m->n_embd, m->n_ff, 1);
+        l->ffn_up = weight(L, NAME("ffn_up.weight"), true, m->n_embd, m->n_ff, 1);
+        l->ffn_down = weight(L, NAME("ffn_down.weight"), true, m->n_ff, m->n_embd, 1);
+    } else {
+        l->gate_inp = weight(L, NAME("ffn_gate_inp.weight"), true, m->n_embd, m->n_expert, 1);
+        l->gate_exps = weight(L, NAME("ffn_gate_exps.weight"), true, m->n_embd, m->n_ff_exp, m->n_expert);
+        l->up_exps = weight(L, NAME("ffn_up_exps.weight"), true, m->n_embd, m->n_ff_exp, m->n_expert);
+        l->down_exps = weight(L, NAME("ffn_down_exps.weight"), true, m->n_ff_exp, m->n_embd, m->n_expert);
+        if (m->n_ff_shexp) {
+            l->gate_shexp = weight(L, NAME("ffn_gate_shexp.weight"), true, m->n_embd, m->n_ff_shexp, 1);
+            l->up_shexp = weight(L, NAME("ffn_up_shexp.weight"), true, m->n_embd, m->n_ff_shexp, 1);
+            l->down_shexp = weight(L, NAME("ffn_down_shexp.weight"), true, m->n_ff_shexp, m->n_embd, 1);
+            l->gate_inp_shexp = vec(L, NAME("ffn_gate_inp_shexp.weight"), m->arch == COE_ARCH_QWEN2MOE, m->n_embd);
+        }
+    }
+#undef NAME
+}
+
+/* The second dimension of a tensor, or 0 when it is absent. */
+static int dim1(const coe_gguf *g, const char *name)
+{
+    const coe_gguf_tensor *t = coe_gguf_find_tensor(g, name);
+    return t && t->n_dims >= 2 && t->dims[1] < (1u << 30) ? (int)t->dims[1] : 0;
+}
+
+static size_t weight_bytes(const coe_weight *w)
+{
+    return w->mat_bytes;
+}
+
+int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
+{
+    *out = NULL;
+    coe_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        coe_gguf_close(&g);
+        return COE_ENOMEM;
+    }
+    m->gguf = g;
+    loader L = {m, g, diag, 0};
+    const coe_gguf_kv *a = coe_gguf_find_kv(g, "general.architecture");
+    if (!a || a->value.type != COE_GGUF_STRING) {
+        fail(&L, COE_EINVAL, "key 'general.architecture' is missing");
+        goto done;
+    }
+    bool known = false;
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0] && !known; i++)
+        if (strlen(archs[i].name) == a->value.str.len && memcmp(archs[i].name, a->value.str.ptr, a->value.str.len) == 0) {
+            m->arch = archs[i].arch;
+            snprintf(m->arch_name, sizeof m->arch_name, "%s", archs[i].name);
+            known = true;
+        }
+    if (!known) {
+        fail(&L, COE_EUNSUPPORTED, "architecture '%.*s' is not supported (llama, qwen2moe, olmoe, qwen3moe are)",
+             (int)(a->value.str.len < 64 ? a->value.str.len : 64), a->value.str.ptr);
+        goto done;
+    }
+    const long long big = 1 << 20;
+    m->n_embd = hparam(&L, "embedding_length", -1, big);
+    m->n_layer = hparam(&L, "block_count", -1, 4096);
+    m->n_head = hparam(&L, "attention.head_count", -1, 4096);
+    m->n_head_kv = hparam(&L, "attention.head_count_kv", m->n_head, 4096);
+    m->n_ctx_train = hparam(&L, "context_length", 4096, 1 << 24);
+    m->n_expert = hparam(&L, "expert_count", 0, 4096);
+    m->n_expert_used = hparam(&L, "expert_used_count", m->n_expert ? -1 : 0, 4096);
+    if (L.rc)
+        goto done;
+    if (m->n_embd % m->n_head || m->n_head % m->n_head_kv) {
+        fail(&L, COE_EINVAL, "%d heads and %d key/value heads do not divide embedding %d", m->n_head, m->n_head_kv,
+             m->n_embd);
+        goto done;
+    }
+    m->head_dim = hparam(&L, "attention.key_length", m->n_embd / m->n_head, 65536);
+    m->rope_dim = hparam(&L, "rope.dimension_count", m->head_dim, 65536);
+    m->rope_base = hparam_f(&L, "rope.freq_base", 10000);
+    m->eps = hparam_f(&L, "attention.layer_norm_rms_epsilon", 1e-6);
+    if (m->n_expert_used > m->n_expert) {
+        fail(&L, COE_EINVAL, "%s.expert_used_count %d exceeds expert_count %d", m->arch_name, m->n_expert_used,
+             m->n_expert);
+        goto done;
+    }
+    if (m->rope_dim > m->head_dim || m->rope_dim % 2) {
+        fail(&L, COE_EINVAL, "%s.rope.dimension_count %d must be even and at most the head size %d", m->arch_name,
+             m->rope_dim, m->head_dim);
+        goto done;
+    }
+    /* Feed-forward widths: the key where there is one, else the tensor's shape (some
+     * converters leave expert_feed_forward_length out). */
+    m->n_ff = hparam(&L, "feed_forward_length", 0, big);
+    if (m->n_expert) {
+        m->n_ff_exp = hparam(&L, "expert_feed_forward_length", dim1(g, "blk.0.ffn_gate_exps.weight"), big);
+        m->n_ff_shexp = hparam(&L, "expert_shared_feed_forward_length", dim1(g, "blk.0.ffn_gate_shexp.weight"), big);
+        if (!m->n_ff_exp)
+            fail(&L, COE_EINVAL, "tensor 'blk.0.ffn_gate_exps.weight' is missing");
+    } else if (!m->n_ff) {
+        fail(&L, COE_EINVAL, "key '%s.feed_forward_length' is missing", m->arch_name);
+    }
+    m->rope_neox = m->arch != COE_ARCH_LLAMA;
+    m->norm_topk = m->arch == COE_ARCH_LLAMA || m->arch == COE_ARCH_QWEN3MOE;
+    const coe_gguf_kv *nw = coe_gguf_find_kv(g, "qwen3moe.expert_weights_norm");
+    if (nw && m->arch == COE_ARCH_QWEN3MOE)
+        coe_gguf_get_bool(&nw->value, &m->norm_topk);
+    if (L.rc)
+        goto done;
+
+    const coe_gguf_tensor *emb = coe_gguf_find_tensor(g, "token_embd.weight");
+    m->n_vocab = emb && emb->n_dims == 2 && emb->dims[1] < (1u << 24) ? (int)emb->dims[1] : 0;
+    if (!m->n_vocab) {
+        fail(&L, COE_EINVAL, "tensor 'token_embd.weight' is missing or not a matrix of one row per token");
+        goto done;
+    }
+    m->tok_embd = weight(&L, "token_embd.weight", true, m->n_embd, m->n_vocab, 1);
+    m->output_norm = vec(&L, "output_norm.weight", true, m->n_embd);
+    m->output = weight(&L, "output.weight", false, m->n_embd, m->n_vocab, 1);
+    if (!m->output.data && !L.rc)
+        m->output = m->tok_embd; /* tied */
+    m->layers = calloc((size_t)m->n_layer, sizeof *m->layers);
+    if (!m->layers) {
+        fail(&L, COE_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (int il = 0; il < m->n_layer && !L.rc; il++)
+        load_layer(&L, il);
+    if (L.rc)
+        goto done;
+
+    size_t per_token = weight_bytes(&m->output);
+    for (int il = 0; il < m->n_layer; il++) {
+        const coe_layer *l = &m->layers[il];
+        per_token += weight_bytes(&l->wq) + weight_bytes(&l->wk) + weight_bytes(&l->wv) + weight_bytes(&l->wo);
+        per_token += weight_bytes(&l->ffn_gate) + weight_bytes(&l->ffn_up) + weight_bytes(&l->ffn_down);
+        per_token += weight_bytes(&l->gate_inp) + weight_bytes(&l->gate_shexp) + weight_bytes(&l->up_shexp) +
+                     weight_bytes(&l->down_shexp);
+        per_token += (size_t)m->n_expert_used *
+                     (weight_bytes(&l->gate_exps) + weight_bytes(&l->up_exps) + weight_bytes(&l->down_exps));
+    }
+    m->bytes_per_token = per_token;
+done:
+    if (L.rc) {
+        coe_model_close(&m);
+        return L.rc;
+    }
+    *out = m;
+    return 0;
+}
+
+int coe_model_open(coe_model **out, const char *path, coe_buf *diag)
+{
+    coe_gguf *g;
+    int rc = coe_gguf_open(&g, path, diag);
+    if (rc)
+        return rc;
+    return coe_model_from_gguf(out, g, diag);
+}
+
+void coe_model_close(coe_model **mp)
+{
+    coe_model *m = *mp;
+    if (!m)
+        return;
+    for (int il = 0; m->layers && il < m->n_layer; il++) {
+        coe_layer *l = &m->layers[il];
+        free(l->attn_norm), free(l->ffn_norm), free(l->bq), free(l->bk), free(l->bv), free(l->bo);
+        free(l->q_norm), free(l->k_norm), free(l->gate_inp_shexp);
+    }
+    free(m->layers);
+    free(m->output_norm);
+    coe_gguf_close(&m->gguf);
+    free(m);
+    *mp = NULL;
+}

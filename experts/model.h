@@ -1,0 +1,67 @@
+/* A transformer model read from GGUF: hyperparameters and weights, checked against
+ * the file before use. Weights stay in the mapping; only the small vectors (norms,
+ * biases) are copied out as F32. The compute is in experts/engine.c. */
+#ifndef COE_MODEL_H
+#define COE_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "common/gguf.h"
+
+typedef enum coe_arch {
+    COE_ARCH_LLAMA,    /* dense, or Mixtral-style experts */
+    COE_ARCH_QWEN2MOE, /* QKV biases, shared expert with a sigmoid gate */
+    COE_ARCH_OLMOE,    /* RMSNorm over the whole Q and K */
+    COE_ARCH_QWEN3MOE, /* RMSNorm per head on Q and K, own head size */
+} coe_arch;
+
+/* A matrix (or a stack of n_mat matrices, one per expert) applied as W x: rows
+ * outputs of cols inputs each, rows contiguous. */
+typedef struct coe_weight {
+    const uint8_t *data;
+    uint32_t type;
+    int64_t cols, rows, n_mat;
+    size_t row_bytes, mat_bytes;
+} coe_weight;
+
+typedef struct coe_layer {
+    float *attn_norm, *ffn_norm;
+    float *bq, *bk, *bv, *bo;          /* NULL where the model has none */
+    float *q_norm, *k_norm;            /* olmoe: whole vector; qwen3moe: per head */
+    coe_weight wq, wk, wv, wo;
+    coe_weight gate_inp;               /* router: n_expert rows */
+    coe_weight gate_exps, up_exps, down_exps;
+    coe_weight gate_shexp, up_shexp, down_shexp;
+    float *gate_inp_shexp;             /* the shared expert's gate, NULL without one */
+    coe_weight ffn_gate, ffn_up, ffn_down; /* dense layers */
+} coe_layer;
+
+typedef struct coe_model {
+    coe_gguf *gguf;
+    coe_arch arch;
+    char arch_name[32];
+    int n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ctx_train;
+    int n_ff, n_expert, n_expert_used, n_ff_exp, n_ff_shexp;
+    int rope_dim;
+    float rope_base, eps;
+    bool rope_neox;   /* rotate halves (x[i], x[i+d/2]) instead of adjacent pairs */
+    bool norm_topk;   /* renormalize the k selected expert weights to sum 1 */
+    coe_weight tok_embd, output;
+    float *output_norm;
+    coe_layer *layers;
+    size_t bytes_per_token; /* weights one decoded token reads: attention, router, shared and k experts, head */
+} coe_model;
+
+/* Opens path (the weights; the vocabulary is experts/tokenizer.h's). Errors name the
+ * file and the key or tensor, and what is wrong with it. */
+int coe_model_open(coe_model **out, const char *path, coe_buf *diag);
+/* The same over an already opened GGUF, which the model then owns. */
+int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag);
+void coe_model_close(coe_model **m);
+
+const char *coe_arch_name(coe_arch a);
+
+#endif

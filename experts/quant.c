@@ -1,0 +1,732 @@
+#include "experts/quant.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define COE_X86 1
+#else
+#define COE_X86 0
+#endif
+
+/* ---- scalar conversions ---- */
+
+float coe_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 31, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalize */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) {
+                man <<= 1;
+                exp--;
+            }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t coe_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, exp = (x >> 23) & 0xff, man = x & 0x7fffff;
+    if (exp == 0xff)
+        return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+    int e = (int)exp - 127 + 15;
+    if (e >= 31)
+        return (uint16_t)(sign | 0x7c00);
+    if (e <= 0) {
+        if (e < -10)
+            return (uint16_t)sign;
+        man |= 0x800000;
+        uint32_t shift = (uint32_t)(14 - e), half = 1u << (shift - 1);
+        uint32_t r = man >> shift, rest = man & ((1u << shift) - 1);
+        if (rest > half || (rest == half && (r & 1)))
+            r++;
+        return (uint16_t)(sign | r);
+    }
+    uint32_t r = ((uint32_t)e << 10) | (man >> 13), rest = man & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (r & 1)))
+        r++; /* may carry into the exponent, which is right (up to infinity) */
+    return (uint16_t)(sign | r);
+}
+
+float coe_bf16_to_f32(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t coe_f32_to_bf16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffff) > 0x7f800000)
+        return (uint16_t)((x >> 16) | 64); /* quiet NaN */
+    return (uint16_t)((x + (0x7fff + ((x >> 16) & 1))) >> 16);
+}
+
+/* ---- layouts ---- */
+
+bool coe_quant_supported(uint32_t type)
+{
+    switch (type) {
+    case COE_GGML_F32: case COE_GGML_F16: case COE_GGML_BF16: case COE_GGML_Q8_0: case COE_GGML_Q4_0:
+    case COE_GGML_Q4_K: case COE_GGML_Q5_K: case COE_GGML_Q6_K: case COE_GGML_Q8_K:
+        return true;
+    default:
+        return false;
+    }
+}
+
+size_t coe_row_bytes(uint32_t type, int64_t n)
+{
+    uint32_t block, bytes;
+    if (!coe_ggml_type_layout(type, &block, &bytes))
+        return 0;
+    return (size_t)(n / block) * bytes;
+}
+
+uint32_t coe_dot_type(uint32_t type)
+{
+    switch (type) {
+    case COE_GGML_Q8_0: case COE_GGML_Q4_0:
+        return COE_GGML_Q8_0;
+    case COE_GGML_Q4_K: case COE_GGML_Q5_K: case COE_GGML_Q6_K:
+        return COE_GGML_Q8_K;
+    default:
+        return type;
+    }
+}
+
+/* ---- reference quantizers ---- */
+
+static int nearest(float x)
+{
+    return (int)nearbyintf(x);
+}
+
+static int clampi(int v, int lo, int hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+static void quantize_q8_0(const float *x, coe_block_q8_0 *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += COE_QK) {
+        float amax = 0;
+        for (int j = 0; j < COE_QK; j++)
+            amax = fmaxf(amax, fabsf(x[j]));
+        /* The scale is stored as f16; the codes use the exact 127/amax, as llama.cpp's. */
+        y[i].d = coe_f32_to_f16(amax / 127.f);
+        float id = amax != 0 ? 127.f / amax : 0;
+        for (int j = 0; j < COE_QK; j++)
+            y[i].qs[j] = (int8_t)nearest(x[j] * id);
+    }
+}
+
+static void quantize_q4_0(const float *x, coe_block_q4_0 *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += COE_QK) {
+        float amax = 0, max = 0;
+        for (int j = 0; j < COE_QK; j++)
+            if (fabsf(x[j]) > amax) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        float d = max / -8, id = d != 0 ? 1 / d : 0;
+        y[i].d = coe_f32_to_f16(d);
+        for (int j = 0; j < COE_QK / 2; j++) {
+            int lo = clampi((int)(x[j] * id + 8.5f), 0, 15), hi = clampi((int)(x[j + 16] * id + 8.5f), 0, 15);
+            y[i].qs[j] = (uint8_t)(lo | hi << 4);
+        }
+    }
+}
+
+static void quantize_q8_k(const float *x, coe_block_q8_k *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += COE_QKK) {
+        float amax = 0, max = 0;
+        for (int j = 0; j < COE_QKK; j++)
+            if (fabsf(x[j]) > amax) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        memset(&y[i], 0, sizeof y[i]);
+        if (amax == 0)
+            continue;
+        float iscale = -127.f / max;
+        for (int j = 0; j < COE_QKK; j++)
+            y[i].qs[j] = (int8_t)clampi(nearest(iscale * x[j]), -127, 127);
+        for (int j = 0; j < COE_QKK / 16; j++) {
+            int s = 0;
+            for (int k = 0; k < 16; k++)
+                s += y[i].qs[16 * j + k];
+            y[i].bsums[j] = (int16_t)s;
+        }
+        y[i].d = 1 / iscale;
+    }
+}
+
+/* Sub-block j's 6-bit scale and min of a Q4_K/Q5_K block. */
+static void scale_min_k4(int j, const uint8_t *s, int *sc, int *m)
+{
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* Scales and mins for the 8 sub-blocks of 32 of a Q4_K/Q5_K block with codes 0..qmax;
+ * writes d, dmin and the packed 12 bytes, and returns per sub-block scale and min. */
+static void pack_scales_k4(const float *x, int qmax, uint16_t *d16, uint16_t *dmin16, uint8_t *s, float *sc_f,
+                           float *m_f)
+{
+    float scale[8], minv[8], dmax = 0, mmax = 0;
+    for (int j = 0; j < 8; j++) {
+        float lo = 0, hi = 0;
+        for (int k = 0; k < 32; k++) {
+            lo = fminf(lo, x[32 * j + k]);
+            hi = fmaxf(hi, x[32 * j + k]);
+        }
+        scale[j] = (hi - lo) / (float)qmax;
+        minv[j] = -lo;
+        dmax = fmaxf(dmax, scale[j]);
+        mmax = fmaxf(mmax, minv[j]);
+    }
+    float d = dmax / 63, dmin = mmax / 63;
+    *d16 = coe_f32_to_f16(d);
+    *dmin16 = coe_f32_to_f16(dmin);
+    d = coe_f16_to_f32(*d16);
+    dmin = coe_f16_to_f32(*dmin16);
+    int sc[8], m[8];
+    for (int j = 0; j < 8; j++) {
+        sc[j] = d > 0 ? clampi(nearest(scale[j] / d), 0, 63) : 0;
+        m[j] = dmin > 0 ? clampi(nearest(minv[j] / dmin), 0, 63) : 0;
+        sc_f[j] = d * (float)sc[j];
+        m_f[j] = dmin * (float)m[j];
+    }
+    for (int j = 0; j < 4; j++) {
+        s[j] = (uint8_t)(sc[j] | (sc[j + 4] >> 4) << 6);
+        s[j + 4] = (uint8_t)(m[j] | (m[j + 4] >> 4) << 6);
+        s[j + 8] = (uint8_t)((sc[j + 4] & 15) | (m[j + 4] & 15) << 4);
+    }
+}
+
+static int code_k(float x, float sc, float m, int qmax)
+{
+    return sc > 0 ? clampi(nearest((x + m) / sc), 0, qmax) : 0;
+}
+
+static void quantize_q4_k(const float *x, coe_block_q4_k *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += COE_QKK) {
+        float sc[8], m[8];
+        pack_scales_k4(x, 15, &y[i].d, &y[i].dmin, y[i].scales, sc, m);
+        for (int c = 0; c < 4; c++)
+            for (int l = 0; l < 32; l++) {
+                int lo = code_k(x[64 * c + l], sc[2 * c], m[2 * c], 15);
+                int hi = code_k(x[64 * c + 32 + l], sc[2 * c + 1], m[2 * c + 1], 15);
+                y[i].qs[32 * c + l] = (uint8_t)(lo | hi << 4);
+            }
+    }
+}
+
+static void quantize_q5_k(const float *x, coe_block_q5_k *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += COE_QKK) {
+        float sc[8], m[8];
+        pack_scales_k4(x, 31, &y[i].d, &y[i].dmin, y[i].scales, sc, m);
+        memset(y[i].qh, 0, sizeof y[i].qh);
+        for (int c = 0; c < 4; c++)
+            for (int l = 0; l < 32; l++) {
+                int lo = code_k(x[64 * c + l], sc[2 * c], m[2 * c], 31);
+                int hi = code_k(x[64 * c + 32 + l], sc[2 * c + 1], m[2 * c + 1], 31);
+                y[i].qs[32 * c + l] = (uint8_t)((lo & 15) | (hi & 15) << 4);
+                y[i].qh[l] |= (uint8_t)(((lo >> 4) << (2 * c)) | ((hi >> 4) << (2 * c + 1)));
+            }
+    }
+}
+
+/* Where value p (0..255) of a Q6_K block keeps its bits. */
+static void q6_k_at(int p, int *ql, int *high_nibble, int *qh, int *shift)
+{
+    int chunk = p / 128, q = p % 128, group = q / 32, l = q % 32;
+    *ql = chunk * 64 + l + (group & 1) * 32;
+    *high_nibble = group >= 2;
+    *qh = chunk * 32 + l;
+    *shift = 2 * group;
+}
+
+static void quantize_q6_k(const float *x, coe_block_q6_k *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += COE_QKK) {
+        float scale[16], smax = 0;
+        for (int j = 0; j < 16; j++) {
+            float amax = 0;
+            for (int k = 0; k < 16; k++)
+                amax = fmaxf(amax, fabsf(x[16 * j + k]));
+            scale[j] = amax / 31;
+            smax = fmaxf(smax, scale[j]);
+        }
+        y[i].d = coe_f32_to_f16(smax / 127);
+        float d = coe_f16_to_f32(y[i].d);
+        memset(y[i].ql, 0, sizeof y[i].ql);
+        memset(y[i].qh, 0, sizeof y[i].qh);
+        for (int j = 0; j < 16; j++)
+            y[i].scales[j] = (int8_t)(d > 0 ? clampi(nearest(scale[j] / d), -128, 127) : 0);
+        for (int p = 0; p < COE_QKK; p++) {
+            float s = d * y[i].scales[p / 16];
+            int q = (s != 0 ? clampi(nearest(x[p] / s), -32, 31) : 0) + 32;
+            int ql, hn, qh, shift;
+            q6_k_at(p, &ql, &hn, &qh, &shift);
+            y[i].ql[ql] |= (uint8_t)((q & 15) << (hn ? 4 : 0));
+            y[i].qh[qh] |= (uint8_t)((q >> 4) << shift);
+        }
+    }
+}
+
+void coe_quantize_row(uint32_t type, const float *x, void *dst, int64_t n)
+{
+    switch (type) {
+    case COE_GGML_F32:
+        memcpy(dst, x, (size_t)n * sizeof *x);
+        break;
+    case COE_GGML_F16:
+        for (int64_t i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = coe_f32_to_f16(x[i]);
+        break;
+    case COE_GGML_BF16:
+        for (int64_t i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = coe_f32_to_bf16(x[i]);
+        break;
+    case COE_GGML_Q8_0: quantize_q8_0(x, dst, n / COE_QK); break;
+    case COE_GGML_Q4_0: quantize_q4_0(x, dst, n / COE_QK); break;
+    case COE_GGML_Q8_K: quantize_q8_k(x, dst, n / COE_QKK); break;
+    case COE_GGML_Q4_K: quantize_q4_k(x, dst, n / COE_QKK); break;
+    case COE_GGML_Q5_K: quantize_q5_k(x, dst, n / COE_QKK); break;
+    case COE_GGML_Q6_K: quantize_q6_k(x, dst, n / COE_QKK); break;
+    default: break;
+    }
+}
+
+/* ---- reference dequantizers ---- */
+
+void coe_dequantize_row(uint32_t type, const void *src, float *y, int64_t n)
+{
+    switch (type) {
+    case COE_GGML_F32:
+        memcpy(y, src, (size_t)n * sizeof *y);
+        return;
+    case COE_GGML_F16:
+        for (int64_t i = 0; i < n; i++)
+            y[i] = coe_f16_to_f32(((const uint16_t *)src)[i]);
+        return;
+    case COE_GGML_BF16:
+        for (int64_t i = 0; i < n; i++)
+            y[i] = coe_bf16_to_f32(((const uint16_t *)src)[i]);
+        return;
+    case COE_GGML_Q8_0:
+        for (int64_t i = 0; i < n / COE_QK; i++) {
+            const coe_block_q8_0 *b = (const coe_block_q8_0 *)src + i;
+            float d = coe_f16_to_f32(b->d);
+            for (int j = 0; j < COE_QK; j++)
+                *y++ = d * (float)b->qs[j];
+        }
+        return;
+    case COE_GGML_Q4_0:
+        for (int64_t i = 0; i < n / COE_QK; i++, y += COE_QK) {
+            const coe_block_q4_0 *b = (const coe_block_q4_0 *)src + i;
+            float d = coe_f16_to_f32(b->d);
+            for (int j = 0; j < COE_QK / 2; j++) {
+                y[j] = d * (float)((b->qs[j] & 15) - 8);
+                y[j + 16] = d * (float)((b->qs[j] >> 4) - 8);
+            }
+        }
+        return;
+    case COE_GGML_Q8_K:
+        for (int64_t i = 0; i < n / COE_QKK; i++) {
+            const coe_block_q8_k *b = (const coe_block_q8_k *)src + i;
+            for (int j = 0; j < COE_QKK; j++)
+                *y++ = b->d * (float)b->qs[j];
+        }
+        return;
+    case COE_GGML_Q4_K:
+    case COE_GGML_Q5_K:
+        for (int64_t i = 0; i < n / COE_QKK; i++, y += COE_QKK) {
+            const bool five = type == COE_GGML_Q5_K;
+            const coe_block_q4_k *b4 = (const coe_block_q4_k *)src + i;
+            const coe_block_q5_k *b5 = (const coe_block_q5_k *)src + i;
+            float d = coe_f16_to_f32(five ? b5->d : b4->d), dmin = coe_f16_to_f32(five ? b5->dmin : b4->dmin);
+            const uint8_t *scales = five ? b5->scales : b4->scales, *qs = five ? b5->qs : b4->qs;
+            for (int c = 0; c < 4; c++) {
+                int sc0, m0, sc1, m1;
+                scale_min_k4(2 * c, scales, &sc0, &m0);
+                scale_min_k4(2 * c + 1, scales, &sc1, &m1);
+                for (int l = 0; l < 32; l++) {
+                    int lo = qs[32 * c + l] & 15, hi = qs[32 * c + l] >> 4;
+                    if (five) {
+                        lo |= ((b5->qh[l] >> (2 * c)) & 1) << 4;
+                        hi |= ((b5->qh[l] >> (2 * c + 1)) & 1) << 4;
+                    }
+                    y[64 * c + l] = d * (float)sc0 * (float)lo - dmin * (float)m0;
+                    y[64 * c + 32 + l] = d * (float)sc1 * (float)hi - dmin * (float)m1;
+                }
+            }
+        }
+        return;
+    case COE_GGML_Q6_K:
+        for (int64_t i = 0; i < n / COE_QKK; i++, y += COE_QKK) {
+            const coe_block_q6_k *b = (const coe_block_q6_k *)src + i;
+            float d = coe_f16_to_f32(b->d);
+            for (int p = 0; p < COE_QKK; p++) {
+                int ql, hn, qh, shift;
+                q6_k_at(p, &ql, &hn, &qh, &shift);
+                int q = (((b->ql[ql] >> (hn ? 4 : 0)) & 15) | ((b->qh[qh] >> shift) & 3) << 4) - 32;
+                y[p] = d * (float)b->scales[p / 16] * (float)q;
+            }
+        }
+        return;
+    default:
+        return;
+    }
+}
+
+float coe_vec_dot_ref(uint32_t type, const void *w, const void *x, int64_t n)
+{
+    float wf[COE_QKK], xf[COE_QKK];
+    double s = 0;
+    size_t wb = coe_row_bytes(type, COE_QKK), xb = coe_row_bytes(coe_dot_type(type), COE_QKK);
+    int64_t step = n % COE_QKK == 0 ? COE_QKK : COE_QK;
+    if (step == COE_QK) {
+        wb = coe_row_bytes(type, COE_QK);
+        xb = coe_row_bytes(coe_dot_type(type), COE_QK);
+    }
+    for (int64_t i = 0; i < n; i += step) {
+        coe_dequantize_row(type, (const uint8_t *)w + (size_t)(i / step) * wb, wf, step);
+        coe_dequantize_row(coe_dot_type(type), (const uint8_t *)x + (size_t)(i / step) * xb, xf, step);
+        for (int64_t j = 0; j < step; j++)
+            s += (double)wf[j] * xf[j];
+    }
+    return (float)s;
+}
+
+/* ---- optimized dots: portable C ---- */
+
+static float dot_f32(const void *w, const void *x, int64_t n)
+{
+    const float *a = w, *b = x;
+    float acc[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            acc[k] += a[i + k] * b[i + k];
+    float s = 0;
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    for (int k = 0; k < 8; k++)
+        s += acc[k];
+    return s;
+}
+
+static float dot_f16(const void *w, const void *x, int64_t n)
+{
+    const uint16_t *a = w, *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n; i++)
+        s += coe_f16_to_f32(a[i]) * coe_f16_to_f32(b[i]);
+    return s;
+}
+
+static float dot_bf16(const void *w, const void *x, int64_t n)
+{
+    const uint16_t *a = w, *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n; i++)
+        s += coe_bf16_to_f32(a[i]) * coe_bf16_to_f32(b[i]);
+    return s;
+}
+
+static float dot_q8_0(const void *w, const void *x, int64_t n)
+{
+    const coe_block_q8_0 *a = w, *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n / COE_QK; i++) {
+        int sum = 0;
+        for (int j = 0; j < COE_QK; j++)
+            sum += a[i].qs[j] * b[i].qs[j];
+        s += coe_f16_to_f32(a[i].d) * coe_f16_to_f32(b[i].d) * (float)sum;
+    }
+    return s;
+}
+
+static float dot_q4_0(const void *w, const void *x, int64_t n)
+{
+    const coe_block_q4_0 *a = w;
+    const coe_block_q8_0 *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n / COE_QK; i++) {
+        int sum = 0;
+        for (int j = 0; j < COE_QK / 2; j++)
+            sum += ((a[i].qs[j] & 15) - 8) * b[i].qs[j] + ((a[i].qs[j] >> 4) - 8) * b[i].qs[j + 16];
+        s += coe_f16_to_f32(a[i].d) * coe_f16_to_f32(b[i].d) * (float)sum;
+    }
+    return s;
+}
+
+/* The K-quant dots are integer sums per sub-block, written so the compiler vectorizes
+ * them; the mins come out of the activation's per-16 sums (bsums). */
+static float dot_q4_k(const void *w, const void *x, int64_t n)
+{
+    const coe_block_q4_k *a = w;
+    const coe_block_q8_k *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n / COE_QKK; i++) {
+        int sumi = 0, summ = 0;
+        for (int c = 0; c < 4; c++) {
+            int sc0, m0, sc1, m1, lo = 0, hi = 0;
+            scale_min_k4(2 * c, a[i].scales, &sc0, &m0);
+            scale_min_k4(2 * c + 1, a[i].scales, &sc1, &m1);
+            const uint8_t *q = a[i].qs + 32 * c;
+            const int8_t *y = b[i].qs + 64 * c;
+            for (int l = 0; l < 32; l++) {
+                lo += (q[l] & 15) * y[l];
+                hi += (q[l] >> 4) * y[l + 32];
+            }
+            sumi += sc0 * lo + sc1 * hi;
+            summ += m0 * (b[i].bsums[4 * c] + b[i].bsums[4 * c + 1]) + m1 * (b[i].bsums[4 * c + 2] + b[i].bsums[4 * c + 3]);
+        }
+        s += b[i].d * (coe_f16_to_f32(a[i].d) * (float)sumi - coe_f16_to_f32(a[i].dmin) * (float)summ);
+    }
+    return s;
+}
+
+static float dot_q5_k(const void *w, const void *x, int64_t n)
+{
+    const coe_block_q5_k *a = w;
+    const coe_block_q8_k *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n / COE_QKK; i++) {
+        int sumi = 0, summ = 0;
+        for (int c = 0; c < 4; c++) {
+            int sc0, m0, sc1, m1, lo = 0, hi = 0;
+            scale_min_k4(2 * c, a[i].scales, &sc0, &m0);
+            scale_min_k4(2 * c + 1, a[i].scales, &sc1, &m1);
+            const uint8_t *q = a[i].qs + 32 * c, *qh = a[i].qh;
+            const int8_t *y = b[i].qs + 64 * c;
+            for (int l = 0; l < 32; l++) {
+                lo += ((q[l] & 15) | ((qh[l] >> (2 * c)) & 1) << 4) * y[l];
+                hi += ((q[l] >> 4) | ((qh[l] >> (2 * c + 1)) & 1) << 4) * y[l + 32];
+            }
+            sumi += sc0 * lo + sc1 * hi;
+            summ += m0 * (b[i].bsums[4 * c] + b[i].bsums[4 * c + 1]) + m1 * (b[i].bsums[4 * c + 2] + b[i].bsums[4 * c + 3]);
+        }
+        s += b[i].d * (coe_f16_to_f32(a[i].d) * (float)sumi - coe_f16_to_f32(a[i].dmin) * (float)summ);
+    }
+    return s;
+}
+
+static float dot_q6_k(const void *w, const void *x, int64_t n)
+{
+    const coe_block_q6_k *a = w;
+    const coe_block_q8_k *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n / COE_QKK; i++) {
+        int sumi = 0;
+        for (int chunk = 0; chunk < 2; chunk++) {
+            const uint8_t *ql = a[i].ql + 64 * chunk, *qh = a[i].qh + 32 * chunk;
+            const int8_t *y = b[i].qs + 128 * chunk, *sc = a[i].scales + 8 * chunk;
+            int g[8] = {0}; /* per 16-value sub-block */
+            for (int l = 0; l < 32; l++) {
+                int q1 = ((ql[l] & 15) | ((qh[l] >> 0) & 3) << 4) - 32;
+                int q2 = ((ql[l + 32] & 15) | ((qh[l] >> 2) & 3) << 4) - 32;
+                int q3 = ((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) - 32;
+                int q4 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) - 32;
+                int h = l / 16;
+                g[h] += q1 * y[l];
+                g[h + 2] += q2 * y[l + 32];
+                g[h + 4] += q3 * y[l + 64];
+                g[h + 6] += q4 * y[l + 96];
+            }
+            for (int k = 0; k < 8; k++)
+                sumi += sc[k] * g[k];
+        }
+        s += coe_f16_to_f32(a[i].d) * b[i].d * (float)sumi;
+    }
+    return s;
+}
+
+/* ---- optimized dots: AVX2 ---- */
+
+#if COE_X86
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+AVX2 static inline float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Sum of products of 32 signed bytes, as 8 int32 lanes turned to float. */
+AVX2 static inline __m256 mul_i8(__m256i a, __m256i b)
+{
+    __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+AVX2 static float dot_f32_avx2(const void *w, const void *x, int64_t n)
+{
+    const float *a = w, *b = x;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+AVX2 static float dot_f16_avx2(const void *w, const void *x, int64_t n)
+{
+    const uint16_t *a = w, *b = x;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))),
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i))), s0);
+        s1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i + 8))),
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 8))), s1);
+    }
+    float s = hsum8(_mm256_add_ps(s0, s1));
+    for (; i < n; i++)
+        s += coe_f16_to_f32(a[i]) * coe_f16_to_f32(b[i]);
+    return s;
+}
+
+AVX2 static inline __m256 load_bf16(const uint16_t *p)
+{
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+AVX2 static float dot_bf16_avx2(const void *w, const void *x, int64_t n)
+{
+    const uint16_t *a = w, *b = x;
+    __m256 s0 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(load_bf16(a + i), load_bf16(b + i), s0);
+    float s = hsum8(s0);
+    for (; i < n; i++)
+        s += coe_bf16_to_f32(a[i]) * coe_bf16_to_f32(b[i]);
+    return s;
+}
+
+AVX2 static float dot_q8_0_avx2(const void *w, const void *x, int64_t n)
+{
+    const coe_block_q8_0 *a = w, *b = x;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / COE_QK; i++) {
+        __m256 d = _mm256_set1_ps(coe_f16_to_f32(a[i].d) * coe_f16_to_f32(b[i].d));
+        __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs), qb = _mm256_loadu_si256((const __m256i *)b[i].qs);
+        acc = _mm256_fmadd_ps(d, mul_i8(qa, qb), acc);
+    }
+    return hsum8(acc);
+}
+
+AVX2 static float dot_q4_0_avx2(const void *w, const void *x, int64_t n)
+{
+    const coe_block_q4_0 *a = w;
+    const coe_block_q8_0 *b = x;
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i low = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+    for (int64_t i = 0; i < n / COE_QK; i++) {
+        __m256 d = _mm256_set1_ps(coe_f16_to_f32(a[i].d) * coe_f16_to_f32(b[i].d));
+        __m128i q = _mm_loadu_si128((const __m128i *)a[i].qs);
+        __m256i qa = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
+        qa = _mm256_sub_epi8(_mm256_and_si256(qa, low), eight);
+        acc = _mm256_fmadd_ps(d, mul_i8(qa, _mm256_loadu_si256((const __m256i *)b[i].qs)), acc);
+    }
+    return hsum8(acc);
+}
+
+/* The K-quant dots compiled for AVX2: the same C, vectorized by the compiler. */
+AVX2 static float dot_q4_k_avx2(const void *w, const void *x, int64_t n) { return dot_q4_k(w, x, n); }
+AVX2 static float dot_q5_k_avx2(const void *w, const void *x, int64_t n) { return dot_q5_k(w, x, n); }
+AVX2 static float dot_q6_k_avx2(const void *w, const void *x, int64_t n) { return dot_q6_k(w, x, n); }
+#endif
+
+static struct {
+    coe_dot_fn f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k;
+    bool simd;
+} dots;
+static pthread_once_t dots_once = PTHREAD_ONCE_INIT;
+
+static void pick_dots(void)
+{
+    dots.f32 = dot_f32, dots.f16 = dot_f16, dots.bf16 = dot_bf16, dots.q8_0 = dot_q8_0, dots.q4_0 = dot_q4_0;
+    dots.q4_k = dot_q4_k, dots.q5_k = dot_q5_k, dots.q6_k = dot_q6_k;
+#if COE_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && getenv("COEGATE_NO_SIMD") == NULL) {
+        dots.f32 = dot_f32_avx2, dots.f16 = dot_f16_avx2, dots.bf16 = dot_bf16_avx2, dots.q8_0 = dot_q8_0_avx2;
+        dots.q4_0 = dot_q4_0_avx2, dots.q4_k = dot_q4_k_avx2, dots.q5_k = dot_q5_k_avx2, dots.q6_k = dot_q6_k_avx2;
+        dots.simd = true;
+    }
+#endif
+}
+
+bool coe_quant_simd(void)
+{
+    pthread_once(&dots_once, pick_dots);
+    return dots.simd;
+}
+
+coe_dot_fn coe_vec_dot_fn(uint32_t type)
+{
+    pthread_once(&dots_once, pick_dots);
+    switch (type) {
+    case COE_GGML_F32: return dots.f32;
+    case COE_GGML_F16: return dots.f16;
+    case COE_GGML_BF16: return dots.bf16;
+    case COE_GGML_Q8_0: return dots.q8_0;
+    case COE_GGML_Q4_0: return dots.q4_0;
+    case COE_GGML_Q4_K: return dots.q4_k;
+    case COE_GGML_Q5_K: return dots.q5_k;
+    case COE_GGML_Q6_K: return dots.q6_k;
+    default: return NULL;
+    }
+}
+
+float coe_vec_dot(uint32_t type, const void *w, const void *x, int64_t n)
+{
+    coe_dot_fn f = coe_vec_dot_fn(type);
+    return f ? f(w, x, n) : 0;
+}

@@ -1,0 +1,85 @@
+/* Tensor element types of the local engine: block layouts, conversions and the dot
+ * products the matrix kernels are made of. Every weight type has a reference
+ * dequantizer (plain C, the definition of what the bits mean) and an optimized dot
+ * product against activations converted to its "dot type", as llama.cpp does: F32
+ * weights meet F32 activations, F16 meet F16, BF16 meet BF16, Q8_0 and Q4_0 meet Q8_0,
+ * the K-quants meet Q8_K. The optimized dots use AVX2 when the CPU has it (checked once
+ * at run time) and portable C otherwise. */
+#ifndef COE_QUANT_H
+#define COE_QUANT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/gguf.h"
+
+#define COE_QK 32   /* values per Q8_0 / Q4_0 block */
+#define COE_QKK 256 /* values per K-quant super-block */
+
+typedef struct coe_block_q8_0 {
+    uint16_t d;
+    int8_t qs[COE_QK];
+} coe_block_q8_0;
+
+typedef struct coe_block_q4_0 {
+    uint16_t d;
+    uint8_t qs[COE_QK / 2];
+} coe_block_q4_0;
+
+typedef struct coe_block_q4_k {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qs[COE_QKK / 2];
+} coe_block_q4_k;
+
+typedef struct coe_block_q5_k {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qh[COE_QKK / 8];
+    uint8_t qs[COE_QKK / 2];
+} coe_block_q5_k;
+
+typedef struct coe_block_q6_k {
+    uint8_t ql[COE_QKK / 2];
+    uint8_t qh[COE_QKK / 4];
+    int8_t scales[COE_QKK / 16];
+    uint16_t d;
+} coe_block_q6_k;
+
+typedef struct coe_block_q8_k {
+    float d;
+    int8_t qs[COE_QKK];
+    int16_t bsums[COE_QKK / 16];
+} coe_block_q8_k;
+
+float coe_f16_to_f32(uint16_t h);
+uint16_t coe_f32_to_f16(float f);  /* round to nearest even */
+float coe_bf16_to_f32(uint16_t h);
+uint16_t coe_f32_to_bf16(float f); /* round to nearest even */
+
+/* The weight types the engine computes with. */
+bool coe_quant_supported(uint32_t type);
+/* Bytes of a row of n values (n a multiple of the type's block). */
+size_t coe_row_bytes(uint32_t type, int64_t n);
+/* The type activations are converted to before a dot product with weights of type. */
+uint32_t coe_dot_type(uint32_t type);
+
+/* Reference conversions, one row of n values. quantize writes any supported type
+ * (the writer of `coe_forge` and of activations), dequantize reads any. */
+void coe_quantize_row(uint32_t type, const float *x, void *dst, int64_t n);
+void coe_dequantize_row(uint32_t type, const void *src, float *y, int64_t n);
+
+/* The optimized dot product of a weight row of type with activations already
+ * converted to coe_dot_type(type); n values. */
+float coe_vec_dot(uint32_t type, const void *w, const void *x, int64_t n);
+/* The same as a function to call in a loop; NULL for a type without one. */
+typedef float (*coe_dot_fn)(const void *w, const void *x, int64_t n);
+coe_dot_fn coe_vec_dot_fn(uint32_t type);
+/* The naive reference of the same: both sides dequantized, summed in double. */
+float coe_vec_dot_ref(uint32_t type, const void *w, const void *x, int64_t n);
+
+/* Whether the AVX2 kernels are in use (for logs and benchmarks). */
+bool coe_quant_simd(void);
+
+#endif

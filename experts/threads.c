@@ -1,0 +1,142 @@
+#include "experts/threads.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* Spins this many polls for the next job before sleeping: long enough to bridge the
+ * gaps inside a decode step, short enough not to burn a core between requests. */
+#define SPIN_POLLS 20000
+
+struct coe_threads {
+    int n;
+    pthread_t *threads;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_uint gen;       /* bumped once per job */
+    atomic_int pending;    /* helpers still working on the current job */
+    atomic_bool stop;
+    coe_threads_fn fn;        /* written before gen is bumped, read after it is seen */
+    void *ctx;
+};
+
+typedef struct helper_arg {
+    coe_threads *p;
+    int ith;
+} helper_arg;
+
+static inline void relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void *helper(void *arg)
+{
+    helper_arg a = *(helper_arg *)arg;
+    free(arg);
+    coe_threads *p = a.p;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g;
+        int polls = 0;
+        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
+               !atomic_load_explicit(&p->stop, memory_order_acquire)) {
+            if (++polls < SPIN_POLLS) {
+                relax();
+                continue;
+            }
+            pthread_mutex_lock(&p->mu);
+            while (atomic_load_explicit(&p->gen, memory_order_acquire) == seen &&
+                   !atomic_load_explicit(&p->stop, memory_order_acquire))
+                pthread_cond_wait(&p->cv, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load_explicit(&p->stop, memory_order_acquire))
+            return NULL;
+        seen = g;
+        p->fn(p->ctx, a.ith, p->n);
+        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel);
+    }
+}
+
+coe_threads *coe_threads_new(int n_threads)
+{
+    if (n_threads <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = c > 0 ? (int)c : 1;
+    }
+    coe_threads *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->n = n_threads;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->threads = calloc((size_t)n_threads, sizeof *p->threads);
+    if (!p->threads) {
+        free(p);
+        return NULL;
+    }
+    for (int i = 1; i < n_threads; i++) {
+        helper_arg *a = malloc(sizeof *a);
+        if (a) {
+            a->p = p;
+            a->ith = i;
+        }
+        if (!a || pthread_create(&p->threads[i], NULL, helper, a) != 0) {
+            free(a);
+            p->n = i; /* fewer helpers is still correct */
+            break;
+        }
+    }
+    return p;
+}
+
+int coe_threads_count(const coe_threads *p)
+{
+    return p->n;
+}
+
+void coe_threads_run(coe_threads *p, coe_threads_fn fn, void *ctx)
+{
+    if (p->n == 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    p->fn = fn;
+    p->ctx = ctx;
+    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    fn(ctx, 0, p->n);
+    for (int polls = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; polls++) {
+        if (polls < SPIN_POLLS)
+            relax();
+        else
+            sched_yield();
+    }
+}
+
+void coe_threads_free(coe_threads **pp)
+{
+    coe_threads *p = *pp;
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    atomic_store_explicit(&p->stop, true, memory_order_release);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n; i++)
+        pthread_join(p->threads[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p->threads);
+    free(p);
+    *pp = NULL;
+}
