@@ -72,6 +72,7 @@ typedef struct coe_backend_ops {
 
 extern const coe_backend_ops coe_remote_backend;
 extern const coe_backend_ops coe_echo_backend;
+extern const coe_backend_ops coe_local_backend;
 
 /* The backend that serves experts of e's kind. */
 const coe_backend_ops *coe_backend_for(const coe_expert_cfg *e);

@@ -9,6 +9,7 @@
 
 #include <cJSON.h>
 
+#include "backends/local.h"
 #include "common/err.h"
 #include "common/jsonx.h"
 #include "router/classifier.h"
@@ -272,10 +273,41 @@ static void parse_server(vctx *v, const cJSON *j, coe_server_cfg *s)
     }
 }
 
+/* A file named in the configuration: relative paths are taken from the
+ * configuration file's folder. */
+static void resolve_path(const vctx *v, const char *name, char *full, size_t size)
+{
+    const char *slash = strrchr(v->file, '/');
+    if (name[0] != '/' && slash && v->file[0] != '<')
+        snprintf(full, size, "%.*s/%s", (int)(slash - v->file), v->file, name);
+    else
+        snprintf(full, size, "%s", name);
+}
+
+/* Loads a local expert's model with the configuration, so a bad file is refused at
+ * load (or reload) time with the path, not at the first request. */
+static void open_local(vctx *v, const char *path, coe_expert_cfg *e)
+{
+    char full[4096], p[512];
+    resolve_path(v, e->path, full, sizeof full);
+    coe_local_opts o = {full, e->threads, e->context, e->max_batch, e->max_queue, e->chat_template};
+    coe_buf why = COE_BUF_INIT;
+    if (coe_local_open(&e->local, &o, v->mode == COE_CONFIG_SERVE, &why)) {
+        size_t n = why.len;
+        while (n > 0 && why.data[n - 1] == '\n')
+            why.data[--n] = '\0';
+        child_path(p, sizeof p, path, e->chat_template && strstr(why.data ? why.data : "", "chat_template") == why.data
+                                          ? "chat_template" : "path");
+        verr(v, p, "cannot load the model: %s", why.data ? why.data : "unknown error");
+    }
+    coe_buf_free(&why);
+}
+
 static const char *const expert_keys[] = {
     "kind", "base_url", "model", "api_key_env", "headers", "connect_timeout_ms",
     "first_byte_timeout_ms", "chunk_timeout_ms", "retries", "retry_backoff_ms",
-    "max_retry_after_ms", "max_concurrency", "max_tokens", "cost", "fallbacks", "delay_ms", NULL};
+    "max_retry_after_ms", "max_concurrency", "max_tokens", "cost", "fallbacks", "delay_ms", "path", "threads",
+    "context", "max_batch", "max_queue", "chat_template", NULL};
 
 static void parse_headers(vctx *v, const cJSON *j, const char *path, coe_expert_cfg *e)
 {
@@ -352,11 +384,11 @@ static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_c
     } else if (kind && strcmp(kind, "echo") == 0) {
         e->kind = COE_EXPERT_ECHO;
     } else if (kind && strcmp(kind, "local") == 0) {
-        verr(v, p, "local experts (GGUF models in-process) are not supported by this build yet");
+        e->kind = COE_EXPERT_LOCAL;
     } else if (kind) {
-        verr(v, p, "unknown kind \"%s\" (expected \"remote\" or \"echo\")", kind);
+        verr(v, p, "unknown kind \"%s\" (expected \"remote\", \"local\" or \"echo\")", kind);
     }
-    if (!kind || (strcmp(kind, "remote") != 0 && strcmp(kind, "echo") != 0))
+    if (!kind || (strcmp(kind, "remote") != 0 && strcmp(kind, "echo") != 0 && strcmp(kind, "local") != 0))
         known = false;
     free(kind);
 
@@ -396,14 +428,28 @@ static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_c
     e->max_tokens = get_int(v, j, path, "max_tokens", 0, 100000000, 0);
     e->cost = get_number(v, j, path, "cost", 0, 1e12, 1.0);
     e->delay_ms = get_int(v, j, path, "delay_ms", 0, 10000, 0);
-    if (!remote && known) {
-        static const char *const remote_only[] = {"base_url", "api_key_env", "headers", NULL};
-        for (const char *const *k = remote_only; *k; k++)
-            if (get(j, *k)) {
-                child_path(p, sizeof p, path, *k);
-                verr(v, p, "only remote experts take this key");
-            }
-    }
+    bool local = e->kind == COE_EXPERT_LOCAL;
+    e->path = get_string(v, j, path, "path", local && known, NULL);
+    e->threads = (int)get_int(v, j, path, "threads", 0, 1024, 0);
+    e->context = (int)get_int(v, j, path, "context", 0, 1 << 20, 0);
+    e->max_batch = (int)get_int(v, j, path, "max_batch", 1, 256, 8);
+    e->max_queue = (int)get_int(v, j, path, "max_queue", 0, 100000, 64);
+    e->chat_template = get_string(v, j, path, "chat_template", false, NULL);
+    static const char *const remote_only[] = {"base_url", "api_key_env", "headers", NULL};
+    static const char *const local_only[] = {"path", "threads", "context", "max_batch", "max_queue", "chat_template",
+                                             NULL};
+    for (const char *const *k = remote_only; known && !remote && *k; k++)
+        if (get(j, *k)) {
+            child_path(p, sizeof p, path, *k);
+            verr(v, p, "only remote experts take this key");
+        }
+    for (const char *const *k = local_only; known && !local && *k; k++)
+        if (get(j, *k)) {
+            child_path(p, sizeof p, path, *k);
+            verr(v, p, "only local experts take this key");
+        }
+    if (local && known && e->path)
+        open_local(v, path, e);
 }
 
 /* Second pass: fallbacks name other experts. */
@@ -522,11 +568,7 @@ static void parse_route(vctx *v, const cJSON *j, const char *path, coe_config *c
      * configuration file's folder. */
     child_path(p, sizeof p, path, "router");
     char full[4096];
-    const char *slash = strrchr(v->file, '/');
-    if (r->router_path[0] != '/' && slash && v->file[0] != '<')
-        snprintf(full, sizeof full, "%.*s/%s", (int)(slash - v->file), v->file, r->router_path);
-    else
-        snprintf(full, sizeof full, "%s", r->router_path);
+    resolve_path(v, r->router_path, full, sizeof full);
     coe_buf why = COE_BUF_INIT;
     if (coe_router_open(&r->router, full, &why)) {
         size_t n = why.len;
@@ -691,6 +733,9 @@ void coe_config_unref(coe_config **cp)
         }
         free_strings(e->headers, e->n_headers);
         free(e->fallbacks);
+        free(e->path);
+        free(e->chat_template);
+        coe_local_close(&e->local);
     }
     free(c->experts);
     for (int i = 0; i < c->n_routes && c->routes; i++) {

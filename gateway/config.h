@@ -14,7 +14,10 @@
 typedef enum coe_expert_kind {
     COE_EXPERT_REMOTE, /* an OpenAI-compatible server, over libcurl */
     COE_EXPERT_ECHO,   /* answers with the last user message; for demos and health checks */
+    COE_EXPERT_LOCAL,  /* a GGUF model run in-process (backends/local.h) */
 } coe_expert_kind;
+
+struct coe_local;
 
 typedef struct coe_expert_cfg {
     char name[COE_NAME_MAX + 1];
@@ -34,6 +37,14 @@ typedef struct coe_expert_cfg {
     long max_retry_after_ms;    /* a longer Retry-After skips to the fallbacks */
     /* echo */
     long delay_ms;              /* pause between streamed words */
+    /* local */
+    char *path;                 /* owned; the GGUF file, relative paths from the config's folder */
+    int threads;                /* engine threads; 0: one per CPU */
+    int context;                /* positions per sequence; 0: the model's, at most 4096 */
+    int max_batch;              /* sequences decoded together */
+    int max_queue;              /* requests waiting beyond max_batch */
+    char *chat_template;        /* owned; a family name overriding the model's template, or NULL */
+    struct coe_local *local;    /* owned; the loaded model (and, to serve, its scheduler) */
     /* all kinds */
     int max_concurrency;        /* 0: unlimited */
     long max_tokens;            /* cap on max_tokens; 0: none */

@@ -59,7 +59,11 @@ void coe_failure_set(coe_failure *f, coe_failure_kind kind, int status, const ch
 
 const coe_backend_ops *coe_backend_for(const coe_expert_cfg *e)
 {
-    return e->kind == COE_EXPERT_REMOTE ? &coe_remote_backend : &coe_echo_backend;
+    switch (e->kind) {
+    case COE_EXPERT_REMOTE: return &coe_remote_backend;
+    case COE_EXPERT_LOCAL: return &coe_local_backend;
+    default: return &coe_echo_backend;
+    }
 }
 
 long coe_effective_max_tokens(const coe_expert_cfg *e, const coe_request *req)

@@ -20,6 +20,7 @@
 #include "experts/model_info.h"
 #include "gateway/config.h"
 #include "gateway/server.h"
+#include "experts/forge.h"
 #include "router/classifier.h"
 #include "router/cli.h"
 #include "router/route.h"
@@ -33,6 +34,7 @@ static const char usage_main[] =
     "  serve          run the gateway (built-in demo configuration without --config)\n"
     "  config check   validate a configuration file\n"
     "  model info     describe a GGUF model file\n"
+    "  forge          write a random-weight GGUF model (tests, demos, benchmarks)\n"
     "  route          show which expert a route picks for a text, and why\n"
     "  router train   learn the category router from labeled queries\n"
     "  router eval    measure a router on labeled queries\n"
@@ -415,6 +417,8 @@ int main(int argc, char **argv)
         return cmd_model(argc - 2, argv + 2);
     if (strcmp(verb, "router") == 0)
         return coe_router_cli(argc - 2, argv + 2);
+    if (strcmp(verb, "forge") == 0)
+        return coe_forge_main(argc - 2, argv + 2);
     if (strcmp(verb, "route") == 0)
         return cmd_route(argc - 2, argv + 2);
     if (strcmp(verb, "version") == 0 || strcmp(verb, "--version") == 0) {

@@ -158,6 +158,8 @@ int coe_request_parse(const char *text, size_t len, coe_endpoint ep, int max_dep
     if (rc || (rc = check_bool(body, "stream", err)) ||
         (rc = check_number(body, "temperature", 0, 2, false, err)) ||
         (rc = check_number(body, "top_p", 0, 1, false, err)) ||
+        (rc = check_number(body, "min_p", 0, 1, false, err)) ||
+        (rc = check_number(body, "top_k", -1, 1e6, true, err)) ||
         (rc = check_number(body, "presence_penalty", -2, 2, false, err)) ||
         (rc = check_number(body, "frequency_penalty", -2, 2, false, err)) ||
         (rc = check_number(body, "n", 1, 128, true, err)) ||

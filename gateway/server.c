@@ -12,6 +12,7 @@
 
 #include <microhttpd.h>
 
+#include "backends/local.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "gateway/auth.h"
@@ -394,6 +395,7 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
     if (cx->ep == EP_METRICS) {
         coe_buf b = COE_BUF_INIT;
         coe_metrics_render(&b, atomic_load(&s->inflight));
+        coe_local_metrics(cx->cfg, &b);
         enum MHD_Result r = send_body(conn, cx, 200, "text/plain; version=0.0.4", b.data, b.len, NULL, 0);
         coe_buf_free(&b);
         return r;
