@@ -110,12 +110,13 @@ static void test_every_error_reported(void **state)
             "t.json: server.access_log: expected true or false, found a string\n"
             "t.json: experts.a.timeout: unknown key (allowed here: kind, base_url, model, api_key_env, headers, "
             "connect_timeout_ms, first_byte_timeout_ms, chunk_timeout_ms, retries, retry_backoff_ms, "
-            "max_retry_after_ms, max_concurrency, max_tokens, cost, fallbacks, delay_ms)\n"
+            "max_retry_after_ms, max_concurrency, max_tokens, cost, fallbacks, delay_ms, path, threads, context, "
+            "max_batch, max_queue, chat_template)\n"
             "t.json: experts.a.base_url: must start with http:// or https://\n"
             "t.json: experts.a.api_key_env: environment variable COE_TEST_MISSING is unset or empty\n"
             "t.json: experts[\"b c\"]: an expert name must be 1-64 characters of letters, digits and _ - . : /\n"
             "t.json: experts[\"b c\"].base_url: only remote experts take this key\n"
-            "t.json: experts.d.kind: unknown kind \"quantum\" (expected \"remote\" or \"echo\")\n"
+            "t.json: experts.d.kind: unknown kind \"quantum\" (expected \"remote\", \"local\" or \"echo\")\n"
             "t.json: experts.e.base_url: missing (a string is required)\n"
             "t.json: experts.e.headers.X-Ok: control characters (such as CR or LF) are not allowed in a header value\n"
             "t.json: experts[\"b c\"].fallbacks[0]: no expert named \"zz\"\n"
@@ -136,8 +137,10 @@ static void test_duplicates_and_types(void **state)
     refused("{\"experts\":{\"a\":{\"kind\":\"echo\",\"cost\":-1,\"fallbacks\":\"b\"}}}",
             "t.json: experts.a.cost: expected a number from 0 to 1e+12\n"
             "t.json: experts.a.fallbacks: expected an array of expert names, found a string\n");
-    refused("{\"experts\":{\"a\":{\"kind\":\"local\"}}}",
-            "t.json: experts.a.kind: local experts (GGUF models in-process) are not supported by this build yet\n");
+    refused("{\"experts\":{\"a\":{\"kind\":\"local\"}}}", "t.json: experts.a.path: missing (a string is required)\n");
+    refused("{\"experts\":{\"a\":{\"kind\":\"local\",\"path\":\"/nonexistent/m.gguf\",\"max_batch\":0}}}",
+            "t.json: experts.a.max_batch: expected an integer from 1 to 256, found 0\n"
+            "t.json: experts.a.path: cannot load the model: /nonexistent/m.gguf: cannot open: No such file or directory\n");
 }
 
 static void test_env_only_warns_in_check(void **state)

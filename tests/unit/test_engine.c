@@ -1,0 +1,603 @@
+/* The local engine's parts: number formats, every optimized kernel against its naive
+ * reference, the thread team, model loading errors, batched against one-by-one
+ * decoding on forged models of each architecture, sampling, chat templates and the
+ * forged vocabulary's tokenizer. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "experts/chat.h"
+#include "experts/engine.h"
+#include "experts/forge.h"
+#include "experts/quant.h"
+#include "experts/sample.h"
+#include "experts/threads.h"
+#include "experts/tokenizer.h"
+#include "experts/unicode.h"
+
+static uint64_t rng = 12345;
+
+static float frand(void)
+{
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(rng >> 40) / (double)(1ull << 24)) * 2 - 1;
+}
+
+/* ---- number formats ---- */
+
+static void test_f16_round_trip(void **state)
+{
+    (void)state;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = coe_f16_to_f32((uint16_t)h);
+        if (isnan(f))
+            continue;
+        assert_int_equal(coe_f32_to_f16(f), h);
+    }
+    assert_int_equal(coe_f32_to_f16(1.0f), 0x3c00);
+    assert_int_equal(coe_f32_to_f16(65520.0f), 0x7c00);          /* rounds up to infinity */
+    assert_int_equal(coe_f32_to_f16(1.0f + 1.0f / 2048), 0x3c00); /* a tie goes to even */
+    assert_int_equal(coe_f32_to_f16(5.96e-8f), 0x0001);           /* smallest subnormal */
+    assert_true(coe_f16_to_f32(0x7e00) != coe_f16_to_f32(0x7e00)); /* NaN */
+    assert_int_equal(coe_f32_to_bf16(1.0f), 0x3f80);
+    assert_true(coe_bf16_to_f32(coe_f32_to_bf16(3.140625f)) == 3.140625f);
+}
+
+static void test_utf8_tail(void **state)
+{
+    (void)state;
+    assert_int_equal(coe_utf8_incomplete_tail("abc", 3), 0);
+    assert_int_equal(coe_utf8_incomplete_tail("a\xC3", 2), 1);
+    assert_int_equal(coe_utf8_incomplete_tail("a\xC3\xA9", 3), 0);
+    assert_int_equal(coe_utf8_incomplete_tail("\xE4\xBD", 2), 2);
+    assert_int_equal(coe_utf8_incomplete_tail("\xF0\x9F\x98", 3), 3);
+    assert_int_equal(coe_utf8_incomplete_tail("\xF0\x9F\x98\x80", 4), 0);
+    size_t len;
+    assert_int_equal(coe_utf8_decode("\xC0\xAF", 2, &len), 0xFFFD); /* overlong */
+    assert_int_equal(len, 1);
+    assert_int_equal(coe_utf8_decode("\xED\xA0\x80", 3, &len), 0xFFFD); /* surrogate */
+    assert_true(coe_cp_is_letter(0x4E2D) && coe_cp_is_number(0x0663) && coe_cp_is_punct(0x3002));
+    assert_false(coe_cp_is_letter('1') || coe_cp_is_punct('$'));
+}
+
+/* ---- kernels ---- */
+
+static const uint32_t types[] = {COE_GGML_F32, COE_GGML_F16, COE_GGML_BF16, COE_GGML_Q8_0,
+                                 COE_GGML_Q4_0, COE_GGML_Q4_K, COE_GGML_Q5_K, COE_GGML_Q6_K};
+
+/* Each quantizer's worst error relative to a block's largest value. */
+static double quant_bound(uint32_t t)
+{
+    switch (t) {
+    case COE_GGML_F32: return 0;
+    case COE_GGML_F16: return 1e-3;
+    case COE_GGML_BF16: return 8e-3;
+    case COE_GGML_Q8_0: return 1.0 / 127;
+    case COE_GGML_Q6_K: return 1.0 / 31 + 1.0 / 127;
+    case COE_GGML_Q5_K: return 2.0 / 31 + 2.0 / 63;
+    default: return 2.0 / 15 + 2.0 / 63; /* 4-bit */
+    }
+}
+
+static void test_quantize_round_trip(void **state)
+{
+    (void)state;
+    enum { N = 1024 };
+    float x[N], y[N];
+    uint8_t buf[N * 4];
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        for (int i = 0; i < N; i++)
+            x[i] = frand() * (i % 7 + 1);
+        coe_quantize_row(types[k], x, buf, N);
+        coe_dequantize_row(types[k], buf, y, N);
+        double worst = 0;
+        for (int i = 0; i < N; i++)
+            worst = fmax(worst, fabs(x[i] - y[i]));
+        if (worst > quant_bound(types[k]) * 7 * 1.01 + 1e-6)
+            fail_msg("%s: round trip error %g", coe_ggml_type_name(types[k]), worst);
+    }
+}
+
+/* The optimized dot (SIMD when the CPU has it, else portable C; the suite runs both)
+ * against the naive reference, on the very same bits. */
+static void test_dots_match_reference(void **state)
+{
+    (void)state;
+    enum { N = 2048 };
+    float w[N], a[N];
+    uint8_t wq[N * 4], aq[N * 4];
+    print_message("kernels: %s\n", coe_quant_simd() ? "AVX2" : "portable C");
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        uint32_t t = types[k], dt = coe_dot_type(t);
+        for (int round = 0; round < 20; round++) {
+            int n = round % 2 ? N : 256 * (1 + round % 4);
+            double scale = 0;
+            for (int i = 0; i < n; i++) {
+                w[i] = frand();
+                a[i] = frand() * 3;
+                scale += fabs(w[i] * a[i]);
+            }
+            coe_quantize_row(t, w, wq, n);
+            coe_quantize_row(dt, a, aq, n);
+            float fast = coe_vec_dot(t, wq, aq, n), ref = coe_vec_dot_ref(t, wq, aq, n);
+            if (fabs(fast - ref) > 1e-5 * scale + 1e-6)
+                fail_msg("%s n=%d: optimized %.7g, reference %.7g", coe_ggml_type_name(t), n, fast, ref);
+        }
+    }
+}
+
+/* ---- threads ---- */
+
+typedef struct count_job {
+    atomic_int calls;
+    atomic_int seen[8];
+} count_job;
+
+static void count(void *ctx, int ith, int nth)
+{
+    count_job *j = ctx;
+    assert_true(ith < nth);
+    atomic_fetch_add(&j->calls, 1);
+    atomic_fetch_add(&j->seen[ith], 1);
+}
+
+static void test_threads_run_every_member(void **state)
+{
+    (void)state;
+    coe_threads *t = coe_threads_new(4);
+    assert_non_null(t);
+    count_job j = {0};
+    for (int r = 0; r < 2000; r++)
+        coe_threads_run(t, count, &j);
+    usleep(20000); /* past the spinning: the next runs wake sleepers */
+    for (int r = 0; r < 10; r++)
+        coe_threads_run(t, count, &j);
+    assert_int_equal(atomic_load(&j.calls), 2010 * coe_threads_count(t));
+    for (int i = 0; i < coe_threads_count(t); i++)
+        assert_int_equal(atomic_load(&j.seen[i]), 2010);
+    coe_threads_free(&t);
+}
+
+/* ---- forged models ---- */
+
+static char dir[64];
+
+static void forged(coe_arch arch, uint32_t type, char *path, size_t n)
+{
+    coe_forge_spec s = coe_forge_small(arch);
+    s.type = type;
+    uint32_t block, bytes;
+    coe_ggml_type_layout(type, &block, &bytes);
+    if (block == 256) { /* K-quants need rows of 256 */
+        s.n_embd = s.n_ff = 256;
+        s.n_ff_shexp = s.n_ff_shexp ? 256 : 0;
+        s.n_head = 8;
+        s.head_dim = arch == COE_ARCH_QWEN3MOE ? 64 : 0; /* a head size of its own, not 256 / 8 */
+    }
+    snprintf(path, n, "%s/%s-%s.gguf", dir, coe_arch_name(arch), coe_ggml_type_name(type));
+    coe_buf d = COE_BUF_INIT;
+    if (coe_forge_write(&s, path, &d))
+        fail_msg("%s", d.data);
+    coe_buf_free(&d);
+}
+
+static coe_model *open_forged(coe_arch arch, uint32_t type)
+{
+    char path[256];
+    forged(arch, type, path, sizeof path);
+    coe_model *m;
+    coe_buf d = COE_BUF_INIT;
+    if (coe_model_open(&m, path, &d))
+        fail_msg("%s", d.data);
+    coe_buf_free(&d);
+    return m;
+}
+
+static void forward(coe_engine *e, coe_kv **seqs, const int32_t *toks, const bool *want, int n, float *out)
+{
+    coe_batch b = {n, toks, seqs, want};
+    coe_buf d = COE_BUF_INIT;
+    if (coe_engine_forward(e, &b, out, &d))
+        fail_msg("%s", d.data);
+    coe_buf_free(&d);
+}
+
+/* A prompt as one batch and token by token, and two sequences interleaved in one
+ * batch: the same logits, bit for bit (each row's products do not depend on the batch). */
+static void check_batching(coe_arch arch, uint32_t type)
+{
+    coe_model *m = open_forged(arch, type);
+    coe_engine *e = coe_engine_new(m, 3, 64);
+    const int V = m->n_vocab, n = 9;
+    int32_t toks[9] = {1, 300, 301, 450, 17, 600, 999, 5, 42};
+    bool all[9] = {true, true, true, true, true, true, true, true, true};
+    float *batched = malloc((size_t)n * (size_t)V * sizeof(float)), *single = malloc((size_t)n * (size_t)V * sizeof(float));
+    coe_kv *a = coe_kv_new(m), *b = coe_kv_new(m);
+    coe_kv *seq_a[9] = {a, a, a, a, a, a, a, a, a};
+    forward(e, seq_a, toks, all, n, batched);
+    assert_int_equal(a->n_pos, n);
+    for (int i = 0; i < n; i++)
+        forward(e, &b, toks + i, all, 1, single + (size_t)i * (size_t)V);
+    assert_memory_equal(batched, single, (size_t)n * (size_t)V * sizeof(float));
+    /* Interleaved with another sequence, only the last token of each wanted. */
+    coe_kv *c = coe_kv_new(m), *d = coe_kv_new(m);
+    int32_t mix[18];
+    coe_kv *seq[18];
+    bool want[18] = {0};
+    for (int i = 0; i < n; i++) {
+        mix[2 * i] = toks[i], seq[2 * i] = c;
+        mix[2 * i + 1] = toks[n - 1 - i], seq[2 * i + 1] = d;
+    }
+    want[16] = want[17] = true;
+    float two[2 * 8192];
+    assert_true((size_t)V * 2 <= sizeof two / sizeof two[0]);
+    forward(e, seq, mix, want, 18, two);
+    assert_memory_equal(two, batched + (size_t)(n - 1) * (size_t)V, (size_t)V * sizeof(float));
+    for (int i = 0; i < 4; i++)
+        assert_true(isfinite(two[V + i]));
+    /* A token outside the vocabulary is refused without touching the cache. */
+    int32_t bad = V;
+    coe_batch bb = {1, &bad, &c, all};
+    coe_buf diag = COE_BUF_INIT;
+    assert_int_not_equal(coe_engine_forward(e, &bb, two, &diag), 0);
+    assert_non_null(strstr(diag.data, "outside the vocabulary"));
+    assert_int_equal(c->n_pos, n);
+    coe_buf_free(&diag);
+    coe_kv_free(&a), coe_kv_free(&b), coe_kv_free(&c), coe_kv_free(&d);
+    free(batched);
+    free(single);
+    coe_engine_free(&e);
+    coe_model_close(&m);
+}
+
+static void test_batching_llama(void **state)
+{
+    (void)state;
+    check_batching(COE_ARCH_LLAMA, COE_GGML_Q8_0);
+    check_batching(COE_ARCH_LLAMA, COE_GGML_Q4_K);
+}
+
+static void test_batching_qwen2moe(void **state)
+{
+    (void)state;
+    check_batching(COE_ARCH_QWEN2MOE, COE_GGML_F16);
+}
+
+static void test_batching_olmoe(void **state)
+{
+    (void)state;
+    check_batching(COE_ARCH_OLMOE, COE_GGML_BF16);
+}
+
+static void test_batching_qwen3moe(void **state)
+{
+    (void)state;
+    check_batching(COE_ARCH_QWEN3MOE, COE_GGML_Q6_K);
+    check_batching(COE_ARCH_QWEN3MOE, COE_GGML_Q5_K);
+    check_batching(COE_ARCH_QWEN3MOE, COE_GGML_Q4_0);
+}
+
+/* The context limit is a clear error, not an overflow. */
+static void test_context_limit(void **state)
+{
+    (void)state;
+    coe_model *m = open_forged(COE_ARCH_LLAMA, COE_GGML_F32);
+    coe_engine *e = coe_engine_new(m, 1, 4);
+    coe_kv *kv = coe_kv_new(m);
+    int32_t toks[5] = {1, 2, 3, 4, 5};
+    coe_kv *seq[5] = {kv, kv, kv, kv, kv};
+    bool want[5] = {0, 0, 0, 0, 1};
+    float *out = malloc((size_t)m->n_vocab * sizeof(float));
+    coe_batch b = {5, toks, seq, want};
+    coe_buf d = COE_BUF_INIT;
+    assert_int_not_equal(coe_engine_forward(e, &b, out, &d), 0);
+    assert_non_null(strstr(d.data, "context of 4"));
+    assert_int_equal(kv->n_pos, 0);
+    b.n = 4;
+    assert_int_equal(coe_engine_forward(e, &b, out, &d), 0);
+    coe_buf_free(&d);
+    free(out);
+    coe_kv_free(&kv);
+    coe_engine_free(&e);
+    coe_model_close(&m);
+}
+
+/* A loaded file altered in memory: each defect is named. */
+typedef void (*alter_fn)(coe_gguf *g);
+
+static void check_refused(alter_fn alter, const char *want)
+{
+    char path[256];
+    forged(COE_ARCH_QWEN2MOE, COE_GGML_F32, path, sizeof path);
+    coe_gguf *g;
+    coe_buf d = COE_BUF_INIT;
+    assert_int_equal(coe_gguf_open(&g, path, &d), 0);
+    alter(g);
+    coe_model *m = NULL;
+    assert_int_not_equal(coe_model_from_gguf(&m, g, &d), 0);
+    assert_null(m);
+    if (!strstr(d.data, want))
+        fail_msg("expected '%s' in: %s", want, d.data);
+    assert_non_null(strstr(d.data, path));
+    coe_buf_free(&d);
+}
+
+static coe_gguf_tensor *find(coe_gguf *g, const char *name)
+{
+    return (coe_gguf_tensor *)coe_gguf_find_tensor(g, name);
+}
+
+static void drop_tensor(coe_gguf *g)
+{
+    find(g, "blk.1.ffn_down_exps.weight")->name = (coe_gguf_str){"blk.1.renamed", 13};
+}
+
+static void bad_shape(coe_gguf *g)
+{
+    find(g, "blk.0.attn_k.weight")->dims[1] = 16;
+}
+
+static void bad_type(coe_gguf *g)
+{
+    find(g, "blk.0.attn_q.weight")->type = COE_GGML_Q2_K;
+}
+
+static void bad_arch(coe_gguf *g)
+{
+    ((coe_gguf_kv *)coe_gguf_find_kv(g, "general.architecture"))->value.str = (coe_gguf_str){"mamba", 5};
+}
+
+static void bad_heads(coe_gguf *g)
+{
+    coe_gguf_kv *kv = (coe_gguf_kv *)coe_gguf_find_kv(g, "qwen2moe.attention.head_count_kv");
+    static const uint32_t three = 3;
+    kv->value.data = (const uint8_t *)&three;
+}
+
+static void test_model_errors_are_named(void **state)
+{
+    (void)state;
+    check_refused(drop_tensor, "tensor 'blk.1.ffn_down_exps.weight' is missing");
+    check_refused(bad_shape, "tensor 'blk.0.attn_k.weight' has shape [64, 16], expected [64, 32]");
+    check_refused(bad_type, "tensor 'blk.0.attn_q.weight' has type Q2_K");
+    check_refused(bad_arch, "architecture 'mamba' is not supported");
+    check_refused(bad_heads, "heads do not divide");
+}
+
+/* ---- sampling ---- */
+
+static void test_sampling(void **state)
+{
+    (void)state;
+    enum { V = 5 };
+    float logits[V] = {1.0f, 3.0f, 2.9f, -1.0f, 0.0f};
+    coe_sampler s;
+    coe_sampling p = coe_sampling_default();
+    p.temperature = 0;
+    assert_int_equal(coe_sampler_init(&s, &p, V), 0);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(coe_sample(&s, logits), 1);
+    coe_sampler_free(&s);
+    /* top_k 1, a tiny top_p and min_p 1 each leave only the best. */
+    coe_sampling narrow[3] = {coe_sampling_default(), coe_sampling_default(), coe_sampling_default()};
+    narrow[0].top_k = 1, narrow[1].top_p = 0.01f, narrow[2].min_p = 1;
+    for (int k = 0; k < 3; k++) {
+        narrow[k].seed = (uint64_t)k;
+        assert_int_equal(coe_sampler_init(&s, &narrow[k], V), 0);
+        for (int i = 0; i < 50; i++)
+            assert_int_equal(coe_sample(&s, logits), 1);
+        coe_sampler_free(&s);
+    }
+    /* Frequencies follow softmax(logits / T); the same seed gives the same draws. */
+    p = coe_sampling_default();
+    p.temperature = 0.7f;
+    p.seed = 99;
+    coe_sampler s2;
+    assert_int_equal(coe_sampler_init(&s, &p, V), 0);
+    assert_int_equal(coe_sampler_init(&s2, &p, V), 0);
+    int hits[V] = {0};
+    enum { DRAWS = 40000 };
+    for (int i = 0; i < DRAWS; i++) {
+        int a = coe_sample(&s, logits), b = coe_sample(&s2, logits);
+        assert_int_equal(a, b);
+        hits[a]++;
+    }
+    double z = 0, pr[V];
+    for (int i = 0; i < V; i++)
+        z += exp(logits[i] / 0.7);
+    for (int i = 0; i < V; i++) {
+        pr[i] = exp(logits[i] / 0.7) / z;
+        double sd = sqrt(pr[i] * (1 - pr[i]) / DRAWS);
+        if (fabs((double)hits[i] / DRAWS - pr[i]) > 5 * sd + 1e-4)
+            fail_msg("token %d drawn %.4f of the time, expected %.4f", i, (double)hits[i] / DRAWS, pr[i]);
+    }
+    coe_sampler_free(&s);
+    coe_sampler_free(&s2);
+    /* top_p 0.6: only tokens 1 and 2 (their mass reaches it); never the others. */
+    p.top_p = 0.6f;
+    assert_int_equal(coe_sampler_init(&s, &p, V), 0);
+    for (int i = 0; i < 2000; i++) {
+        int t = coe_sample(&s, logits);
+        assert_true(t == 1 || t == 2);
+    }
+    coe_sampler_free(&s);
+    /* A large presence penalty stops a greedy repeat. */
+    p = coe_sampling_default();
+    p.temperature = 0;
+    p.presence_penalty = 2;
+    assert_int_equal(coe_sampler_init(&s, &p, V), 0);
+    assert_int_equal(coe_sample(&s, logits), 1);
+    assert_int_equal(coe_sample(&s, logits), 2);
+    coe_sampler_free(&s);
+    /* Log-probabilities. */
+    int32_t ids[3];
+    float lps[3];
+    assert_int_equal(coe_top_logprobs(logits, V, 3, ids, lps), 3);
+    assert_int_equal(ids[0], 1);
+    assert_int_equal(ids[1], 2);
+    assert_int_equal(ids[2], 0);
+    assert_true(fabsf(lps[0] - coe_logprob(logits, V, 1)) < 1e-6f);
+    double total = 0;
+    for (int i = 0; i < V; i++)
+        total += exp(coe_logprob(logits, V, i));
+    assert_true(fabs(total - 1) < 1e-5);
+}
+
+/* ---- chat templates ---- */
+
+static void test_chat_templates(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *tmpl;
+        coe_chat_family f;
+        const char *rendered;
+    } cases[] = {
+        {"{{'<|im_start|>' + message['role']}}", COE_CHAT_CHATML,
+         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello"
+         "<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n"},
+        {"<|start_header_id|>{{ message['role'] }}<|end_header_id|>", COE_CHAT_LLAMA3,
+         "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>"
+         "\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|><|start_header_id|>user"
+         "<|end_header_id|>\n\nAgain<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"},
+        {"[INST] <<SYS>>\\n' + system_message + '\\n<</SYS>>", COE_CHAT_LLAMA2,
+         "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] Again [/INST]"},
+        {"{{ '[INST] ' + message['content'] + ' [/INST]' }}", COE_CHAT_MISTRAL,
+         "[INST] Be brief.\n\nHi [/INST]Hello</s><s>[INST] Again [/INST]"},
+        {"<start_of_turn>user\n", COE_CHAT_GEMMA,
+         "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+         "<start_of_turn>user\nAgain<end_of_turn>\n<start_of_turn>model\n"},
+        {"{{'<|user|>' + '\\n' + message['content'] + '<|end|>' + '\\n' + '<|assistant|>'}}", COE_CHAT_PHI3,
+         "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello<|end|>\n<|user|>\nAgain<|end|>\n"
+         "<|assistant|>\n"},
+        {"{{ '<|user|>\\n' + message['content'] + eos_token }}{{ '<|assistant|>' }}", COE_CHAT_ZEPHYR,
+         "<|system|>\nBe brief.</s>\n<|user|>\nHi</s>\n<|assistant|>\nHello</s>\n<|user|>\nAgain</s>\n<|assistant|>\n"},
+        {"{{'### Instruction:\\n' + message['content']}}", COE_CHAT_DEEPSEEK,
+         "Be brief.\n### Instruction:\nHi\n### Response:\nHello\n<|EOT|>\n### Instruction:\nAgain\n### Response:\n"},
+    };
+    cJSON *msgs = cJSON_Parse("[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":\"user\",\"content\":\"Hi\"},"
+                              "{\"role\":\"assistant\",\"content\":\"Hello\"},"
+                              "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Again\"}]}]");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        coe_chat_family f;
+        assert_true(coe_chat_detect(cases[i].tmpl, strlen(cases[i].tmpl), &f));
+        assert_int_equal(f, cases[i].f);
+        coe_chat_family g;
+        assert_true(coe_chat_family_from_name(coe_chat_family_name(f), &g));
+        assert_int_equal(g, f);
+        coe_buf out = COE_BUF_INIT;
+        char err[128];
+        assert_true(coe_chat_render(f, msgs, &out, err, sizeof err));
+        assert_string_equal(out.data, cases[i].rendered);
+        coe_buf_free(&out);
+    }
+    coe_chat_family f;
+    assert_false(coe_chat_detect("{{ messages | tojson }}", 23, &f));
+    assert_false(coe_chat_family_from_name("jinja", &f));
+    cJSON *image = cJSON_Parse("[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]");
+    coe_buf out = COE_BUF_INIT;
+    char err[128];
+    assert_false(coe_chat_render(COE_CHAT_CHATML, image, &out, err, sizeof err));
+    assert_non_null(strstr(err, "messages[0].content"));
+    coe_buf_free(&out);
+    cJSON_Delete(image);
+    cJSON_Delete(msgs);
+}
+
+/* ---- the forged vocabulary ---- */
+
+static void test_forged_vocab(void **state)
+{
+    (void)state;
+    coe_model *m = open_forged(COE_ARCH_LLAMA, COE_GGML_F32);
+    coe_vocab v;
+    coe_buf d = COE_BUF_INIT;
+    assert_int_equal(coe_vocab_load(&v, m->gguf, &d), 0);
+    static const char *const texts[] = {"the water is good", "Zebra! 42 \xE4\xB8\xAD\xE6\x96\x87", "  two  spaces\n"};
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        int32_t *ids = NULL;
+        size_t n = 0, cap = 0;
+        assert_int_equal(coe_tokenize(&v, texts[i], strlen(texts[i]), &ids, &n, &cap), 0);
+        coe_buf back = COE_BUF_INIT;
+        for (size_t k = 0; k < n; k++)
+            coe_token_bytes(&v, ids[k], &back);
+        assert_true(back.len == strlen(texts[i]) + 1);
+        assert_memory_equal(back.data + 1, texts[i], strlen(texts[i])); /* after SentencePiece's space */
+        coe_buf_free(&back);
+        free(ids);
+    }
+    /* In a prompt, the template's special tokens are single tokens; in plain text not. */
+    const char *chat = "<|im_start|>user\nhi<|im_end|>";
+    int32_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    assert_int_equal(coe_tokenize_prompt(&v, chat, strlen(chat), &ids, &n, &cap), 0);
+    assert_int_equal(ids[0], v.bos);
+    assert_int_equal(ids[1], coe_vocab_find(&v, "<|im_start|>", 12));
+    assert_int_equal(ids[n - 1], coe_vocab_find(&v, "<|im_end|>", 10));
+    assert_true(coe_token_is_end(&v, ids[n - 1]));
+    n = 0;
+    assert_int_equal(coe_tokenize(&v, chat, strlen(chat), &ids, &n, &cap), 0);
+    for (size_t k = 0; k < n; k++)
+        assert_int_not_equal(ids[k], coe_vocab_find(&v, "<|im_start|>", 12));
+    free(ids);
+    coe_vocab_free(&v);
+    coe_buf_free(&d);
+    coe_model_close(&m);
+}
+
+static void test_forge_refuses_bad_specs(void **state)
+{
+    (void)state;
+    coe_forge_spec s = coe_forge_small(COE_ARCH_LLAMA);
+    s.type = COE_GGML_Q4_K; /* blocks of 256 do not divide an embedding of 64 */
+    coe_buf d = COE_BUF_INIT;
+    assert_int_not_equal(coe_forge_write(&s, "/nonexistent/x.gguf", &d), 0);
+    assert_non_null(strstr(d.data, "Q4_K blocks of 256 values must divide"));
+    coe_buf_free(&d);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof dir, "/tmp/coegate-engine-XXXXXX");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_f16_round_trip),
+        cmocka_unit_test(test_utf8_tail),
+        cmocka_unit_test(test_quantize_round_trip),
+        cmocka_unit_test(test_dots_match_reference),
+        cmocka_unit_test(test_threads_run_every_member),
+        cmocka_unit_test(test_batching_llama),
+        cmocka_unit_test(test_batching_qwen2moe),
+        cmocka_unit_test(test_batching_olmoe),
+        cmocka_unit_test(test_batching_qwen3moe),
+        cmocka_unit_test(test_context_limit),
+        cmocka_unit_test(test_model_errors_are_named),
+        cmocka_unit_test(test_sampling),
+        cmocka_unit_test(test_chat_templates),
+        cmocka_unit_test(test_forged_vocab),
+        cmocka_unit_test(test_forge_refuses_bad_specs),
+    };
+    return cmocka_run_group_tests_name("engine", tests, setup, teardown);
+}
