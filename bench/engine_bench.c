@@ -1,0 +1,206 @@
+/* Local engine benchmark on one GGUF model, all in one run so the figures compare:
+ * the machine's memory read bandwidth (a read of a buffer far larger than the
+ * caches, on every thread), prompt processing, single-sequence decode against its
+ * bandwidth bound (bandwidth / weight bytes one token reads), and decode with 4
+ * concurrent sequences. Tokens are random, so the experts vary as in real use.
+ * usage: engine-bench MODEL.gguf [THREADS] */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "experts/engine.h"
+#include "experts/quant.h"
+#include "experts/threads.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+typedef struct read_job {
+    const uint8_t *buf;
+    size_t n;
+    uint64_t sink[64];
+} read_job;
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static uint64_t read_avx2(const uint8_t *p, size_t n)
+{
+    __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    for (size_t i = 0; i + 128 <= n; i += 128) {
+        acc0 = _mm256_xor_si256(acc0, _mm256_load_si256((const __m256i *)(p + i)));
+        acc1 = _mm256_xor_si256(acc1, _mm256_load_si256((const __m256i *)(p + i + 32)));
+        acc2 = _mm256_xor_si256(acc2, _mm256_load_si256((const __m256i *)(p + i + 64)));
+        acc3 = _mm256_xor_si256(acc3, _mm256_load_si256((const __m256i *)(p + i + 96)));
+    }
+    __m256i a = _mm256_xor_si256(_mm256_xor_si256(acc0, acc1), _mm256_xor_si256(acc2, acc3));
+    return (uint64_t)_mm256_extract_epi64(a, 0) ^ (uint64_t)_mm256_extract_epi64(a, 3);
+}
+#endif
+
+static void read_part(void *ctx, int ith, int nth)
+{
+    read_job *j = ctx;
+    size_t part = j->n / (size_t)nth / 128 * 128;
+    const uint8_t *p = j->buf + part * (size_t)ith;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2")) {
+        j->sink[ith] ^= read_avx2(p, part);
+        return;
+    }
+#endif
+    uint64_t x = 0;
+    for (size_t i = 0; i < part; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        x ^= v;
+    }
+    j->sink[ith] ^= x;
+}
+
+/* Best of a few full reads of a 1 GiB buffer with every thread. */
+static double bandwidth(coe_threads *t)
+{
+    size_t n = (size_t)1 << 30;
+    uint8_t *buf = aligned_alloc(64, n);
+    if (!buf)
+        return 0;
+    memset(buf, 1, n);
+    read_job j = {buf, n, {0}};
+    double best = 0;
+    for (int r = 0; r < 6; r++) {
+        double t0 = now();
+        coe_threads_run(t, read_part, &j);
+        double gbs = (double)n / (now() - t0) / 1e9;
+        best = gbs > best ? gbs : best;
+    }
+    free(buf);
+    return best;
+}
+
+static uint64_t seed = 88172645463325252ull;
+
+static int32_t random_token(int n_vocab)
+{
+    seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+    return (int32_t)(seed % (uint64_t)(n_vocab - 16)) + 16;
+}
+
+static void run(coe_engine *e, int n, const int32_t *tok, coe_kv *const *seq, const bool *want, float *logits)
+{
+    coe_batch b = {n, tok, seq, want};
+    coe_buf d = COE_BUF_INIT;
+    if (coe_engine_forward(e, &b, logits, &d)) {
+        fprintf(stderr, "engine-bench: %s", d.data);
+        exit(1);
+    }
+    coe_buf_free(&d);
+}
+
+/* Decodes steps tokens on each of n sequences together; tokens per second in all. */
+static double decode(coe_engine *e, const coe_model *m, int n, int prompt, int steps, float *logits)
+{
+    coe_kv *kv[8];
+    int32_t tok[512];
+    coe_kv *seq[512];
+    bool want[512];
+    for (int s = 0; s < n; s++) {
+        kv[s] = coe_kv_new(m);
+        for (int i = 0; i < prompt; i++) {
+            tok[i] = random_token(m->n_vocab);
+            seq[i] = kv[s];
+            want[i] = i == prompt - 1;
+        }
+        run(e, prompt, tok, seq, want, logits);
+    }
+    double t0 = now();
+    for (int step = 0; step < steps; step++) {
+        for (int s = 0; s < n; s++) {
+            tok[s] = random_token(m->n_vocab);
+            seq[s] = kv[s];
+            want[s] = true;
+        }
+        run(e, n, tok, seq, want, logits);
+    }
+    double rate = (double)(n * steps) / (now() - t0);
+    for (int s = 0; s < n; s++)
+        coe_kv_free(&kv[s]);
+    return rate;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: engine-bench MODEL.gguf [THREADS]\n");
+        return 2;
+    }
+    int threads = argc > 2 ? atoi(argv[2]) : 0;
+    coe_model *m;
+    coe_buf d = COE_BUF_INIT;
+    if (coe_model_open(&m, argv[1], &d)) {
+        fputs(d.data, stderr);
+        return 1;
+    }
+    /* Bring the whole file into the page cache first: decode reads from memory, not disk. */
+    volatile uint8_t x = 0;
+    for (size_t i = 0; i < m->gguf->size; i += 4096)
+        x ^= m->gguf->base[i];
+    (void)x;
+    coe_engine *e = coe_engine_new(m, threads, 4096);
+    coe_threads *team = coe_threads_new(threads);
+    int n_threads = coe_threads_count(team);
+    double bw = bandwidth(team);
+    coe_threads_free(&team);
+    float *logits = malloc(4 * (size_t)m->n_vocab * sizeof *logits);
+
+    /* Prompt processing: 256 tokens in one batch, best of 3. */
+    enum { PROMPT = 256 };
+    int32_t tok[PROMPT];
+    coe_kv *seq[PROMPT];
+    bool want[PROMPT];
+    double pp = 0;
+    for (int r = 0; r < 3; r++) {
+        coe_kv *kv = coe_kv_new(m);
+        for (int i = 0; i < PROMPT; i++) {
+            tok[i] = random_token(m->n_vocab);
+            seq[i] = kv;
+            want[i] = i == PROMPT - 1;
+        }
+        double t0 = now();
+        run(e, PROMPT, tok, seq, want, logits);
+        double rate = PROMPT / (now() - t0);
+        pp = rate > pp ? rate : pp;
+        coe_kv_free(&kv);
+    }
+    decode(e, m, 1, 8, 8, logits); /* warm-up */
+    double one = 0, four = 0;
+    for (int r = 0; r < 3; r++) {
+        double a = decode(e, m, 1, 32, 48, logits), b = decode(e, m, 4, 32, 48, logits);
+        one = a > one ? a : one;
+        four = b > four ? b : four;
+    }
+    double bytes = (double)m->bytes_per_token, bound = bw * 1e9 / bytes;
+    printf("## Local engine (%s, %d layers, embedding %d, %d experts top-%d, %s kernels, %d threads)\n\n",
+           m->arch_name, m->n_layer, m->n_embd, m->n_expert, m->n_expert_used, coe_quant_simd() ? "AVX2" : "portable",
+           n_threads);
+    printf("| measure | value | ratio |\n|---|---|---|\n");
+    printf("| memory read bandwidth (1 GiB, all threads) | %.2f GB/s | |\n", bw);
+    printf("| weight bytes read per decoded token | %.1f MB | |\n", bytes / 1e6);
+    printf("| bandwidth bound for one sequence | %.2f tokens/s | 1.00 |\n", bound);
+    printf("| prompt processing (256 tokens, one batch) | %.1f tokens/s | %.2fx the bound |\n", pp, pp / bound);
+    printf("| decode, 1 sequence | %.2f tokens/s | **%.0f%% of the bound** |\n", one, 100 * one / bound);
+    printf("| decode, 4 concurrent sequences | %.2f tokens/s | **%.2fx one sequence** |\n", four, four / one);
+    free(logits);
+    coe_engine_free(&e);
+    coe_model_close(&m);
+    coe_buf_free(&d);
+    return 0;
+}
