@@ -241,6 +241,7 @@ static void mm_worker(void *ctx, int ith, int nth)
         const mm_item *it = &j->items[item];
         const coe_weight *w = it->w;
         coe_dot_fn dot = coe_vec_dot_fn(w->type);
+        coe_dot4_fn dot4 = coe_vec_dot4_fn(w->type);
         int64_t r0 = (int64_t)(c - it->first_chunk) * j->chunk_rows;
         int64_t r1 = r0 + j->chunk_rows < w->rows ? r0 + j->chunk_rows : w->rows;
         const uint8_t *base = w->data + (size_t)it->mat * w->mat_bytes;
@@ -249,7 +250,14 @@ static void mm_worker(void *ctx, int ith, int nth)
             int t1 = t0 + 16 < it->T ? t0 + 16 : it->T;
             for (int64_t r = r0; r < r1; r++) {
                 const uint8_t *row = base + (size_t)r * w->row_bytes;
-                for (int t = t0; t < t1; t++)
+                int t = t0;
+                float four[4];
+                for (; dot4 && t + 4 <= t1; t += 4) {
+                    dot4(row, it->xq + (size_t)t * it->xq_row, it->xq_row, w->cols, four);
+                    for (int k = 0; k < 4; k++)
+                        it->y[(size_t)(t + k) * (size_t)it->y_stride + (size_t)r] = four[k];
+                }
+                for (; t < t1; t++)
                     it->y[(size_t)t * (size_t)it->y_stride + (size_t)r] =
                         dot(row, it->xq + (size_t)t * it->xq_row, w->cols);
             }

@@ -130,8 +130,10 @@ static void quantize_q8_0(const float *x, coe_block_q8_0 *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, x += COE_QK) {
         float amax = 0;
-        for (int j = 0; j < COE_QK; j++)
-            amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < COE_QK; j++) {
+            float v = fabsf(x[j]);
+            amax = v > amax ? v : amax;
+        }
         /* The scale is stored as f16; the codes use the exact 127/amax, as llama.cpp's. */
         y[i].d = coe_f32_to_f16(amax / 127.f);
         float id = amax != 0 ? 127.f / amax : 0;
@@ -672,6 +674,37 @@ AVX2 static float dot_q8_0_avx2(const void *w, const void *x, int64_t n)
     return hsum8(_mm256_add_ps(acc0, acc1));
 }
 
+/* One weight row against four activation rows: each weight block is loaded and
+ * made absolute once for the four (batched decode and prompts). Even and odd blocks
+ * go to separate sums exactly as in dot_q8_0_avx2, so the results are the same bits. */
+AVX2 static void dot4_q8_0_avx2(const void *w, const void *x, size_t stride, int64_t n, float *out)
+{
+    const coe_block_q8_0 *a = w, *b[4];
+    for (int t = 0; t < 4; t++)
+        b[t] = (const coe_block_q8_0 *)((const uint8_t *)x + (size_t)t * stride);
+    __m256 even[4], odd[4];
+    for (int t = 0; t < 4; t++)
+        even[t] = odd[t] = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    int64_t nb = n / COE_QK;
+    for (int64_t i = 0; i < nb; i++) {
+        __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs), aa = _mm256_sign_epi8(qa, qa);
+        float dw = _cvtsh_ss(a[i].d);
+        bool to_odd = i & 1; /* an odd count's last block is even-numbered: the even sums, as there */
+        for (int t = 0; t < 4; t++) {
+            __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)b[t][i].qs), qa);
+            __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(aa, s), ones));
+            __m256 d = _mm256_set1_ps(dw * _cvtsh_ss(b[t][i].d));
+            if (to_odd)
+                odd[t] = _mm256_fmadd_ps(d, p, odd[t]);
+            else
+                even[t] = _mm256_fmadd_ps(d, p, even[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++)
+        out[t] = hsum8(_mm256_add_ps(even[t], odd[t]));
+}
+
 AVX2 static float dot_q4_0_avx2(const void *w, const void *x, int64_t n)
 {
     const coe_block_q4_0 *a = w;
@@ -695,6 +728,7 @@ AVX2 static float dot_q6_k_avx2(const void *w, const void *x, int64_t n) { retur
 #endif
 
 static struct {
+    coe_dot4_fn q8_0_x4;
     coe_dot_fn f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k;
     bool simd;
 } dots;
@@ -709,6 +743,7 @@ static void pick_dots(void)
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && getenv("COEGATE_NO_SIMD") == NULL) {
         dots.f32 = dot_f32_avx2, dots.f16 = dot_f16_avx2, dots.bf16 = dot_bf16_avx2, dots.q8_0 = dot_q8_0_avx2;
         dots.q4_0 = dot_q4_0_avx2, dots.q4_k = dot_q4_k_avx2, dots.q5_k = dot_q5_k_avx2, dots.q6_k = dot_q6_k_avx2;
+        dots.q8_0_x4 = dot4_q8_0_avx2;
         dots.simd = true;
     }
 #endif
@@ -734,6 +769,12 @@ coe_dot_fn coe_vec_dot_fn(uint32_t type)
     case COE_GGML_Q6_K: return dots.q6_k;
     default: return NULL;
     }
+}
+
+coe_dot4_fn coe_vec_dot4_fn(uint32_t type)
+{
+    pthread_once(&dots_once, pick_dots);
+    return type == COE_GGML_Q8_0 ? dots.q8_0_x4 : NULL;
 }
 
 float coe_vec_dot(uint32_t type, const void *w, const void *x, int64_t n)

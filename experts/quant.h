@@ -76,6 +76,10 @@ float coe_vec_dot(uint32_t type, const void *w, const void *x, int64_t n);
 /* The same as a function to call in a loop; NULL for a type without one. */
 typedef float (*coe_dot_fn)(const void *w, const void *x, int64_t n);
 coe_dot_fn coe_vec_dot_fn(uint32_t type);
+/* One weight row against four activation rows stride bytes apart, into out[4]; the
+ * same numbers as four calls of the single dot. NULL where a type has none. */
+typedef void (*coe_dot4_fn)(const void *w, const void *x, size_t stride, int64_t n, float *out);
+coe_dot4_fn coe_vec_dot4_fn(uint32_t type);
 /* The naive reference of the same: both sides dequantized, summed in double. */
 float coe_vec_dot_ref(uint32_t type, const void *w, const void *x, int64_t n);
 

@@ -119,7 +119,11 @@ static void test_dots_match_reference(void **state)
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         uint32_t t = types[k], dt = coe_dot_type(t);
         for (int round = 0; round < 20; round++) {
+            uint32_t block, bytes;
+            coe_ggml_type_layout(t, &block, &bytes);
             int n = round % 2 ? N : 256 * (1 + round % 4);
+            if (round == 3 && block == 32)
+                n = 7 * 32; /* an odd number of blocks */
             double scale = 0;
             for (int i = 0; i < n; i++) {
                 w[i] = frand();
@@ -131,6 +135,24 @@ static void test_dots_match_reference(void **state)
             float fast = coe_vec_dot(t, wq, aq, n), ref = coe_vec_dot_ref(t, wq, aq, n);
             if (fabs(fast - ref) > 1e-5 * scale + 1e-6)
                 fail_msg("%s n=%d: optimized %.7g, reference %.7g", coe_ggml_type_name(t), n, fast, ref);
+            /* The four-row kernel gives the single kernel's bits for each row. */
+            coe_dot4_fn dot4 = coe_vec_dot4_fn(t);
+            if (dot4) {
+                size_t stride = coe_row_bytes(dt, n);
+                uint8_t *four = malloc(4 * stride);
+                float out[4];
+                for (int r = 0; r < 4; r++) {
+                    for (int i = 0; i < n; i++)
+                        a[i] = frand();
+                    coe_quantize_row(dt, a, four + (size_t)r * stride, n);
+                }
+                dot4(wq, four, stride, n, out);
+                for (int r = 0; r < 4; r++) {
+                    float one = coe_vec_dot(t, wq, four + (size_t)r * stride, n);
+                    assert_memory_equal(&out[r], &one, sizeof one);
+                }
+                free(four);
+            }
         }
     }
 }
