@@ -189,7 +189,7 @@ int main(int argc, char **argv)
     }
     double bytes = (double)m->bytes_per_token, bound = bw * 1e9 / bytes;
     printf("## Local engine (%s, %d layers, embedding %d, %d experts top-%d, %s kernels, %d threads)\n\n",
-           m->arch_name, m->n_layer, m->n_embd, m->n_expert, m->n_expert_used, coe_quant_simd() ? "AVX2" : "portable",
+           m->arch_name, m->n_layer, m->n_embd, m->n_expert, m->n_expert_used, coe_quant_kernels(),
            n_threads);
     printf("| measure | value | ratio |\n|---|---|---|\n");
     printf("| memory read bandwidth (1 GiB, all threads) | %.2f GB/s | |\n", bw);

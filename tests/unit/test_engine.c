@@ -115,7 +115,7 @@ static void test_dots_match_reference(void **state)
     enum { N = 2048 };
     float w[N], a[N];
     uint8_t wq[N * 4], aq[N * 4];
-    print_message("kernels: %s\n", coe_quant_simd() ? "AVX2" : "portable C");
+    print_message("kernels: %s\n", coe_quant_kernels());
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         uint32_t t = types[k], dt = coe_dot_type(t);
         for (int round = 0; round < 20; round++) {
