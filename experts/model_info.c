@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "experts/chat.h"
+
 /* The string value of key, or NULL. */
 static const coe_gguf_str *str_kv(const coe_gguf *g, const char *key)
 {
@@ -128,11 +130,17 @@ int coe_model_info(const coe_gguf *g, coe_buf *b)
         size_t first = 0;
         while (first < tmpl->len && first < 100 && tmpl->ptr[first] != '\n')
             first++;
-        coe_buf_printf(b, "  chat template %llu characters, beginning: ", (unsigned long long)tmpl->len);
+        coe_chat_family f;
+        if (coe_chat_detect(tmpl->ptr, tmpl->len, &f))
+            coe_buf_printf(b, "  chat template %s (recognized; %llu characters), beginning: ", coe_chat_family_name(f),
+                           (unsigned long long)tmpl->len);
+        else
+            coe_buf_printf(b, "  chat template not recognized (name the family with the expert's \"chat_template\"; "
+                              "%llu characters), beginning: ", (unsigned long long)tmpl->len);
         coe_buf_json_string(b, tmpl->ptr, first);
         coe_buf_puts(b, "\n");
     } else {
-        coe_buf_puts(b, "  chat template none\n");
+        coe_buf_puts(b, "  chat template none (a local expert uses chatml unless told otherwise)\n");
     }
     return 0;
 }

@@ -113,7 +113,7 @@ class CommandLine(unittest.TestCase):
         return subprocess.run([COEGATE, *args], capture_output=True, text=True, timeout=10)
 
     def test_help_for_every_verb(self):
-        for args in (["--help"], ["serve", "--help"], ["config", "--help"]):
+        for args in (["--help"], ["serve", "--help"], ["config", "--help"], ["forge", "--help"]):
             r = self.run_coegate(*args)
             self.assertEqual(r.returncode, 0, args)
             self.assertIn("usage: coegate", r.stdout)
@@ -129,6 +129,8 @@ class CommandLine(unittest.TestCase):
             r = self.run_coegate("router", "train", "--data", "configs/demo-queries.jsonl", "--out",
                                  os.path.join(d, "demo-router.gguf"), "--buckets", "65536", "--dim", "32")
             self.assertEqual(r.returncode, 0, r.stderr)
+            r = subprocess.run(["scripts/demo-models.sh", d, COEGATE], capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
             r = self.run_coegate("config", "check", config)
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertIn("ok (4 experts, 1 routes)", r.stdout)
@@ -136,10 +138,19 @@ class CommandLine(unittest.TestCase):
                 demo = json.load(f)
             # The harness writes its own copy elsewhere: point it at the router by full path.
             demo["routes"]["auto"]["router"] = os.path.join(d, "demo-router.gguf")
+            for name in ("coder", "writer"):
+                demo["experts"][name]["path"] = os.path.join(d, demo["experts"][name]["path"])
             with Gateway(demo) as gw:
                 r = post(gw.port, chat_body("What is the integral of 1/(1+x^2)? Explain step by step."))
                 self.assertEqual(r.status, 200)
                 self.assertEqual(r.headers["x-coegate-expert"], "mathematician")
+                # The two local experts answer through the router too.
+                for text, expert in (("How do I parse a CSV file in Python without extra libraries?", "coder"),
+                                     ("Write a short poem about the sea at night.", "writer")):
+                    r = post(gw.port, chat_body(text, max_tokens=16))
+                    self.assertEqual(r.status, 200, r.body)
+                    self.assertEqual(r.headers["x-coegate-expert"], expert)
+                    self.assertLessEqual(r.json()["usage"]["completion_tokens"], 16)
 
     def test_config_check(self):
         r = self.run_coegate("config", "check", "configs/remote-example.json")
