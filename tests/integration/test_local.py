@@ -40,6 +40,8 @@ class Local(unittest.TestCase):
                 "qwen": {"kind": "local", "path": os.path.join(d, "qwen.gguf"), "max_tokens": 64, "threads": 2},
                 "mixtral": {"kind": "local", "path": os.path.join(d, "mixtral.gguf"), "threads": 2},
                 "slow": {"kind": "local", "path": os.path.join(d, "slow.gguf"), "context": 8192, "threads": 2},
+                "single": {"kind": "local", "path": os.path.join(d, "slow.gguf"), "context": 8192, "threads": 1,
+                           "max_batch": 1, "max_queue": 1, "retries": 0},
             },
             "routes": {"auto": {"default": "qwen"}},
         }
@@ -164,6 +166,35 @@ class Local(unittest.TestCase):
             time.sleep(0.02)
         self.assertEqual(metric(self.gw.port, "coegate_local_sequences", "slow"), 0)
         self.assertEqual(metric(self.gw.port, "coegate_local_cancelled_total", "slow"), before + 1)
+
+    def test_queue_limit(self):
+        """One decoding, one waiting: a third request is refused with 503 at once."""
+        long = chat_body("Go on.", model="single", stream=True, max_tokens=3000)
+        first = Stream(self.gw.port, long)
+        next(first.events())
+        waited = {}
+
+        def wait_in_line():  # its response only starts once the first is done
+            s = Stream(self.gw.port, chat_body("Then me.", model="single", stream=True, max_tokens=2))
+            waited["events"] = s.all()
+            s.close()
+
+        second = threading.Thread(target=wait_in_line)
+        second.start()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            text = request(self.gw.port, "GET", "/metrics").body.decode()
+            if 'coegate_local_sequences{expert="single",state="queued"} 1' in text:
+                break
+            time.sleep(0.01)
+        r = post(self.gw.port, chat_body("And me?", model="single", max_tokens=2))
+        self.assertEqual(r.status, 503, r.body)
+        self.assertIn("busy", r.json()["error"]["message"])
+        first.close()
+        # The waiting one runs once the first is gone.
+        second.join(timeout=30)
+        text, chunks = content_of_stream(waited["events"])
+        self.assertIn(chunks[-1]["choices"][0]["finish_reason"], ("length", "stop"))
 
     def test_bad_requests(self):
         r = post(self.gw.port, chat_body("hi", model="qwen", n=2))
