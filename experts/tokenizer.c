@@ -190,8 +190,11 @@ int coe_vocab_load(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         unsigned b;
         if (t == 6 && x->len == 6 && sscanf(x->ptr, "<0x%2X>", &b) == 1 && b < 256)
             v->byte_token[b] = id;
-        if ((t == 2 || t == 3 || t == 4) && x->len > 0)
+        if ((t == 2 || t == 3 || t == 4) && x->len > 0) {
             v->special[v->n_special++] = id;
+            unsigned char c = (unsigned char)x->ptr[0];
+            v->special_first[c / 8] |= (uint8_t)(1u << (c % 8));
+        }
     }
     qsort_r(v->special, (size_t)v->n_special, sizeof *v->special, by_length_desc, v);
     v->unk = token_id(g, "tokenizer.ggml.unknown_token_id", v->n);
@@ -605,14 +608,14 @@ static int split(expr x, const cps *t, size_t **cuts, size_t *n_cuts)
     return 0;
 }
 
-static int pre_split(const coe_vocab *v, const cps *t, size_t **cuts, size_t *n_cuts)
+static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts)
 {
     static const expr gpt2[] = {X_GPT2}, llama3[] = {X_LLAMA3}, qwen2[] = {X_QWEN2};
     static const expr deepseek[] = {X_NEWLINE, X_S_LETTERS, X_S_PUNCT, X_CJK, X_NUMBER};
     static const expr dflt[] = {X_PUNCT_SYM, X_GPT2, X_NUMBERS, X_DIGITS3};
     const expr *xs;
     size_t n;
-    switch (v->pre) {
+    switch (pre) {
     case COE_PRE_GPT2: xs = gpt2, n = 1; break;
     case COE_PRE_LLAMA3: xs = llama3, n = 1; break;
     case COE_PRE_QWEN2: xs = qwen2, n = 1; break;
@@ -711,10 +714,11 @@ static int bpe_word(const coe_vocab *v, const char *bytes, size_t n, int32_t **o
     return rc;
 }
 
-static int bpe(const coe_vocab *v, const char *text, size_t n, int32_t **out, size_t *n_out, size_t *cap)
+int coe_pretokenize(coe_pretok pre, const char *text, size_t n, size_t **bounds, size_t *n_bounds)
 {
     cps t = {malloc((n + 1) * sizeof(uint32_t)), malloc((n + 1) * sizeof(size_t)), 0};
-    size_t *cuts = NULL, n_cuts = 0;
+    *bounds = NULL;
+    *n_bounds = 0;
     int rc = t.cp && t.off ? 0 : COE_ENOMEM;
     for (size_t i = 0; i < n && !rc;) {
         size_t len;
@@ -724,15 +728,22 @@ static int bpe(const coe_vocab *v, const char *text, size_t n, int32_t **out, si
     }
     if (!rc) {
         t.off[t.n] = n;
-        rc = pre_split(v, &t, &cuts, &n_cuts);
+        rc = pre_split(pre, &t, bounds, n_bounds);
     }
-    for (size_t p = 0; !rc && p + 1 < n_cuts; p++) {
-        size_t a = t.off[cuts[p]], b = t.off[cuts[p + 1]];
-        rc = bpe_word(v, text + a, b - a, out, n_out, cap);
-    }
-    free(cuts);
+    for (size_t p = 0; !rc && p < *n_bounds; p++)
+        (*bounds)[p] = t.off[(*bounds)[p]]; /* code points to bytes */
     free(t.cp);
     free(t.off);
+    return rc;
+}
+
+static int bpe(const coe_vocab *v, const char *text, size_t n, int32_t **out, size_t *n_out, size_t *cap)
+{
+    size_t *bounds, n_bounds;
+    int rc = coe_pretokenize(v->pre, text, n, &bounds, &n_bounds);
+    for (size_t p = 0; !rc && p + 1 < n_bounds; p++)
+        rc = bpe_word(v, text + bounds[p], bounds[p + 1] - bounds[p], out, n_out, cap);
+    free(bounds);
     return rc;
 }
 
@@ -789,6 +800,9 @@ bool coe_token_is_end(const coe_vocab *v, int id)
  * tokens only where asked (prompts, not plain text). */
 static int special_at(const coe_vocab *v, const char *text, size_t n, bool control)
 {
+    unsigned char c = (unsigned char)text[0];
+    if (!(v->special_first[c / 8] & (1u << (c % 8))))
+        return -1; /* most bytes start no special token: skip the list */
     for (int i = 0; i < v->n_special; i++) {
         int id = v->special[i];
         size_t len = v->text[id].len;

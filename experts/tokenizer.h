@@ -34,6 +34,7 @@ typedef struct coe_vocab {
     int eot;                    /* end-of-turn token (<|im_end|>, <|eot_id|>, ...), -1 when none */
     int *special;               /* owned: control, user-defined and unknown tokens, longest text first */
     int n_special;
+    uint8_t special_first[32];  /* bit b: some special token starts with byte b */
     /* byte-level BPE */
     coe_pretok pre;
     const coe_gguf_str *merges; /* borrowed: "left right", by rank */
@@ -56,6 +57,10 @@ int coe_tokenize(const coe_vocab *v, const char *text, size_t n, int32_t **out, 
 /* Tokenizes a prompt: BOS where the vocabulary asks for it, and special-token text
  * (such as a chat template's <|im_start|>) read as those tokens. */
 int coe_tokenize_prompt(const coe_vocab *v, const char *text, size_t n, int32_t **out, size_t *n_out, size_t *cap);
+
+/* The pieces byte-level BPE splits text into before merging: byte offsets, from 0 to
+ * n, in *bounds (caller frees). */
+int coe_pretokenize(coe_pretok pre, const char *text, size_t n, size_t **bounds, size_t *n_bounds);
 
 /* Appends the bytes token id stands for to out: control tokens give nothing, byte
  * tokens their byte, SentencePiece's U+2581 a space. */

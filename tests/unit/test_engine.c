@@ -576,6 +576,42 @@ static void test_forged_vocab(void **state)
     coe_model_close(&m);
 }
 
+/* Pieces joined with '|'. */
+static void check_split(coe_pretok pre, const char *text, const char *want)
+{
+    size_t *b, n;
+    assert_int_equal(coe_pretokenize(pre, text, strlen(text), &b, &n), 0);
+    coe_buf got = COE_BUF_INIT;
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (i)
+            coe_buf_puts(&got, "|");
+        coe_buf_append(&got, text + b[i], b[i + 1] - b[i]);
+    }
+    if (strcmp(got.data ? got.data : "", want) != 0)
+        fail_msg("split of '%s': got '%s', want '%s'", text, got.data ? got.data : "", want);
+    coe_buf_free(&got);
+    free(b);
+}
+
+/* The llama-3 and qwen2 expressions, worked out by hand from the regular expression
+ * (no test vectors for them in ../shared): contractions in any case, one non-letter
+ * joining a word, digits by three (by one for qwen2), punctuation keeping its
+ * newlines, spaces giving their last one to the next word, newline runs. */
+static void test_pretokenizers(void **state)
+{
+    (void)state;
+    check_split(COE_PRE_LLAMA3, "I'M here, you'll see", "I|'M| here|,| you|'ll| see");
+    check_split(COE_PRE_LLAMA3, "$12345 (hello)", "$|123|45| (|hello|)");
+    check_split(COE_PRE_LLAMA3, "a   b", "a|  | b");
+    check_split(COE_PRE_LLAMA3, "a  \n b\n\n", "a|  \n| b|\n\n");
+    check_split(COE_PRE_LLAMA3, "ok!!\n\nnext\tword", "ok|!!\n\n|next|\tword");
+    check_split(COE_PRE_LLAMA3, " 42", " |42");
+    check_split(COE_PRE_QWEN2, "$12345 (hello)", "$|1|2|3|4|5| (|hello|)");
+    check_split(COE_PRE_GPT2, "I'M here  42", "I|'|M| here| | 42");
+    check_split(COE_PRE_GPT2, "end   ", "end|   ");
+    check_split(COE_PRE_DEEPSEEK_CODER, "x = 10\n\u4e2d\u6587", "x| = |1|0|\n|\u4e2d\u6587"); /* '=' is a symbol, not \p{P} */
+}
+
 static void test_forge_refuses_bad_specs(void **state)
 {
     (void)state;
@@ -619,6 +655,7 @@ int main(void)
         cmocka_unit_test(test_sampling),
         cmocka_unit_test(test_chat_templates),
         cmocka_unit_test(test_forged_vocab),
+        cmocka_unit_test(test_pretokenizers),
         cmocka_unit_test(test_forge_refuses_bad_specs),
     };
     return cmocka_run_group_tests_name("engine", tests, setup, teardown);
