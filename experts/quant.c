@@ -1,6 +1,7 @@
 #include "experts/quant.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,8 +117,14 @@ uint32_t coe_dot_type(uint32_t type)
 
 /* ---- reference quantizers ---- */
 
+/* Rounded to nearest (ties to even); out-of-range and NaN values (from a damaged
+ * model's activations) saturate instead of being undefined. */
 static int nearest(float x)
 {
+    if (!(x > -2147483520.0f))
+        return x != x ? 0 : INT32_MIN;
+    if (!(x < 2147483520.0f))
+        return INT32_MAX;
     return (int)nearbyintf(x);
 }
 
@@ -154,7 +161,8 @@ static void quantize_q4_0(const float *x, coe_block_q4_0 *y, int64_t nb)
         float d = max / -8, id = d != 0 ? 1 / d : 0;
         y[i].d = coe_f32_to_f16(d);
         for (int j = 0; j < COE_QK / 2; j++) {
-            int lo = clampi((int)(x[j] * id + 8.5f), 0, 15), hi = clampi((int)(x[j + 16] * id + 8.5f), 0, 15);
+            int lo = clampi(nearest(floorf(x[j] * id + 8.5f)), 0, 15);
+            int hi = clampi(nearest(floorf(x[j + 16] * id + 8.5f)), 0, 15);
             y[i].qs[j] = (uint8_t)(lo | hi << 4);
         }
     }

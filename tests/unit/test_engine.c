@@ -107,6 +107,23 @@ static void test_quantize_round_trip(void **state)
     }
 }
 
+/* A damaged model can feed infinities and NaNs to the quantizers: they must give
+ * some codes, never undefined behaviour (the sanitizer suite checks). */
+static void test_quantize_hostile_values(void **state)
+{
+    (void)state;
+    float x[256], y[256];
+    uint8_t buf[256 * 4], act[256 * 4];
+    for (int i = 0; i < 256; i++)
+        x[i] = i % 4 == 0 ? INFINITY : i % 4 == 1 ? -INFINITY : i % 4 == 2 ? NAN : 3e38f;
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        coe_quantize_row(types[k], x, buf, 256);
+        coe_dequantize_row(types[k], buf, y, 256);
+        coe_quantize_row(coe_dot_type(types[k]), x, act, 256);
+    }
+    coe_quantize_row(COE_GGML_Q8_K, x, buf, 256);
+}
+
 /* The optimized dot (SIMD when the CPU has it, else portable C; the suite runs both)
  * against the naive reference, on the very same bits. */
 static void test_dots_match_reference(void **state)
@@ -644,6 +661,7 @@ int main(void)
         cmocka_unit_test(test_f16_round_trip),
         cmocka_unit_test(test_utf8_tail),
         cmocka_unit_test(test_quantize_round_trip),
+        cmocka_unit_test(test_quantize_hostile_values),
         cmocka_unit_test(test_dots_match_reference),
         cmocka_unit_test(test_threads_run_every_member),
         cmocka_unit_test(test_batching_llama),
