@@ -8,7 +8,9 @@ if [ -x /usr/local/cuda/bin/nvcc ] && ! command -v nvcc >/dev/null; then
     export PATH=/usr/local/cuda/bin:$PATH
 fi
 if [ -f "$build_dir/build.ninja" ]; then
-    meson setup --reconfigure "$build_dir" "$@" >/dev/null
+    meson setup --reconfigure "$build_dir" >/dev/null
+    # meson 1.0 ignores compiler options (c_args) given to setup --reconfigure.
+    [ $# -eq 0 ] || meson configure "$build_dir" "$@" >/dev/null
 else
     meson setup "$build_dir" "$@" >/dev/null
 fi
