@@ -105,8 +105,10 @@ static void run(coe_engine *e, int n, const int32_t *tok, coe_kv *const *seq, co
     coe_buf_free(&d);
 }
 
-/* Decodes steps tokens on each of n sequences together; tokens per second in all. */
-static double decode(coe_engine *e, const coe_model *m, int n, int prompt, int steps, float *logits)
+/* Decodes steps tokens on each of n sequences together; tokens per second in all.
+ * *bytes_per_step: the weight bytes one step read (distinct experts of the batch). */
+static double decode(coe_engine *e, const coe_model *m, int n, int prompt, int steps, float *logits,
+                     double *bytes_per_step)
 {
     coe_kv *kv[8];
     int32_t tok[512];
@@ -122,6 +124,7 @@ static double decode(coe_engine *e, const coe_model *m, int n, int prompt, int s
         run(e, prompt, tok, seq, want, logits);
     }
     double t0 = now();
+    unsigned long long b0 = coe_engine_weight_bytes(e);
     for (int step = 0; step < steps; step++) {
         for (int s = 0; s < n; s++) {
             tok[s] = random_token(m->n_vocab);
@@ -131,6 +134,8 @@ static double decode(coe_engine *e, const coe_model *m, int n, int prompt, int s
         run(e, n, tok, seq, want, logits);
     }
     double rate = (double)(n * steps) / (now() - t0);
+    if (bytes_per_step)
+        *bytes_per_step = (double)(coe_engine_weight_bytes(e) - b0) / steps;
     for (int s = 0; s < n; s++)
         coe_kv_free(&kv[s]);
     return rate;
@@ -180,13 +185,14 @@ int main(int argc, char **argv)
         pp = rate > pp ? rate : pp;
         coe_kv_free(&kv);
     }
-    decode(e, m, 1, 8, 8, logits); /* warm-up */
-    double one = 0, four = 0;
+    decode(e, m, 1, 8, 8, logits, NULL); /* warm-up */
+    double one = 0, four = 0, four_bytes = 0;
     for (int r = 0; r < 3; r++) {
-        double a = decode(e, m, 1, 32, 48, logits), b = decode(e, m, 4, 32, 48, logits);
+        double a = decode(e, m, 1, 32, 48, logits, NULL), b = decode(e, m, 4, 32, 48, logits, &four_bytes);
         one = a > one ? a : one;
         four = b > four ? b : four;
     }
+    double four_bound = 4 * bw * 1e9 / four_bytes;
     double bytes = (double)m->bytes_per_token, bound = bw * 1e9 / bytes;
     printf("## Local engine (%s, %d layers, embedding %d, %d experts top-%d, %s kernels, %d threads)\n\n",
            m->arch_name, m->n_layer, m->n_embd, m->n_expert, m->n_expert_used, coe_quant_kernels(),
@@ -198,6 +204,10 @@ int main(int argc, char **argv)
     printf("| prompt processing (256 tokens, one batch) | %.1f tokens/s | %.2fx the bound |\n", pp, pp / bound);
     printf("| decode, 1 sequence | %.2f tokens/s | **%.0f%% of the bound** |\n", one, 100 * one / bound);
     printf("| decode, 4 concurrent sequences | %.2f tokens/s | **%.2fx one sequence** |\n", four, four / one);
+    printf("| weight bytes one step of 4 sequences reads (their experts differ) | %.1f MB | %.2fx one token's |\n",
+           four_bytes / 1e6, four_bytes / bytes);
+    printf("| bandwidth bound for 4 sequences | %.2f tokens/s | %.2fx one sequence; reached %.0f%% |\n", four_bound,
+           four_bound / one, 100 * four / four_bound);
     free(logits);
     coe_engine_free(&e);
     coe_model_close(&m);

@@ -100,6 +100,7 @@ struct coe_engine {
     size_t xq_cap, xq_used;
     mm_item *items;
     int cap_items;
+    unsigned long long weight_bytes; /* weight bytes the products have read, in all */
 };
 
 const coe_model *coe_engine_model(const coe_engine *e)
@@ -110,6 +111,11 @@ const coe_model *coe_engine_model(const coe_engine *e)
 int coe_engine_n_ctx(const coe_engine *e)
 {
     return e->n_ctx;
+}
+
+unsigned long long coe_engine_weight_bytes(const coe_engine *e)
+{
+    return e->weight_bytes;
 }
 
 coe_engine *coe_engine_new(const coe_model *m, int n_threads, int n_ctx)
@@ -303,6 +309,7 @@ static void job_run(job_builder *jb)
     chunk = chunk < 1 ? 1 : chunk > 64 ? 64 : chunk;
     mm_job j = {e->items, jb->n, 0, (int)chunk, 0};
     for (int i = 0; i < jb->n; i++) {
+        e->weight_bytes += e->items[i].w->mat_bytes;
         e->items[i].first_chunk = j.n_chunks;
         j.n_chunks += (int)((e->items[i].w->rows + chunk - 1) / chunk);
     }

@@ -32,6 +32,10 @@ coe_engine *coe_engine_new(const coe_model *m, int n_threads, int n_ctx);
 void coe_engine_free(coe_engine **e);
 const coe_model *coe_engine_model(const coe_engine *e);
 int coe_engine_n_ctx(const coe_engine *e);
+/* Weight bytes the matrix products have read since the engine was made (each
+ * matrix once per call, however many tokens it served): the memory traffic a batch
+ * costs, for benchmarks. */
+unsigned long long coe_engine_weight_bytes(const coe_engine *e);
 
 typedef struct coe_batch {
     int n;                  /* tokens */
