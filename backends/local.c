@@ -320,14 +320,20 @@ out:
     call_unref(c);
 }
 
-/* Any thread, with c->mu held: makes sure a delivery is on its way. */
+static void drop_delivery(void *arg)
+{
+    call_unref(arg);
+}
+
+/* Any thread, with c->mu held: makes sure a delivery is on its way. Never after a
+ * cancel, which happens (under the same lock) before the loop may close. */
 static void post_locked(local_call *c)
 {
-    if (c->posted)
+    if (c->posted || atomic_load(&c->cancelled))
         return;
     atomic_fetch_add(&c->refs, 1);
     c->posted = true;
-    if (coe_loop_post(c->loop, deliver, c) != 0) {
+    if (coe_loop_post_or_drop(c->loop, deliver, drop_delivery, c) != 0) {
         c->posted = false;
         atomic_fetch_sub(&c->refs, 1); /* the loop is closing: nobody is left to tell */
     }
@@ -804,8 +810,11 @@ static void local_cancel(coe_loop *loop, void *call)
 {
     (void)loop;
     local_call *c = call;
+    /* Under the outbox lock: once this returns, the scheduler posts nothing more. It
+     * sees the flag before its next step and frees the sequence. */
+    pthread_mutex_lock(&c->mu);
     atomic_store(&c->cancelled, true);
-    /* The scheduler sees the flag before its next step and frees the sequence. */
+    pthread_mutex_unlock(&c->mu);
     loop_finished(c);
 }
 

@@ -18,6 +18,7 @@
 
 typedef struct task {
     coe_loop_fn fn;
+    coe_loop_fn drop; /* called instead of fn when the loop closes first, or NULL */
     void *arg;
     struct task *next;
 } task;
@@ -177,10 +178,16 @@ static long run_timers(coe_loop *l, long max_wait)
 
 int coe_loop_post(coe_loop *l, coe_loop_fn fn, void *arg)
 {
+    return coe_loop_post_or_drop(l, fn, NULL, arg);
+}
+
+int coe_loop_post_or_drop(coe_loop *l, coe_loop_fn fn, coe_loop_fn drop, void *arg)
+{
     task *t = malloc(sizeof *t);
     if (!t)
         return COE_ENOMEM;
     t->fn = fn;
+    t->drop = drop;
     t->arg = arg;
     t->next = NULL;
     pthread_mutex_lock(&l->mu);
@@ -248,6 +255,8 @@ static bool run_tasks(coe_loop *l, bool run)
         task *next = t->next;
         if (run && !stop)
             t->fn(t->arg);
+        else if (t->drop)
+            t->drop(t->arg);
         free(t);
         t = next;
     }

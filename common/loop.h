@@ -24,6 +24,9 @@ void coe_loop_close(coe_loop **loop);
 
 /* Any thread: runs fn(arg) soon on the loop thread. */
 int coe_loop_post(coe_loop *loop, coe_loop_fn fn, void *arg);
+/* The same, and if the loop is closed before fn runs, drop(arg) runs instead (on the
+ * closing thread), so that what arg holds is released. */
+int coe_loop_post_or_drop(coe_loop *loop, coe_loop_fn fn, coe_loop_fn drop, void *arg);
 /* Any thread but the loop's: runs fn(arg) on the loop thread and waits for it. */
 int coe_loop_call(coe_loop *loop, coe_loop_fn fn, void *arg);
 /* True on the loop's own thread. */

@@ -5,6 +5,7 @@ decoded together; a client hang-up that frees its sequence; config errors."""
 import json
 import os
 import re
+import signal
 import subprocess
 import tempfile
 import threading
@@ -204,6 +205,38 @@ class Local(unittest.TestCase):
         self.assertEqual(r.status, 400)
         r = post(self.gw.port, {"model": "qwen", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]})
         self.assertEqual(r.status, 400)
+
+
+class LocalLifecycle(unittest.TestCase):
+    """A local expert across a reload (a stream started before it finishes on the old
+    model, new requests use the new one) and a shutdown whose grace runs out mid-stream."""
+
+    def test_reload_then_bounded_shutdown(self):
+        with tempfile.TemporaryDirectory() as d:
+            slow = os.path.join(d, "slow.gguf")
+            forge(slow, "--arch", "olmoe", "--layers", "6", "--embd", "256", "--heads", "4", "--kv-heads", "4",
+                  "--ff", "256", "--experts", "8", "--experts-used", "2", "--context", "8192")
+            config = {"server": {"shutdown_grace_ms": 300},
+                      "experts": {"m": {"kind": "local", "path": slow, "context": 8192, "threads": 2}},
+                      "routes": {"auto": {"default": "m"}}}
+            with Gateway(config) as gw:
+                s = Stream(gw.port, chat_body("hi", model="m", stream=True, max_tokens=60, seed=1))
+                next(s.events())
+                config["experts"]["n"] = {"kind": "local", "path": slow, "context": 8192, "threads": 1}
+                gw.write_config(config)
+                gw.signal(signal.SIGHUP)
+                self.assertTrue(gw.wait_log(r"reloaded \(2 experts, 1 routes\)"))
+                self.assertEqual(post(gw.port, chat_body("hi", model="n", max_tokens=3)).status, 200)
+                text, chunks = content_of_stream(s.all())
+                s.close()
+                self.assertIn(chunks[-1]["choices"][0]["finish_reason"], ("length", "stop"))
+                # A stream that outlives the grace is cut, and the process still exits 0.
+                s = Stream(gw.port, chat_body("hi", model="n", stream=True, max_tokens=6000))
+                next(s.events())
+                t0 = time.monotonic()
+                self.assertEqual(gw.stop(), 0)
+                self.assertLess(time.monotonic() - t0, 5)
+                s.close()
 
 
 class LocalConfig(unittest.TestCase):
