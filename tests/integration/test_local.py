@@ -135,12 +135,13 @@ class Local(unittest.TestCase):
 
     def test_four_concurrent_streams(self):
         """Decoded together, each stream gives exactly what it gives alone."""
-        alone = {s: self.chat(model="slow", max_tokens=48, seed=s).json()["choices"][0]["message"]["content"]
+        # Long enough (~0.3 s each) that the four overlap even on a loaded machine.
+        alone = {s: self.chat(model="slow", max_tokens=200, seed=s).json()["choices"][0]["message"]["content"]
                  for s in range(4)}
         results = {}
 
         def run(seed):
-            events = self.chat(model="slow", stream=True, max_tokens=48, seed=seed)
+            events = self.chat(model="slow", stream=True, max_tokens=200, seed=seed)
             results[seed] = (events[-1][1], content_of_stream(events))
 
         threads = [threading.Thread(target=run, args=(s,)) for s in range(4)]

@@ -152,11 +152,15 @@ class Metrics(unittest.TestCase):
             self.assertEqual(post(gw.port, chat_body("fake: key=m2 chunks=4", model="b")).status, 200)
             self.assertEqual(post(gw.port, chat_body("x", model="nobody")).status, 404)
             # A request is counted once libmicrohttpd reports it complete, just after
-            # its last byte left; wait (bounded) until nothing is in flight.
+            # its last byte left (the client may read it first); wait (bounded) until
+            # all three are counted. Requests refused before dispatch (the 404) never
+            # count as in flight, so "nothing in flight" is not enough.
             deadline = time.monotonic() + 5
             while True:
                 m = request(gw.port, "GET", "/metrics")
-                if "coegate_inflight_requests 0" in m.body.decode() or time.monotonic() > deadline:
+                body = m.body.decode()
+                if ('coegate_request_duration_seconds_count{endpoint="chat_completions"} 3' in body
+                        and "coegate_inflight_requests 0" in body) or time.monotonic() > deadline:
                     break
                 time.sleep(0.01)
             self.assertEqual(m.status, 200)
