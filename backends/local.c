@@ -42,6 +42,7 @@ struct coe_local {
     coe_chat_family chat;
     coe_engine *engine;
     int n_ctx, max_batch, max_queue;
+    int max_token_bytes;   /* the longest token text, at least 1 */
     bool started;
     pthread_t thread;
     pthread_mutex_t mu;
@@ -591,6 +592,10 @@ int coe_local_open(coe_local **out, const coe_local_opts *o, bool start, coe_buf
             rc = COE_EUNSUPPORTED;
         }
     }
+    L->max_token_bytes = 1;
+    for (int i = 0; !rc && i < L->vocab.n; i++)
+        if (L->vocab.text[i].len > (uint64_t)L->max_token_bytes)
+            L->max_token_bytes = (int)(L->vocab.text[i].len < 4096 ? L->vocab.text[i].len : 4096);
     L->n_ctx = o->context > 0 ? o->context : L->model ? (L->model->n_ctx_train < 4096 ? L->model->n_ctx_train : 4096) : 0;
     L->max_batch = o->max_batch > 0 ? o->max_batch : 8;
     L->max_queue = o->max_queue >= 0 ? o->max_queue : 64;
@@ -718,6 +723,11 @@ static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_reque
         snprintf(err, errlen, "'n': local experts return one choice");
         return false;
     }
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(body, "tools");
+    if (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) {
+        snprintf(err, errlen, "'tools': local experts do not call tools");
+        return false;
+    }
     coe_sampling *s = &c->sampling;
     *s = coe_sampling_default();
     s->temperature = (float)number(body, "temperature", 1);
@@ -764,6 +774,13 @@ static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_reque
         }
         coe_buf_puts(&prompt, p->valuestring);
     }
+    /* No token covers more bytes than the vocabulary's longest: a prompt longer than
+     * the context times that is refused before the scheduler spends time on it. */
+    if (prompt.len / (size_t)e->local->max_token_bytes >= (size_t)e->local->n_ctx) {
+        snprintf(err, errlen, "the prompt is over this expert's context of %d tokens", e->local->n_ctx);
+        coe_buf_free(&prompt);
+        return false;
+    }
     c->prompt = prompt.data ? coe_buf_steal(&prompt) : strdup("");
     return c->prompt != NULL;
 }
@@ -789,7 +806,8 @@ static int local_start(coe_loop *loop, const coe_expert_cfg *e, const coe_reques
             call_unref(c);
             return COE_ENOMEM;
         }
-        fail_call(c, COE_FAIL_FINAL, 400, "%s", err);
+        /* What this expert cannot do another may: its fallbacks get the chance. */
+        fail_call(c, COE_FAIL_NEXT, 400, "%s", err);
         return 0;
     }
     pthread_mutex_lock(&L->mu);

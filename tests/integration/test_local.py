@@ -206,6 +206,16 @@ class Local(unittest.TestCase):
         self.assertEqual(r.status, 400)
         r = post(self.gw.port, {"model": "qwen", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]})
         self.assertEqual(r.status, 400)
+        r = post(self.gw.port, chat_body("hi", model="qwen", tools=[{"type": "function", "function": {"name": "f"}}]))
+        self.assertEqual(r.status, 400)
+        self.assertIn("tools", r.json()["error"]["message"])
+        # Over the context: refused, whether counted before or after tokenizing.
+        r = post(self.gw.port, chat_body("word " * 5000, model="qwen"))
+        self.assertEqual(r.status, 400)
+        self.assertIn("context", r.json()["error"]["message"])
+        r = post(self.gw.port, chat_body("x" * 3000000, model="qwen"))
+        self.assertEqual(r.status, 400)
+        self.assertIn("context", r.json()["error"]["message"])
 
 
 class LocalLifecycle(unittest.TestCase):
