@@ -9,6 +9,7 @@
 #include "common/cli.h"
 #include "common/err.h"
 #include "common/gguf.h"
+#include "common/rand.h"
 #include "experts/quant.h"
 
 coe_forge_spec coe_forge_small(coe_arch arch)
@@ -22,22 +23,6 @@ coe_forge_spec coe_forge_small(coe_arch arch)
     if (arch == COE_ARCH_QWEN3MOE)
         s.head_dim = 32;
     return s;
-}
-
-/* ---- random numbers: splitmix64, so a seed gives the same model everywhere ---- */
-
-static uint64_t mix(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-/* Uniform in [-a, a). */
-static float uni(uint64_t *x, float a)
-{
-    return (float)((double)(mix(x) >> 40) * 0x1.0p-24 * 2 - 1) * a;
 }
 
 /* ---- the vocabulary: control tokens, 256 byte tokens, then word pieces ---- */
@@ -204,7 +189,7 @@ static void tensor(forge *f, const char *name, uint32_t type, int64_t cols, int6
     }
     for (size_t r = 0; r < n_rows; r++) {
         for (int64_t c = 0; c < cols; c++)
-            row[c] = center + uni(&f->rng, a);
+            row[c] = center + coe_uniform(&f->rng, a);
         coe_quantize_row(type, row, data + r * row_bytes, cols);
     }
     free(row);

@@ -659,59 +659,68 @@ AVX2 static float dot_bf16_avx2(const void *w, const void *x, int64_t n)
     return s;
 }
 
-/* Two blocks per iteration into two accumulators, scales converted by F16C. */
-AVX2 static float dot_q8_0_avx2(const void *w, const void *x, int64_t n)
+/* Q8_0 against Q8_0. PAIRS(aa, s) sums the products of |a| (unsigned) and b signed
+ * as a into 8 int32 lanes: AVX2 does it with maddubs and madd, AVX-512 VNNI with one
+ * vpdpbusd. Integer sums are exact, so every variant gives the same bits. Blocks go to
+ * even and odd float sums (two dependency chains); the four-row kernel loads and makes
+ * absolute each weight block once for four activation rows, with the same sums in
+ * the same order, so batched and single products agree to the bit. */
+AVX2 static inline __m256i pairs_avx2(__m256i aa, __m256i s)
 {
-    const coe_block_q8_0 *a = w, *b = x;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
-    int64_t nb = n / COE_QK, i = 0;
-    for (; i + 1 < nb; i += 2) {
-        __m256 d0 = _mm256_set1_ps(_cvtsh_ss(a[i].d) * _cvtsh_ss(b[i].d));
-        __m256 d1 = _mm256_set1_ps(_cvtsh_ss(a[i + 1].d) * _cvtsh_ss(b[i + 1].d));
-        __m256 p0 = mul_i8(_mm256_loadu_si256((const __m256i *)a[i].qs), _mm256_loadu_si256((const __m256i *)b[i].qs));
-        __m256 p1 = mul_i8(_mm256_loadu_si256((const __m256i *)a[i + 1].qs),
-                           _mm256_loadu_si256((const __m256i *)b[i + 1].qs));
-        acc0 = _mm256_fmadd_ps(d0, p0, acc0);
-        acc1 = _mm256_fmadd_ps(d1, p1, acc1);
-    }
-    for (; i < nb; i++) {
-        __m256 d = _mm256_set1_ps(_cvtsh_ss(a[i].d) * _cvtsh_ss(b[i].d));
-        acc0 = _mm256_fmadd_ps(d, mul_i8(_mm256_loadu_si256((const __m256i *)a[i].qs),
-                                         _mm256_loadu_si256((const __m256i *)b[i].qs)), acc0);
-    }
-    return hsum8(_mm256_add_ps(acc0, acc1));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(aa, s), _mm256_set1_epi16(1));
 }
 
-/* One weight row against four activation rows: each weight block is loaded and
- * made absolute once for the four (batched decode and prompts). Even and odd blocks
- * go to separate sums exactly as in dot_q8_0_avx2, so the results are the same bits. */
-AVX2 static void dot4_q8_0_avx2(const void *w, const void *x, size_t stride, int64_t n, float *out)
+#define VNNI __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
+
+VNNI static inline __m256i pairs_vnni(__m256i aa, __m256i s)
 {
-    const coe_block_q8_0 *a = w, *b[4];
-    for (int t = 0; t < 4; t++)
-        b[t] = (const coe_block_q8_0 *)((const uint8_t *)x + (size_t)t * stride);
-    __m256 even[4], odd[4];
-    for (int t = 0; t < 4; t++)
-        even[t] = odd[t] = _mm256_setzero_ps();
-    const __m256i ones = _mm256_set1_epi16(1);
-    int64_t nb = n / COE_QK;
-    for (int64_t i = 0; i < nb; i++) {
-        __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs), aa = _mm256_sign_epi8(qa, qa);
-        float dw = _cvtsh_ss(a[i].d);
-        bool to_odd = i & 1; /* an odd count's last block is even-numbered: the even sums, as there */
-        for (int t = 0; t < 4; t++) {
-            __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)b[t][i].qs), qa);
-            __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(aa, s), ones));
-            __m256 d = _mm256_set1_ps(dw * _cvtsh_ss(b[t][i].d));
-            if (to_odd)
-                odd[t] = _mm256_fmadd_ps(d, p, odd[t]);
-            else
-                even[t] = _mm256_fmadd_ps(d, p, even[t]);
-        }
-    }
-    for (int t = 0; t < 4; t++)
-        out[t] = hsum8(_mm256_add_ps(even[t], odd[t]));
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), aa, s);
 }
+
+#define Q8_0_DOTS(ATTR, NAME, PAIRS)                                                                                   \
+    ATTR static inline __m256 block_q8_0_##NAME(const coe_block_q8_0 *a, const coe_block_q8_0 *b, __m256 sum)      \
+    {                                                                                                                  \
+        __m256i qa = _mm256_loadu_si256((const __m256i *)a->qs);                                                       \
+        __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)b->qs), qa);                                  \
+        __m256 p = _mm256_cvtepi32_ps(PAIRS(_mm256_sign_epi8(qa, qa), s));                                             \
+        return _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(a->d) * _cvtsh_ss(b->d)), p, sum);                             \
+    }                                                                                                                  \
+    ATTR static float dot_q8_0_##NAME(const void *w, const void *x, int64_t n)                                        \
+    {                                                                                                                  \
+        const coe_block_q8_0 *a = w, *b = x;                                                                           \
+        __m256 even = _mm256_setzero_ps(), odd = even;                                                                 \
+        int64_t nb = n / COE_QK, i = 0;                                                                                \
+        for (; i + 1 < nb; i += 2) {                                                                                   \
+            even = block_q8_0_##NAME(a + i, b + i, even);                                                              \
+            odd = block_q8_0_##NAME(a + i + 1, b + i + 1, odd);                                                        \
+        }                                                                                                              \
+        if (i < nb)                                                                                                    \
+            even = block_q8_0_##NAME(a + i, b + i, even);                                                              \
+        return hsum8(_mm256_add_ps(even, odd));                                                                        \
+    }                                                                                                                  \
+    ATTR static void dot4_q8_0_##NAME(const void *w, const void *x, size_t stride, int64_t n, float *out)             \
+    {                                                                                                                  \
+        const coe_block_q8_0 *a = w, *b[4];                                                                            \
+        __m256 sum[4][2];                                                                                              \
+        for (int t = 0; t < 4; t++) {                                                                                  \
+            b[t] = (const coe_block_q8_0 *)((const uint8_t *)x + (size_t)t * stride);                                  \
+            sum[t][0] = sum[t][1] = _mm256_setzero_ps();                                                               \
+        }                                                                                                              \
+        for (int64_t i = 0; i < n / COE_QK; i++) {                                                                     \
+            __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs), aa = _mm256_sign_epi8(qa, qa);                  \
+            float dw = _cvtsh_ss(a[i].d);                                                                              \
+            for (int t = 0; t < 4; t++) {                                                                              \
+                __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)b[t][i].qs), qa);                     \
+                __m256 p = _mm256_cvtepi32_ps(PAIRS(aa, s));                                                           \
+                sum[t][i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(b[t][i].d)), p, sum[t][i & 1]);          \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (int t = 0; t < 4; t++)                                                                                    \
+            out[t] = hsum8(_mm256_add_ps(sum[t][0], sum[t][1]));                                                       \
+    }
+
+Q8_0_DOTS(AVX2, avx2, pairs_avx2)
+Q8_0_DOTS(VNNI, vnni, pairs_vnni)
 
 AVX2 static float dot_q4_0_avx2(const void *w, const void *x, int64_t n)
 {
@@ -727,66 +736,6 @@ AVX2 static float dot_q4_0_avx2(const void *w, const void *x, int64_t n)
         acc = _mm256_fmadd_ps(d, mul_i8(qa, _mm256_loadu_si256((const __m256i *)b[i].qs)), acc);
     }
     return hsum8(acc);
-}
-
-/* The same two kernels where the CPU has AVX-512 VNNI: vpdpbusd does the
- * multiply-add of bytes in one instruction. Integer sums are exact either way, so
- * the results are the same bits as the AVX2 kernels'. */
-#define VNNI __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
-
-VNNI static inline __m256 mul_i8_vnni(__m256i a, __m256i b)
-{
-    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a)));
-}
-
-VNNI static float dot_q8_0_vnni(const void *w, const void *x, int64_t n)
-{
-    const coe_block_q8_0 *a = w, *b = x;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
-    int64_t nb = n / COE_QK, i = 0;
-    for (; i + 1 < nb; i += 2) {
-        __m256 d0 = _mm256_set1_ps(_cvtsh_ss(a[i].d) * _cvtsh_ss(b[i].d));
-        __m256 d1 = _mm256_set1_ps(_cvtsh_ss(a[i + 1].d) * _cvtsh_ss(b[i + 1].d));
-        __m256 p0 = mul_i8_vnni(_mm256_loadu_si256((const __m256i *)a[i].qs),
-                                _mm256_loadu_si256((const __m256i *)b[i].qs));
-        __m256 p1 = mul_i8_vnni(_mm256_loadu_si256((const __m256i *)a[i + 1].qs),
-                                _mm256_loadu_si256((const __m256i *)b[i + 1].qs));
-        acc0 = _mm256_fmadd_ps(d0, p0, acc0);
-        acc1 = _mm256_fmadd_ps(d1, p1, acc1);
-    }
-    for (; i < nb; i++) {
-        __m256 d = _mm256_set1_ps(_cvtsh_ss(a[i].d) * _cvtsh_ss(b[i].d));
-        acc0 = _mm256_fmadd_ps(d, mul_i8_vnni(_mm256_loadu_si256((const __m256i *)a[i].qs),
-                                              _mm256_loadu_si256((const __m256i *)b[i].qs)), acc0);
-    }
-    return hsum8(_mm256_add_ps(acc0, acc1));
-}
-
-VNNI static void dot4_q8_0_vnni(const void *w, const void *x, size_t stride, int64_t n, float *out)
-{
-    const coe_block_q8_0 *a = w, *b[4];
-    for (int t = 0; t < 4; t++)
-        b[t] = (const coe_block_q8_0 *)((const uint8_t *)x + (size_t)t * stride);
-    __m256 even[4], odd[4];
-    for (int t = 0; t < 4; t++)
-        even[t] = odd[t] = _mm256_setzero_ps();
-    int64_t nb = n / COE_QK;
-    for (int64_t i = 0; i < nb; i++) {
-        __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs), aa = _mm256_sign_epi8(qa, qa);
-        float dw = _cvtsh_ss(a[i].d);
-        bool to_odd = i & 1;
-        for (int t = 0; t < 4; t++) {
-            __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)b[t][i].qs), qa);
-            __m256 p = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), aa, s));
-            __m256 d = _mm256_set1_ps(dw * _cvtsh_ss(b[t][i].d));
-            if (to_odd)
-                odd[t] = _mm256_fmadd_ps(d, p, odd[t]);
-            else
-                even[t] = _mm256_fmadd_ps(d, p, even[t]);
-        }
-    }
-    for (int t = 0; t < 4; t++)
-        out[t] = hsum8(_mm256_add_ps(even[t], odd[t]));
 }
 
 /* The K-quant dots compiled for AVX2: the same C, vectorized by the compiler. */
@@ -811,6 +760,8 @@ static void pick_dots(void)
     __builtin_cpu_init();
     /* COEGATE_NO_SIMD=1 forces the portable kernels, =vnni only leaves VNNI out (tests run each path). */
     const char *no = getenv("COEGATE_NO_SIMD");
+    if (no && !*no)
+        no = NULL;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && (!no || strcmp(no, "vnni") == 0)) {
         dots.f32 = dot_f32_avx2, dots.f16 = dot_f16_avx2, dots.bf16 = dot_bf16_avx2, dots.q8_0 = dot_q8_0_avx2;
         dots.q4_0 = dot_q4_0_avx2, dots.q4_k = dot_q4_k_avx2, dots.q5_k = dot_q5_k_avx2, dots.q6_k = dot_q6_k_avx2;

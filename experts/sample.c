@@ -5,21 +5,14 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/rand.h"
 
 coe_sampling coe_sampling_default(void)
 {
     return (coe_sampling){.temperature = 1, .top_p = 1};
 }
 
-/* xoshiro256** seeded through splitmix64: fast, and the same stream for a seed everywhere. */
-static uint64_t splitmix(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
+/* xoshiro256**, seeded through splitmix64: fast, and the same stream for a seed everywhere. */
 static uint64_t rotl(uint64_t x, int k)
 {
     return (x << k) | (x >> (64 - k));
@@ -50,7 +43,7 @@ int coe_sampler_init(coe_sampler *s, const coe_sampling *p, int n_vocab)
     s->n_vocab = n_vocab;
     uint64_t x = p->seed;
     for (int i = 0; i < 4; i++)
-        s->rng[i] = splitmix(&x);
+        s->rng[i] = coe_splitmix64(&x);
     s->count = calloc((size_t)n_vocab, sizeof *s->count);
     s->work = malloc((size_t)n_vocab * sizeof *s->work);
     s->order = malloc((size_t)n_vocab * sizeof *s->order);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/rand.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -27,19 +28,6 @@ coe_train_params coe_train_defaults(void)
     return p;
 }
 
-/* splitmix64: small, fast, and the same everywhere. */
-static uint64_t next_rand(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static float uniform(uint64_t *s, float a)
-{
-    return ((float)(next_rand(s) >> 40) / (float)(1ull << 24) * 2.0f - 1.0f) * a;
-}
 
 /* Every row's features, computed once. */
 typedef struct featurized {
@@ -155,13 +143,13 @@ int coe_router_train(const coe_dataset *train, const coe_dataset *dev, const coe
     uint64_t rng = tp->seed * 0x9e3779b97f4a7c15ULL + 1;
     /* Small uniform embeddings; Glorot-uniform layers; zero biases. */
     for (size_t i = 0; i < n_embd; i++)
-        m->embd[i] = uniform(&rng, 1.0f / (float)d);
+        m->embd[i] = coe_uniform(&rng, 1.0f / (float)d);
     float a1 = sqrtf(6.0f / (float)(d + (H ? H : 1)));
     for (size_t i = 0; i < (size_t)H * (size_t)d; i++)
-        m->w1[i] = uniform(&rng, a1);
+        m->w1[i] = coe_uniform(&rng, a1);
     float a2 = sqrtf(6.0f / (float)(Z + C));
     for (size_t i = 0; i < (size_t)C * (size_t)Z; i++)
-        m->w2[i] = uniform(&rng, a2);
+        m->w2[i] = coe_uniform(&rng, a2);
     /* The dense weights (w1, b1, w2, b2) follow the embedding in the model's block, in
      * the order of gdense; without a hidden layer w1 and b1 are empty. */
     float *dense = m->w1;
@@ -176,7 +164,7 @@ int coe_router_train(const coe_dataset *train, const coe_dataset *dev, const coe
     int best_epoch = 0;
     for (int epoch = 1; epoch <= tp->max_epochs; epoch++) {
         for (size_t i = train->n - 1; i > 0; i--) {
-            size_t j = (size_t)(next_rand(&rng) % (i + 1));
+            size_t j = (size_t)(coe_splitmix64(&rng) % (i + 1));
             size_t t = order[i];
             order[i] = order[j];
             order[j] = t;
@@ -197,7 +185,7 @@ int coe_router_train(const coe_dataset *train, const coe_dataset *dev, const coe
                     drop.n = 0;
                     uint64_t keep_below = (uint64_t)((1.0f - tp->feature_dropout) * 16777216.0f);
                     for (size_t i = 0; i < f->n; i++)
-                        if ((next_rand(&rng) >> 40) < keep_below || (i + 1 == f->n && drop.n == 0)) {
+                        if ((coe_splitmix64(&rng) >> 40) < keep_below || (i + 1 == f->n && drop.n == 0)) {
                             drop.ids[drop.n] = f->ids[i];
                             drop.w[drop.n++] = f->w[i];
                         }
