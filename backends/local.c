@@ -172,16 +172,10 @@ static void logprobs_json(local_call *c, coe_buf *b, const tok_rec *recs, int n)
         coe_buf_puts(b, "{\"content\":[");
         for (int i = 0; i < n; i++) {
             coe_buf_puts(b, i ? ",{\"token\":" : "{\"token\":");
-            json_token(b, v, recs[i].id, false);
+            json_token(b, v, recs[i].id, true);
             coe_buf_puts(b, ",\"logprob\":");
             json_float(b, recs[i].logprob);
-            coe_buf_puts(b, ",\"bytes\":[");
-            coe_buf t = COE_BUF_INIT;
-            coe_token_bytes(v, recs[i].id, &t);
-            for (size_t k = 0; k < t.len; k++)
-                coe_buf_printf(b, "%s%u", k ? "," : "", (unsigned char)t.data[k]);
-            coe_buf_free(&t);
-            coe_buf_puts(b, "],\"top_logprobs\":[");
+            coe_buf_puts(b, ",\"top_logprobs\":[");
             for (int k = 0; k < recs[i].n_top; k++) {
                 coe_buf_puts(b, k ? ",{\"token\":" : "{\"token\":");
                 json_token(b, v, recs[i].top_id[k], true);

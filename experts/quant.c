@@ -1,6 +1,7 @@
 #include "experts/quant.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -503,55 +504,50 @@ static float dot_q4_0(const void *w, const void *x, int64_t n)
 }
 
 /* The K-quant dots are integer sums per sub-block, written so the compiler vectorizes
- * them; the mins come out of the activation's per-16 sums (bsums). */
-static float dot_q4_k(const void *w, const void *x, int64_t n)
+ * them; the mins come out of the activation's per-16 sums (bsums). Q4_K and Q5_K
+ * differ only in Q5_K's fifth bits (qh). */
+static inline float dot_k4(const uint8_t *w, bool five, const void *x, int64_t n)
 {
-    const coe_block_q4_k *a = w;
     const coe_block_q8_k *b = x;
+    const size_t block_bytes = five ? sizeof(coe_block_q5_k) : sizeof(coe_block_q4_k);
+    const size_t qs_at = five ? offsetof(coe_block_q5_k, qs) : offsetof(coe_block_q4_k, qs);
     float s = 0;
-    for (int64_t i = 0; i < n / COE_QKK; i++) {
+    for (int64_t i = 0; i < n / COE_QKK; i++, w += block_bytes) {
+        const coe_block_q4_k *head = (const coe_block_q4_k *)w; /* d, dmin and scales lie alike in both */
+        const uint8_t *qs = w + qs_at, *qh = five ? w + offsetof(coe_block_q5_k, qh) : NULL;
         int sumi = 0, summ = 0;
         for (int c = 0; c < 4; c++) {
             int sc0, m0, sc1, m1, lo = 0, hi = 0;
-            scale_min_k4(2 * c, a[i].scales, &sc0, &m0);
-            scale_min_k4(2 * c + 1, a[i].scales, &sc1, &m1);
-            const uint8_t *q = a[i].qs + 32 * c;
+            scale_min_k4(2 * c, head->scales, &sc0, &m0);
+            scale_min_k4(2 * c + 1, head->scales, &sc1, &m1);
+            const uint8_t *q = qs + 32 * c;
             const int8_t *y = b[i].qs + 64 * c;
-            for (int l = 0; l < 32; l++) {
-                lo += (q[l] & 15) * y[l];
-                hi += (q[l] >> 4) * y[l + 32];
-            }
+            if (qh)
+                for (int l = 0; l < 32; l++) {
+                    lo += ((q[l] & 15) | ((qh[l] >> (2 * c)) & 1) << 4) * y[l];
+                    hi += ((q[l] >> 4) | ((qh[l] >> (2 * c + 1)) & 1) << 4) * y[l + 32];
+                }
+            else
+                for (int l = 0; l < 32; l++) {
+                    lo += (q[l] & 15) * y[l];
+                    hi += (q[l] >> 4) * y[l + 32];
+                }
             sumi += sc0 * lo + sc1 * hi;
             summ += m0 * (b[i].bsums[4 * c] + b[i].bsums[4 * c + 1]) + m1 * (b[i].bsums[4 * c + 2] + b[i].bsums[4 * c + 3]);
         }
-        s += b[i].d * (coe_f16_to_f32(a[i].d) * (float)sumi - coe_f16_to_f32(a[i].dmin) * (float)summ);
+        s += b[i].d * (coe_f16_to_f32(head->d) * (float)sumi - coe_f16_to_f32(head->dmin) * (float)summ);
     }
     return s;
 }
 
+static float dot_q4_k(const void *w, const void *x, int64_t n)
+{
+    return dot_k4(w, false, x, n);
+}
+
 static float dot_q5_k(const void *w, const void *x, int64_t n)
 {
-    const coe_block_q5_k *a = w;
-    const coe_block_q8_k *b = x;
-    float s = 0;
-    for (int64_t i = 0; i < n / COE_QKK; i++) {
-        int sumi = 0, summ = 0;
-        for (int c = 0; c < 4; c++) {
-            int sc0, m0, sc1, m1, lo = 0, hi = 0;
-            scale_min_k4(2 * c, a[i].scales, &sc0, &m0);
-            scale_min_k4(2 * c + 1, a[i].scales, &sc1, &m1);
-            const uint8_t *q = a[i].qs + 32 * c, *qh = a[i].qh;
-            const int8_t *y = b[i].qs + 64 * c;
-            for (int l = 0; l < 32; l++) {
-                lo += ((q[l] & 15) | ((qh[l] >> (2 * c)) & 1) << 4) * y[l];
-                hi += ((q[l] >> 4) | ((qh[l] >> (2 * c + 1)) & 1) << 4) * y[l + 32];
-            }
-            sumi += sc0 * lo + sc1 * hi;
-            summ += m0 * (b[i].bsums[4 * c] + b[i].bsums[4 * c + 1]) + m1 * (b[i].bsums[4 * c + 2] + b[i].bsums[4 * c + 3]);
-        }
-        s += b[i].d * (coe_f16_to_f32(a[i].d) * (float)sumi - coe_f16_to_f32(a[i].dmin) * (float)summ);
-    }
-    return s;
+    return dot_k4(w, true, x, n);
 }
 
 static float dot_q6_k(const void *w, const void *x, int64_t n)

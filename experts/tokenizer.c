@@ -313,20 +313,93 @@ static bigram heap_pop(heap *h)
     return top;
 }
 
-static int try_bigram(const coe_vocab *v, const char *s, const symbol *sym, int left, int right, heap *h)
+/* The score of merging two adjacent symbols into one, or false when they do not
+ * merge: SentencePiece takes the joined token's score, BPE minus the merge's rank. */
+typedef bool (*pair_score_fn)(const coe_vocab *v, const char *s, const symbol *l, const symbol *r, coe_buf *key,
+                              float *score);
+
+static bool spm_score(const coe_vocab *v, const char *s, const symbol *l, const symbol *r, coe_buf *key, float *score)
 {
-    if (left < 0 || right < 0)
+    (void)key;
+    int id = coe_vocab_find(v, s + l->at, l->len + r->len);
+    if (id >= 0)
+        *score = v->score[id];
+    return id >= 0;
+}
+
+static int find_merge(const coe_vocab *v, const char *s, size_t n);
+
+static bool bpe_score(const coe_vocab *v, const char *s, const symbol *l, const symbol *r, coe_buf *key, float *score)
+{
+    coe_buf_reset(key);
+    coe_buf_append(key, s + l->at, l->len);
+    coe_buf_puts(key, " ");
+    coe_buf_append(key, s + r->at, r->len);
+    int rank = find_merge(v, key->data, key->len);
+    if (rank >= 0)
+        *score = -(float)rank;
+    return rank >= 0;
+}
+
+static int try_pair(const coe_vocab *v, const char *s, const symbol *sym, int left, int right, heap *h, coe_buf *key,
+                    pair_score_fn score_of)
+{
+    float score;
+    if (left < 0 || right < 0 || !score_of(v, s, &sym[left], &sym[right], key, &score))
         return 0;
-    size_t len = sym[left].len + sym[right].len;
-    int id = coe_vocab_find(v, s + sym[left].at, len);
-    if (id < 0)
-        return 0;
-    return heap_push(h, (bigram){left, right, v->score[id], len});
+    return heap_push(h, (bigram){left, right, score, sym[left].len + sym[right].len});
 }
 
 static size_t utf8_len(unsigned char c)
 {
     return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+}
+
+/* Splits s into one symbol per UTF-8 character (as llama.cpp: by the lead byte), then
+ * merges the best-scored adjacent pair (leftmost on ties) until none merges. Returns
+ * the symbols (caller frees), the first at index 0 and linked by next; NULL when out
+ * of memory. */
+static symbol *merge_symbols(const coe_vocab *v, const char *s, size_t len, pair_score_fn score_of)
+{
+    symbol *sym = malloc((len + 1) * sizeof *sym);
+    heap h = {0};
+    coe_buf key = COE_BUF_INIT;
+    int rc = sym ? 0 : COE_ENOMEM;
+    int n_sym = 0;
+    for (size_t i = 0; i < len && !rc;) {
+        size_t k = utf8_len((unsigned char)s[i]);
+        if (i + k > len)
+            k = len - i;
+        sym[n_sym] = (symbol){n_sym - 1, -1, i, k};
+        if (n_sym > 0)
+            sym[n_sym - 1].next = n_sym;
+        n_sym++;
+        i += k;
+    }
+    if (sym && n_sym == 0)
+        sym[0] = (symbol){-1, -1, 0, 0};
+    for (int i = 1; i < n_sym && !rc; i++)
+        rc = try_pair(v, s, sym, i - 1, i, &h, &key, score_of);
+    while (!rc && h.n > 0) {
+        bigram b = heap_pop(&h);
+        symbol *l = &sym[b.left], *r = &sym[b.right];
+        if (l->len == 0 || r->len == 0 || l->len + r->len != b.len)
+            continue; /* stale: one side has changed since */
+        l->len += r->len;
+        r->len = 0;
+        l->next = r->next;
+        if (r->next >= 0)
+            sym[r->next].prev = b.left;
+        if (!(rc = try_pair(v, s, sym, l->prev, b.left, &h, &key, score_of)))
+            rc = try_pair(v, s, sym, b.left, l->next, &h, &key, score_of);
+    }
+    free(h.v);
+    coe_buf_free(&key);
+    if (rc) {
+        free(sym);
+        return NULL;
+    }
+    return sym;
 }
 
 static int spm(const coe_vocab *v, const char *text, size_t n, bool prefix, int32_t **out, size_t *n_out,
@@ -341,36 +414,9 @@ static int spm(const coe_vocab *v, const char *text, size_t n, bool prefix, int3
             coe_buf_puts(&s, "\xE2\x96\x81");
         else
             coe_buf_append(&s, text + i, 1);
-    symbol *sym = malloc((s.len + 1) * sizeof *sym);
-    heap h = {0};
+    symbol *sym = merge_symbols(v, s.data ? s.data : "", s.len, spm_score);
     int rc = sym ? 0 : COE_ENOMEM;
-    int n_sym = 0;
-    for (size_t i = 0; i < s.len && !rc;) {
-        size_t k = utf8_len((unsigned char)s.data[i]);
-        if (i + k > s.len)
-            k = s.len - i;
-        sym[n_sym] = (symbol){n_sym - 1, -1, i, k};
-        if (n_sym > 0)
-            sym[n_sym - 1].next = n_sym;
-        n_sym++;
-        i += k;
-    }
-    for (int i = 1; i < n_sym && !rc; i++)
-        rc = try_bigram(v, s.data, sym, i - 1, i, &h);
-    while (!rc && h.n > 0) {
-        bigram b = heap_pop(&h);
-        symbol *l = &sym[b.left], *r = &sym[b.right];
-        if (l->len == 0 || r->len == 0 || l->len + r->len != b.len)
-            continue; /* stale: one side has changed since */
-        l->len += r->len;
-        r->len = 0;
-        l->next = r->next;
-        if (r->next >= 0)
-            sym[r->next].prev = b.left;
-        if (!(rc = try_bigram(v, s.data, sym, l->prev, b.left, &h)))
-            rc = try_bigram(v, s.data, sym, b.left, l->next, &h);
-    }
-    for (int i = 0; i >= 0 && i < n_sym && !rc; i = sym[i].next) {
+    for (int i = 0; i >= 0 && s.len && !rc; i = sym[i].next) {
         int id = coe_vocab_find(v, s.data + sym[i].at, sym[i].len);
         if (id >= 0) {
             rc = push(out, n_out, cap, id);
@@ -382,7 +428,6 @@ static int spm(const coe_vocab *v, const char *text, size_t n, bool prefix, int3
         }
     }
     free(sym);
-    free(h.v);
     coe_buf_free(&s);
     return rc;
 }
@@ -634,24 +679,12 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     return rc;
 }
 
-static int try_merge(const coe_vocab *v, const char *s, const symbol *sym, int left, int right, heap *h, coe_buf *key)
-{
-    if (left < 0 || right < 0)
-        return 0;
-    coe_buf_reset(key);
-    coe_buf_append(key, s + sym[left].at, sym[left].len);
-    coe_buf_puts(key, " ");
-    coe_buf_append(key, s + sym[right].at, sym[right].len);
-    int rank = find_merge(v, key->data, key->len);
-    if (rank < 0)
-        return 0;
-    return heap_push(h, (bigram){left, right, -(float)rank, sym[left].len + sym[right].len});
-}
-
 /* One pre-tokenized piece: bytes to GPT-2's alphabet, then merges by rank. */
 static int bpe_word(const coe_vocab *v, const char *bytes, size_t n, int32_t **out, size_t *n_out, size_t *cap)
 {
-    coe_buf s = COE_BUF_INIT, key = COE_BUF_INIT;
+    if (n == 0)
+        return 0;
+    coe_buf s = COE_BUF_INIT;
     for (size_t i = 0; i < n; i++) {
         char u[4];
         coe_buf_append(&s, u, coe_utf8_encode((uint32_t)v->byte_char[(unsigned char)bytes[i]], u));
@@ -663,35 +696,9 @@ static int bpe_word(const coe_vocab *v, const char *bytes, size_t n, int32_t **o
         coe_buf_free(&s);
         return rc;
     }
-    symbol *sym = malloc((n + 1) * sizeof *sym);
-    heap h = {0};
+    symbol *sym = merge_symbols(v, s.data, s.len, bpe_score);
     rc = sym ? 0 : COE_ENOMEM;
-    int n_sym = 0;
-    for (size_t i = 0; i < s.len && !rc;) {
-        size_t k;
-        coe_utf8_decode(s.data + i, s.len - i, &k);
-        sym[n_sym] = (symbol){n_sym - 1, -1, i, k};
-        if (n_sym > 0)
-            sym[n_sym - 1].next = n_sym;
-        n_sym++;
-        i += k;
-    }
-    for (int i = 1; i < n_sym && !rc; i++)
-        rc = try_merge(v, s.data, sym, i - 1, i, &h, &key);
-    while (!rc && h.n > 0) {
-        bigram b = heap_pop(&h);
-        symbol *l = &sym[b.left], *r = &sym[b.right];
-        if (l->len == 0 || r->len == 0 || l->len + r->len != b.len)
-            continue;
-        l->len += r->len;
-        r->len = 0;
-        l->next = r->next;
-        if (r->next >= 0)
-            sym[r->next].prev = b.left;
-        if (!(rc = try_merge(v, s.data, sym, l->prev, b.left, &h, &key)))
-            rc = try_merge(v, s.data, sym, b.left, l->next, &h, &key);
-    }
-    for (int i = 0; i >= 0 && i < n_sym && !rc; i = sym[i].next) {
+    for (int i = 0; i >= 0 && !rc; i = sym[i].next) {
         int id = coe_vocab_find(v, s.data + sym[i].at, sym[i].len);
         if (id >= 0) {
             rc = push(out, n_out, cap, id);
@@ -708,9 +715,7 @@ static int bpe_word(const coe_vocab *v, const char *bytes, size_t n, int32_t **o
         }
     }
     free(sym);
-    free(h.v);
     coe_buf_free(&s);
-    coe_buf_free(&key);
     return rc;
 }
 

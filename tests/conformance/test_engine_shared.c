@@ -123,16 +123,26 @@ static float *run_prompt(fixture *f, coe_kv *kv, const int32_t *ids, int n)
     return logits;
 }
 
+/* The model, the reference for prompt p ("p1", "p2") and its tokens, which the
+ * model's own tokenizer must give too. */
+static cJSON *open_case(fixture *f, const char *name, const char *p, int32_t **ids, int *n)
+{
+    open_model(f, name);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/conformance/ref/%s.%s.json", shared, name, p);
+    cJSON *j = load_json(path);
+    *ids = json_tokens(j, n);
+    check_prompt_tokens(f, j, *ids, *n);
+    return j;
+}
+
 static void check_p1(const char *name, double tol)
 {
     fixture f = {0};
-    open_model(&f, name);
-    char path[4096];
-    snprintf(path, sizeof path, "%s/conformance/ref/%s.p1.json", shared, name);
-    cJSON *j = load_json(path);
     int n;
-    int32_t *ids = json_tokens(j, &n);
-    check_prompt_tokens(&f, j, ids, n);
+    int32_t *ids;
+    cJSON *j = open_case(&f, name, "p1", &ids, &n);
+    char path[4096];
     snprintf(path, sizeof path, "%s/conformance/ref/%s.p1.logits.f32", shared, name);
     coe_buf ref = COE_BUF_INIT;
     assert_int_equal(coe_buf_read_file(&ref, path, 256u << 20, NULL), 0);
@@ -175,13 +185,9 @@ static int argmax(const float *x, int n)
 static void check_p2(const char *name, double tol)
 {
     fixture f = {0};
-    open_model(&f, name);
-    char path[4096];
-    snprintf(path, sizeof path, "%s/conformance/ref/%s.p2.json", shared, name);
-    cJSON *j = load_json(path);
     int n;
-    int32_t *ids = json_tokens(j, &n);
-    check_prompt_tokens(&f, j, ids, n);
+    int32_t *ids;
+    cJSON *j = open_case(&f, name, "p2", &ids, &n);
     int V = f.m->n_vocab;
     coe_kv *kv = coe_kv_new(f.m);
     float *logits = run_prompt(&f, kv, ids, n);
