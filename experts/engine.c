@@ -133,21 +133,54 @@ coe_engine *coe_engine_new(const coe_model *m, int n_threads, int n_ctx)
     return e;
 }
 
+/* Every scratch buffer with the bytes it needs for a batch of T tokens; returns how
+ * many. One list, so allocating and freeing cannot disagree. */
+#define N_SCRATCH 24
+typedef struct scratch {
+    void **p;
+    size_t bytes;
+} scratch;
+
+static size_t max_z(size_t a, size_t b)
+{
+    return a > b ? a : b;
+}
+
+static int scratch_list(coe_engine *e, size_t T, scratch *list)
+{
+    const coe_model *m = e->m;
+    size_t E = (size_t)m->n_embd, Qd = (size_t)m->n_head * (size_t)m->head_dim;
+    size_t KVd = (size_t)m->n_head_kv * (size_t)m->head_dim;
+    size_t A = T * (size_t)(m->n_expert_used > 0 ? m->n_expert_used : 1); /* expert assignments */
+    size_t F = max_z((size_t)m->n_ff_exp, 1), Fs = max_z(max_z((size_t)m->n_ff_shexp, (size_t)m->n_ff), 1);
+    size_t nx = max_z((size_t)m->n_expert, 1), nth = e->team ? (size_t)coe_threads_count(e->team) : 1;
+    size_t widest = max_z(max_z(E, Qd), max_z(F, Fs)), f = sizeof(float), i = sizeof(int);
+    /* Converted activations of one job: at most A + 2T rows of the widest input,
+     * never more than 4 bytes a value (F32), plus block slack per row. */
+    e->xq_cap = (A + 2 * T) * (widest * 4 + 64);
+    scratch l[N_SCRATCH] = {
+        {(void **)&e->x, T * E * f},       {(void **)&e->cur, T * E * f},   {(void **)&e->q, T * Qd * f},
+        {(void **)&e->k, T * KVd * f},     {(void **)&e->v, T * KVd * f},   {(void **)&e->att, T * Qd * f},
+        {(void **)&e->tmp, T * E * f},     {(void **)&e->out, T * E * f},   {(void **)&e->router, T * nx * f},
+        {(void **)&e->sel_w, A * f},       {(void **)&e->xe, A * E * f},    {(void **)&e->hg, A * F * f},
+        {(void **)&e->hu, A * F * f},      {(void **)&e->eo, A * E * f},    {(void **)&e->sg, T * Fs * f},
+        {(void **)&e->su, T * Fs * f},     {(void **)&e->so, T * E * f},
+        {(void **)&e->scores, nth * (size_t)e->n_ctx * f},
+        {(void **)&e->pos, T * i},         {(void **)&e->sel, A * i},       {(void **)&e->sel_slot, A * i},
+        {(void **)&e->ex_count, nx * i},   {(void **)&e->ex_first, nx * i}, {(void **)&e->xq, e->xq_cap},
+    };
+    memcpy(list, l, sizeof l);
+    return N_SCRATCH;
+}
+
 static void free_scratch(coe_engine *e)
 {
-    float **fs[] = {&e->x, &e->cur, &e->q, &e->k, &e->v, &e->att, &e->tmp, &e->out, &e->router, &e->sel_w,
-                    &e->xe, &e->hg, &e->hu, &e->eo, &e->sg, &e->su, &e->so, &e->scores};
-    for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++) {
-        free(*fs[i]);
-        *fs[i] = NULL;
+    scratch list[N_SCRATCH];
+    int n = scratch_list(e, 0, list);
+    for (int k = 0; k < n; k++) {
+        free(*list[k].p);
+        *list[k].p = NULL;
     }
-    int **is[] = {&e->pos, &e->sel, &e->sel_slot, &e->ex_count, &e->ex_first};
-    for (size_t i = 0; i < sizeof is / sizeof is[0]; i++) {
-        free(*is[i]);
-        *is[i] = NULL;
-    }
-    free(e->xq);
-    e->xq = NULL;
     e->cap_T = 0;
 }
 
@@ -163,57 +196,18 @@ void coe_engine_free(coe_engine **p)
     *p = NULL;
 }
 
-static int max_i(int a, int b)
-{
-    return a > b ? a : b;
-}
-
 static int reserve(coe_engine *e, int T)
 {
     if (T <= e->cap_T)
         return 0;
     free_scratch(e);
-    const coe_model *m = e->m;
-    size_t E = (size_t)m->n_embd, Qd = (size_t)m->n_head * m->head_dim, KVd = (size_t)m->n_head_kv * m->head_dim;
-    size_t k = (size_t)(m->n_expert_used > 0 ? m->n_expert_used : 1), A = (size_t)T * k;
-    size_t F = (size_t)max_i(m->n_ff_exp, 1), Fs = (size_t)max_i(max_i(m->n_ff_shexp, m->n_ff), 1);
-    size_t nx = (size_t)max_i(m->n_expert, 1), n_threads = (size_t)coe_threads_count(e->team);
-    size_t t = (size_t)T, widest = E > Qd ? E : Qd;
-    widest = widest > F ? widest : F;
-    widest = widest > Fs ? widest : Fs;
-    e->x = malloc(t * E * sizeof(float));
-    e->cur = malloc(t * E * sizeof(float));
-    e->q = malloc(t * Qd * sizeof(float));
-    e->k = malloc(t * KVd * sizeof(float));
-    e->v = malloc(t * KVd * sizeof(float));
-    e->att = malloc(t * Qd * sizeof(float));
-    e->tmp = malloc(t * E * sizeof(float));
-    e->out = malloc(t * E * sizeof(float));
-    e->router = malloc(t * nx * sizeof(float));
-    e->sel_w = malloc(A * sizeof(float));
-    e->xe = malloc(A * E * sizeof(float));
-    e->hg = malloc(A * F * sizeof(float));
-    e->hu = malloc(A * F * sizeof(float));
-    e->eo = malloc(A * E * sizeof(float));
-    e->sg = malloc(t * Fs * sizeof(float));
-    e->su = malloc(t * Fs * sizeof(float));
-    e->so = malloc(t * E * sizeof(float));
-    e->scores = malloc(n_threads * (size_t)e->n_ctx * sizeof(float));
-    e->pos = malloc(t * sizeof(int));
-    e->sel = malloc(A * sizeof(int));
-    e->sel_slot = malloc(A * sizeof(int));
-    e->ex_count = malloc(nx * sizeof(int));
-    e->ex_first = malloc(nx * sizeof(int));
-    /* Converted activations of one job: at most A + 2T rows of the widest input,
-     * never more than 4 bytes a value (F32), plus block slack per row. */
-    e->xq_cap = (A + 2 * t) * (widest * 4 + 64);
-    e->xq = malloc(e->xq_cap);
-    if (!e->x || !e->cur || !e->q || !e->k || !e->v || !e->att || !e->tmp || !e->out || !e->router ||
-        !e->sel_w || !e->xe || !e->hg || !e->hu || !e->eo || !e->sg || !e->su || !e->so || !e->scores ||
-        !e->pos || !e->sel || !e->sel_slot || !e->ex_count || !e->ex_first || !e->xq) {
-        free_scratch(e);
-        return COE_ENOMEM;
-    }
+    scratch list[N_SCRATCH];
+    int n = scratch_list(e, (size_t)T, list);
+    for (int k = 0; k < n; k++)
+        if (!(*list[k].p = malloc(list[k].bytes ? list[k].bytes : 1))) {
+            free_scratch(e);
+            return COE_ENOMEM;
+        }
     e->cap_T = T;
     return 0;
 }
