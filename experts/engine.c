@@ -393,12 +393,8 @@ static void att_worker(void *ctx, int ith, int nth)
         float inv = (float)(1.0 / sum);
         float *o = e->att + (size_t)t * (size_t)Qd + (size_t)h * (size_t)hd;
         memset(o, 0, (size_t)hd * sizeof *o);
-        for (int i = 0; i <= p; i++) {
-            const float *vi = V + (size_t)i * (size_t)KVd;
-            float w = s[i] * inv;
-            for (int d = 0; d < hd; d++)
-                o[d] += w * vi[d];
-        }
+        for (int i = 0; i <= p; i++)
+            coe_axpy(o, s[i] * inv, V + (size_t)i * (size_t)KVd, hd);
     }
 }
 

@@ -580,6 +580,12 @@ static float dot_q6_k(const void *w, const void *x, int64_t n)
     return s;
 }
 
+static void axpy_f32(float *y, float a, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
 /* ---- optimized dots: AVX2 ---- */
 
 #if COE_X86
@@ -634,6 +640,16 @@ AVX2 static float dot_f16_avx2(const void *w, const void *x, int64_t n)
     for (; i < n; i++)
         s += coe_f16_to_f32(a[i]) * coe_f16_to_f32(b[i]);
     return s;
+}
+
+AVX2 static void axpy_f32_avx2(float *y, float a, const float *x, int64_t n)
+{
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] += a * x[i];
 }
 
 AVX2 static inline __m256 load_bf16(const uint16_t *p)
@@ -741,6 +757,7 @@ AVX2 static float dot_q6_k_avx2(const void *w, const void *x, int64_t n) { retur
 #endif
 
 static struct {
+    void (*axpy)(float *y, float a, const float *x, int64_t n);
     coe_dot4_fn q8_0_x4;
     bool vnni;
     coe_dot_fn f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k;
@@ -750,6 +767,7 @@ static pthread_once_t dots_once = PTHREAD_ONCE_INIT;
 
 static void pick_dots(void)
 {
+    dots.axpy = axpy_f32;
     dots.f32 = dot_f32, dots.f16 = dot_f16, dots.bf16 = dot_bf16, dots.q8_0 = dot_q8_0, dots.q4_0 = dot_q4_0;
     dots.q4_k = dot_q4_k, dots.q5_k = dot_q5_k, dots.q6_k = dot_q6_k;
 #if COE_X86
@@ -762,6 +780,7 @@ static void pick_dots(void)
         dots.f32 = dot_f32_avx2, dots.f16 = dot_f16_avx2, dots.bf16 = dot_bf16_avx2, dots.q8_0 = dot_q8_0_avx2;
         dots.q4_0 = dot_q4_0_avx2, dots.q4_k = dot_q4_k_avx2, dots.q5_k = dot_q5_k_avx2, dots.q6_k = dot_q6_k_avx2;
         dots.q8_0_x4 = dot4_q8_0_avx2;
+        dots.axpy = axpy_f32_avx2;
         dots.simd = true;
         if (__builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") && !no) {
             dots.q8_0 = dot_q8_0_vnni;
@@ -798,6 +817,12 @@ coe_dot_fn coe_vec_dot_fn(uint32_t type)
     case COE_GGML_Q6_K: return dots.q6_k;
     default: return NULL;
     }
+}
+
+void coe_axpy(float *y, float a, const float *x, int64_t n)
+{
+    pthread_once(&dots_once, pick_dots);
+    dots.axpy(y, a, x, n);
 }
 
 coe_dot4_fn coe_vec_dot4_fn(uint32_t type)

@@ -83,6 +83,9 @@ coe_dot4_fn coe_vec_dot4_fn(uint32_t type);
 /* The naive reference of the same: both sides dequantized, summed in double. */
 float coe_vec_dot_ref(uint32_t type, const void *w, const void *x, int64_t n);
 
+/* y += a x over n floats (attention's weighted sum of values). */
+void coe_axpy(float *y, float a, const float *x, int64_t n);
+
 /* Whether the AVX2 kernels are in use, and which kernels, in words (for logs and
  * benchmarks). COEGATE_NO_SIMD=1 in the environment forces the portable kernels,
  * COEGATE_NO_SIMD=vnni the AVX2 ones without VNNI. */

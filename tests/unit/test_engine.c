@@ -174,6 +174,25 @@ static void test_dots_match_reference(void **state)
     }
 }
 
+/* The attention's weighted sum against the plain loop (FMA rounds once, so close, not equal). */
+static void test_axpy_matches_reference(void **state)
+{
+    (void)state;
+    float x[131], y[131], ref[131];
+    for (int n = 1; n <= 131; n += 13) {
+        for (int i = 0; i < n; i++) {
+            x[i] = frand();
+            y[i] = ref[i] = frand();
+        }
+        float a = frand() * 2;
+        coe_axpy(y, a, x, n);
+        for (int i = 0; i < n; i++) {
+            ref[i] += a * x[i];
+            assert_true(fabsf(y[i] - ref[i]) <= 1e-6f * (1 + fabsf(ref[i])));
+        }
+    }
+}
+
 /* ---- threads ---- */
 
 typedef struct count_job {
@@ -663,6 +682,7 @@ int main(void)
         cmocka_unit_test(test_quantize_round_trip),
         cmocka_unit_test(test_quantize_hostile_values),
         cmocka_unit_test(test_dots_match_reference),
+        cmocka_unit_test(test_axpy_matches_reference),
         cmocka_unit_test(test_threads_run_every_member),
         cmocka_unit_test(test_batching_llama),
         cmocka_unit_test(test_batching_qwen2moe),
