@@ -9,6 +9,7 @@
 #include "common/cli.h"
 #include "common/err.h"
 #include "common/gguf.h"
+#include "common/hash.h"
 #include "common/rand.h"
 #include "experts/quant.h"
 
@@ -61,18 +62,22 @@ typedef struct vocab_builder {
     float *score;
     int32_t *type;
     int n, cap, n_owned;
+    int32_t *slots; /* open addressing over text, for one id per text */
+    uint32_t n_slots;
 } vocab_builder;
 
 static void add(vocab_builder *v, const char *text, int32_t type, float score, bool owned)
 {
     if (v->n == v->cap)
         return;
-    for (int i = 0; i < v->n; i++)
-        if (strcmp(v->text[i], text) == 0)
+    uint32_t i = (uint32_t)coe_fnv1a64(COE_FNV_OFFSET, text, strlen(text)) & (v->n_slots - 1);
+    for (; v->slots[i] >= 0; i = (i + 1) & (v->n_slots - 1))
+        if (strcmp(v->text[v->slots[i]], text) == 0)
             return; /* one id per text */
     char *copy = owned ? strdup(text) : NULL;
     if (owned && !copy)
         return;
+    v->slots[i] = v->n;
     if (copy)
         v->owned[v->n_owned++] = copy;
     v->text[v->n] = copy ? copy : text;
@@ -88,8 +93,12 @@ static int build_vocab(vocab_builder *v, int n)
     v->owned = calloc((size_t)n, sizeof *v->owned);
     v->score = calloc((size_t)n, sizeof *v->score);
     v->type = calloc((size_t)n, sizeof *v->type);
-    if (!v->text || !v->owned || !v->score || !v->type)
+    for (v->n_slots = 16; v->n_slots < 2u * (uint32_t)n; v->n_slots *= 2)
+        ;
+    v->slots = malloc(v->n_slots * sizeof *v->slots);
+    if (!v->text || !v->owned || !v->score || !v->type || !v->slots)
         return COE_ENOMEM;
+    memset(v->slots, 0xff, v->n_slots * sizeof *v->slots);
     add(v, "<unk>", 2, 0, false);
     add(v, "<s>", 3, 0, false);
     add(v, "</s>", 3, 0, false);
@@ -121,8 +130,17 @@ static int build_vocab(vocab_builder *v, int n)
             snprintf(t, sizeof t, "%c%c", a, b);
             add(v, t, 1, -3, true);
         }
-    for (int i = 0; v->n < v->cap; i++) { /* filler up to the size asked for */
-        snprintf(t, sizeof t, "\xE2\x96\x81w%d", i);
+    /* Filler up to the size asked for: made-up words of two or three syllables, so
+     * that forged text reads as (pronounceable) gibberish. */
+    static const char consonants[] = "bdfgklmnprstvz", vowels[] = "aeiou";
+    const int n_syl = (int)(sizeof consonants - 1) * (int)(sizeof vowels - 1);
+    for (int i = n_syl; v->n < v->cap; i++) { /* i's digits in base n_syl, one syllable each: all distinct */
+        size_t len = (size_t)snprintf(t, sizeof t, "\xE2\x96\x81");
+        for (int k = i; k > 0 && len + 2 < sizeof t; k /= n_syl, len += 2) {
+            t[len] = consonants[k % n_syl / 5];
+            t[len + 1] = vowels[k % n_syl % 5];
+        }
+        t[len] = 0;
         add(v, t, 1, -6, true);
     }
     return 0;
@@ -136,6 +154,7 @@ static void free_vocab(vocab_builder *v)
     free(v->text);
     free(v->score);
     free(v->type);
+    free(v->slots);
 }
 
 /* ---- tensors ---- */
