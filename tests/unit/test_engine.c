@@ -241,6 +241,8 @@ static void forged(coe_arch arch, uint32_t type, char *path, size_t n)
         s.n_head = 8;
         s.head_dim = arch == COE_ARCH_QWEN3MOE ? 64 : 0; /* a head size of its own, not 256 / 8 */
     }
+    if (arch == COE_ARCH_LLAMA && type == COE_GGML_Q4_K)
+        s.n_expert = s.n_expert_used = 0; /* the dense llama, no experts */
     snprintf(path, n, "%s/%s-%s.gguf", dir, coe_arch_name(arch), coe_ggml_type_name(type));
     coe_buf d = COE_BUF_INIT;
     if (coe_forge_write(&s, path, &d))
@@ -320,8 +322,12 @@ static void check_batching(coe_arch arch, uint32_t type)
 static void test_batching_llama(void **state)
 {
     (void)state;
-    check_batching(COE_ARCH_LLAMA, COE_GGML_Q8_0);
-    check_batching(COE_ARCH_LLAMA, COE_GGML_Q4_K);
+    check_batching(COE_ARCH_LLAMA, COE_GGML_Q8_0); /* Mixtral-style experts */
+    check_batching(COE_ARCH_LLAMA, COE_GGML_Q4_K); /* dense */
+    coe_model *m = open_forged(COE_ARCH_LLAMA, COE_GGML_Q4_K);
+    assert_int_equal(m->n_expert, 0);
+    assert_non_null(m->layers[0].ffn_gate.data);
+    coe_model_close(&m);
 }
 
 static void test_batching_qwen2moe(void **state)
