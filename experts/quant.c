@@ -98,6 +98,8 @@ bool coe_quant_supported(uint32_t type)
 
 size_t coe_row_bytes(uint32_t type, int64_t n)
 {
+    if (type == COE_ACT_Q8_0)
+        return (size_t)(n / COE_QK) * sizeof(coe_block_q8_0_act);
     uint32_t block, bytes;
     if (!coe_ggml_type_layout(type, &block, &bytes))
         return 0;
@@ -108,7 +110,7 @@ uint32_t coe_dot_type(uint32_t type)
 {
     switch (type) {
     case COE_GGML_Q8_0: case COE_GGML_Q4_0:
-        return COE_GGML_Q8_0;
+        return COE_ACT_Q8_0;
     case COE_GGML_Q4_K: case COE_GGML_Q5_K: case COE_GGML_Q6_K:
         return COE_GGML_Q8_K;
     default:
@@ -134,19 +136,26 @@ static int clampi(int v, int lo, int hi)
     return v < lo ? lo : v > hi ? hi : v;
 }
 
-static void quantize_q8_0(const float *x, coe_block_q8_0 *y, int64_t nb)
+/* Q8_0 blocks, or with act the activation form (the same codes, the scale as float). */
+static void quantize_q8_0(const float *x, void *dst, int64_t nb, bool act)
 {
     for (int64_t i = 0; i < nb; i++, x += COE_QK) {
+        coe_block_q8_0 tmp, *y = act ? &tmp : (coe_block_q8_0 *)dst + i;
         float amax = 0;
         for (int j = 0; j < COE_QK; j++) {
             float v = fabsf(x[j]);
             amax = v > amax ? v : amax;
         }
         /* The scale is stored as f16; the codes use the exact 127/amax, as llama.cpp's. */
-        y[i].d = coe_f32_to_f16(amax / 127.f);
+        y->d = coe_f32_to_f16(amax / 127.f);
         float id = amax != 0 ? 127.f / amax : 0;
         for (int j = 0; j < COE_QK; j++)
-            y[i].qs[j] = (int8_t)nearest(x[j] * id);
+            y->qs[j] = (int8_t)nearest(x[j] * id);
+        if (act) {
+            coe_block_q8_0_act *a = (coe_block_q8_0_act *)dst + i;
+            a->d = coe_f16_to_f32(y->d);
+            memcpy(a->qs, y->qs, COE_QK);
+        }
     }
 }
 
@@ -329,7 +338,8 @@ void coe_quantize_row(uint32_t type, const float *x, void *dst, int64_t n)
         for (int64_t i = 0; i < n; i++)
             ((uint16_t *)dst)[i] = coe_f32_to_bf16(x[i]);
         break;
-    case COE_GGML_Q8_0: quantize_q8_0(x, dst, n / COE_QK); break;
+    case COE_GGML_Q8_0: quantize_q8_0(x, dst, n / COE_QK, false); break;
+    case COE_ACT_Q8_0: quantize_q8_0(x, dst, n / COE_QK, true); break;
     case COE_GGML_Q4_0: quantize_q4_0(x, dst, n / COE_QK); break;
     case COE_GGML_Q8_K: quantize_q8_k(x, dst, n / COE_QKK); break;
     case COE_GGML_Q4_K: quantize_q4_k(x, dst, n / COE_QKK); break;
@@ -361,6 +371,13 @@ void coe_dequantize_row(uint32_t type, const void *src, float *y, int64_t n)
             float d = coe_f16_to_f32(b->d);
             for (int j = 0; j < COE_QK; j++)
                 *y++ = d * (float)b->qs[j];
+        }
+        return;
+    case COE_ACT_Q8_0:
+        for (int64_t i = 0; i < n / COE_QK; i++) {
+            const coe_block_q8_0_act *b = (const coe_block_q8_0_act *)src + i;
+            for (int j = 0; j < COE_QK; j++)
+                *y++ = b->d * (float)b->qs[j];
         }
         return;
     case COE_GGML_Q4_0:
@@ -478,13 +495,14 @@ static float dot_bf16(const void *w, const void *x, int64_t n)
 
 static float dot_q8_0(const void *w, const void *x, int64_t n)
 {
-    const coe_block_q8_0 *a = w, *b = x;
+    const coe_block_q8_0 *a = w;
+    const coe_block_q8_0_act *b = x;
     float s = 0;
     for (int64_t i = 0; i < n / COE_QK; i++) {
         int sum = 0;
         for (int j = 0; j < COE_QK; j++)
             sum += a[i].qs[j] * b[i].qs[j];
-        s += coe_f16_to_f32(a[i].d) * coe_f16_to_f32(b[i].d) * (float)sum;
+        s += coe_f16_to_f32(a[i].d) * b[i].d * (float)sum;
     }
     return s;
 }
@@ -492,13 +510,13 @@ static float dot_q8_0(const void *w, const void *x, int64_t n)
 static float dot_q4_0(const void *w, const void *x, int64_t n)
 {
     const coe_block_q4_0 *a = w;
-    const coe_block_q8_0 *b = x;
+    const coe_block_q8_0_act *b = x;
     float s = 0;
     for (int64_t i = 0; i < n / COE_QK; i++) {
         int sum = 0;
         for (int j = 0; j < COE_QK / 2; j++)
             sum += ((a[i].qs[j] & 15) - 8) * b[i].qs[j] + ((a[i].qs[j] >> 4) - 8) * b[i].qs[j + 16];
-        s += coe_f16_to_f32(a[i].d) * coe_f16_to_f32(b[i].d) * (float)sum;
+        s += coe_f16_to_f32(a[i].d) * b[i].d * (float)sum;
     }
     return s;
 }
@@ -690,16 +708,17 @@ VNNI static inline __m256i pairs_vnni(__m256i aa, __m256i s)
 }
 
 #define Q8_0_DOTS(ATTR, NAME, PAIRS)                                                                                   \
-    ATTR static inline __m256 block_q8_0_##NAME(const coe_block_q8_0 *a, const coe_block_q8_0 *b, __m256 sum)      \
+    ATTR static inline __m256 block_q8_0_##NAME(const coe_block_q8_0 *a, const coe_block_q8_0_act *b, __m256 sum)  \
     {                                                                                                                  \
         __m256i qa = _mm256_loadu_si256((const __m256i *)a->qs);                                                       \
         __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)b->qs), qa);                                  \
         __m256 p = _mm256_cvtepi32_ps(PAIRS(_mm256_sign_epi8(qa, qa), s));                                             \
-        return _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(a->d) * _cvtsh_ss(b->d)), p, sum);                             \
+        return _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(a->d) * b->d), p, sum);                                        \
     }                                                                                                                  \
     ATTR static float dot_q8_0_##NAME(const void *w, const void *x, int64_t n)                                        \
     {                                                                                                                  \
-        const coe_block_q8_0 *a = w, *b = x;                                                                           \
+        const coe_block_q8_0 *a = w;                                                                                   \
+        const coe_block_q8_0_act *b = x;                                                                               \
         __m256 even = _mm256_setzero_ps(), odd = even;                                                                 \
         int64_t nb = n / COE_QK, i = 0;                                                                                \
         for (; i + 1 < nb; i += 2) {                                                                                   \
@@ -712,10 +731,11 @@ VNNI static inline __m256i pairs_vnni(__m256i aa, __m256i s)
     }                                                                                                                  \
     ATTR static void dot4_q8_0_##NAME(const void *w, const void *x, size_t stride, int64_t n, float *out)             \
     {                                                                                                                  \
-        const coe_block_q8_0 *a = w, *b[4];                                                                            \
+        const coe_block_q8_0 *a = w;                                                                                   \
+        const coe_block_q8_0_act *b[4];                                                                                \
         __m256 sum[4][2];                                                                                              \
         for (int t = 0; t < 4; t++) {                                                                                  \
-            b[t] = (const coe_block_q8_0 *)((const uint8_t *)x + (size_t)t * stride);                                  \
+            b[t] = (const coe_block_q8_0_act *)((const uint8_t *)x + (size_t)t * stride);                              \
             sum[t][0] = sum[t][1] = _mm256_setzero_ps();                                                               \
         }                                                                                                              \
         for (int64_t i = 0; i < n / COE_QK; i++) {                                                                     \
@@ -724,7 +744,7 @@ VNNI static inline __m256i pairs_vnni(__m256i aa, __m256i s)
             for (int t = 0; t < 4; t++) {                                                                              \
                 __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)b[t][i].qs), qa);                     \
                 __m256 p = _mm256_cvtepi32_ps(PAIRS(aa, s));                                                           \
-                sum[t][i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(dw * _cvtsh_ss(b[t][i].d)), p, sum[t][i & 1]);          \
+                sum[t][i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(dw * b[t][i].d), p, sum[t][i & 1]);                     \
             }                                                                                                          \
         }                                                                                                              \
         for (int t = 0; t < 4; t++)                                                                                    \
@@ -737,11 +757,11 @@ Q8_0_DOTS(VNNI, vnni, pairs_vnni)
 AVX2 static float dot_q4_0_avx2(const void *w, const void *x, int64_t n)
 {
     const coe_block_q4_0 *a = w;
-    const coe_block_q8_0 *b = x;
+    const coe_block_q8_0_act *b = x;
     __m256 acc = _mm256_setzero_ps();
     const __m256i low = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
     for (int64_t i = 0; i < n / COE_QK; i++) {
-        __m256 d = _mm256_set1_ps(_cvtsh_ss(a[i].d) * _cvtsh_ss(b[i].d));
+        __m256 d = _mm256_set1_ps(_cvtsh_ss(a[i].d) * b[i].d);
         __m128i q = _mm_loadu_si128((const __m128i *)a[i].qs);
         __m256i qa = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
         qa = _mm256_sub_epi8(_mm256_and_si256(qa, low), eight);

@@ -2,8 +2,8 @@
  * products the matrix kernels are made of. Every weight type has a reference
  * dequantizer (plain C, the definition of what the bits mean) and an optimized dot
  * product against activations converted to its "dot type", as llama.cpp does: F32
- * weights meet F32 activations, F16 meet F16, BF16 meet BF16, Q8_0 and Q4_0 meet Q8_0,
- * the K-quants meet Q8_K. The optimized dots use AVX2 when the CPU has it (checked once
+ * weights meet F32 activations, F16 meet F16, BF16 meet BF16, Q8_0 and Q4_0 meet Q8_0
+ * (as COE_ACT_Q8_0), the K-quants meet Q8_K. The optimized dots use AVX2 when the CPU has it (checked once
  * at run time) and portable C otherwise. */
 #ifndef COE_QUANT_H
 #define COE_QUANT_H
@@ -21,6 +21,16 @@ typedef struct coe_block_q8_0 {
     uint16_t d;
     int8_t qs[COE_QK];
 } coe_block_q8_0;
+
+/* Activations for Q8_0 and Q4_0 weights: Q8_0's codes and rounding, with the scale
+ * kept as the float value of its F16 (the same numbers, but the hot loops need not
+ * convert it again for every weight row). Not a file type. */
+#define COE_ACT_Q8_0 1000u
+
+typedef struct coe_block_q8_0_act {
+    float d;
+    int8_t qs[COE_QK];
+} coe_block_q8_0_act;
 
 typedef struct coe_block_q4_0 {
     uint16_t d;
