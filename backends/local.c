@@ -72,7 +72,6 @@ struct local_call {
     long max_tokens;      /* -1: up to the context */
     char *stop[MAX_STOPS];
     int n_stop;
-    size_t longest_stop;
     coe_sampling sampling;
     char *prompt;         /* rendered chat or the completion prompt */
     /* loop side */
@@ -748,12 +747,9 @@ static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_reque
             if (cJSON_IsString(x) && *x->valuestring)
                 c->stop[c->n_stop++] = strdup(x->valuestring);
     }
-    for (int i = 0; i < c->n_stop; i++) {
+    for (int i = 0; i < c->n_stop; i++)
         if (!c->stop[i])
             return false;
-        size_t n = strlen(c->stop[i]);
-        c->longest_stop = n > c->longest_stop ? n : c->longest_stop;
-    }
     coe_buf prompt = COE_BUF_INIT;
     if (c->chat) {
         if (!coe_chat_render(e->local->chat, cJSON_GetObjectItemCaseSensitive(body, "messages"), &prompt, err, errlen)) {
