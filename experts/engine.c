@@ -94,8 +94,8 @@ struct coe_engine {
     /* scratch, grown to the largest batch seen */
     int cap_T;
     float *x, *cur, *q, *k, *v, *att, *tmp, *out, *router, *sel_w;
-    float *xe, *hg, *hu, *eo, *sg, *su, *so, *scores;
-    int *pos, *sel, *sel_slot, *ex_count, *ex_first;
+    float *hg, *hu, *eo, *sg, *su, *so, *scores;
+    int *pos, *sel, *sel_slot, *slot_tok, *ex_count, *ex_first;
     uint8_t *xq;
     size_t xq_cap, xq_used;
     mm_item *items;
@@ -155,14 +155,16 @@ static int scratch_list(coe_engine *e, size_t T, scratch *list)
     size_t F = max_z((size_t)m->n_ff_exp, 1), Fs = max_z(max_z((size_t)m->n_ff_shexp, (size_t)m->n_ff), 1);
     size_t nx = max_z((size_t)m->n_expert, 1), nth = e->team ? (size_t)coe_threads_count(e->team) : 1;
     size_t widest = max_z(max_z(E, Qd), max_z(F, Fs)), f = sizeof(float), i = sizeof(int);
-    /* Converted activations of one job: at most A + 2T rows of the widest input,
-     * never more than 4 bytes a value (F32), plus block slack per row. */
-    e->xq_cap = (A + 2 * T) * (widest * 4 + 64);
+    /* Converted activations of one job, at most: the experts' gate/up job converts
+     * the T tokens once per dot type (gate, up and the shared expert's two: 4T) and
+     * gathers the A assignments once per experts' dot type (2A); rows of the widest
+     * input, never more than 4 bytes a value (F32), plus block slack per row. */
+    e->xq_cap = (2 * A + 4 * T) * (widest * 4 + 64);
     scratch l[N_SCRATCH] = {
         {(void **)&e->x, T * E * f},       {(void **)&e->cur, T * E * f},   {(void **)&e->q, T * Qd * f},
         {(void **)&e->k, T * KVd * f},     {(void **)&e->v, T * KVd * f},   {(void **)&e->att, T * Qd * f},
         {(void **)&e->tmp, T * E * f},     {(void **)&e->out, T * E * f},   {(void **)&e->router, T * nx * f},
-        {(void **)&e->sel_w, A * f},       {(void **)&e->xe, A * E * f},    {(void **)&e->hg, A * F * f},
+        {(void **)&e->sel_w, A * f},       {(void **)&e->slot_tok, A * i},  {(void **)&e->hg, A * F * f},
         {(void **)&e->hu, A * F * f},      {(void **)&e->eo, A * E * f},    {(void **)&e->sg, T * Fs * f},
         {(void **)&e->su, T * Fs * f},     {(void **)&e->so, T * E * f},
         {(void **)&e->scores, nth * (size_t)e->n_ctx * f},
@@ -214,17 +216,6 @@ static int reserve(coe_engine *e, int T)
 
 /* ---- matrix products, spread over the team in chunks of rows ---- */
 
-static const uint8_t *convert(coe_engine *e, uint32_t wtype, const float *x, int T, int cols, size_t *row_bytes)
-{
-    uint32_t dt = coe_dot_type(wtype);
-    *row_bytes = coe_row_bytes(dt, cols);
-    uint8_t *out = e->xq + e->xq_used;
-    e->xq_used += *row_bytes * (size_t)T;
-    for (int t = 0; t < T; t++)
-        coe_quantize_row(dt, x + (size_t)t * (size_t)cols, out + (size_t)t * *row_bytes, cols);
-    return out;
-}
-
 static void mm_worker(void *ctx, int ith, int nth)
 {
     (void)ith, (void)nth;
@@ -265,29 +256,85 @@ static void mm_worker(void *ctx, int ith, int nth)
     }
 }
 
+/* One conversion of activations to a dot type, made once per job and shared by
+ * every product that needs it (Q, K and V; gate and up; every expert's tokens). */
+typedef struct conversion {
+    const float *x;
+    const int *rows; /* gathered rows of x, or NULL for its first n */
+    int n, cols;
+    uint32_t type;
+    const uint8_t *out;
+    size_t row_bytes;
+} conversion;
+
+/* Remembered per job; more (one per expert in the down products, whose inputs all
+ * differ) are converted without being remembered. */
+#define MAX_CONVERSIONS 16
+
 typedef struct job_builder {
     coe_engine *e;
     int n;
+    conversion conv[MAX_CONVERSIONS];
+    int n_conv;
 } job_builder;
 
 static void job_begin(coe_engine *e, job_builder *jb)
 {
     jb->e = e;
     jb->n = 0;
+    jb->n_conv = 0;
     e->xq_used = 0;
 }
 
-/* Adds y = W_mat x for T rows of x (cols = W's inputs); xq: x already converted
- * for W's dot type by an earlier item of the job, or NULL to convert here. */
-static const uint8_t *job_add(job_builder *jb, const coe_weight *w, int mat, const float *x, const uint8_t *xq,
-                              size_t xq_row, int T, float *y, int y_stride)
+/* The first n rows of x (rows NULL), or rows[0..n-1] of x's first x_rows, in dot
+ * type `type`: an earlier conversion of the job where one matches (a gather copies
+ * rows out of the conversion of the whole x), else converted now. */
+static conversion converted(job_builder *jb, uint32_t type, const float *x, int x_rows, const int *rows, int n,
+                            int cols)
 {
-    if (T == 0 || !w->data)
-        return xq;
-    if (!xq)
-        xq = convert(jb->e, w->type, x, T, (int)w->cols, &xq_row);
-    jb->e->items[jb->n++] = (mm_item){w, mat, xq, xq_row, T, y, y_stride, 0};
-    return xq;
+    for (int i = 0; i < jb->n_conv; i++) {
+        const conversion *c = &jb->conv[i];
+        if (c->x == x && c->rows == rows && c->n == n && c->cols == cols && c->type == type)
+            return *c;
+    }
+    coe_engine *e = jb->e;
+    conversion c = {x, rows, n, cols, type, NULL, coe_row_bytes(type, cols)};
+    if (rows) {
+        conversion whole = converted(jb, type, x, x_rows, NULL, x_rows, cols);
+        uint8_t *out = e->xq + e->xq_used;
+        for (int i = 0; i < n; i++)
+            memcpy(out + (size_t)i * c.row_bytes, whole.out + (size_t)rows[i] * c.row_bytes, c.row_bytes);
+        c.out = out;
+    } else {
+        uint8_t *out = e->xq + e->xq_used;
+        for (int t = 0; t < n; t++)
+            coe_quantize_row(type, x + (size_t)t * (size_t)cols, out + (size_t)t * c.row_bytes, cols);
+        c.out = out;
+    }
+    e->xq_used += c.row_bytes * (size_t)n;
+    if (jb->n_conv < MAX_CONVERSIONS)
+        jb->conv[jb->n_conv++] = c;
+    return c;
+}
+
+static void add_item(job_builder *jb, const coe_weight *w, int mat, conversion c, float *y, int y_stride)
+{
+    jb->e->items[jb->n++] = (mm_item){w, mat, c.out, c.row_bytes, c.n, y, y_stride, 0};
+}
+
+/* Adds y = W_mat x for the first T rows of x. */
+static void job_add(job_builder *jb, const coe_weight *w, int mat, const float *x, int T, float *y, int y_stride)
+{
+    if (T > 0 && w->data)
+        add_item(jb, w, mat, converted(jb, coe_dot_type(w->type), x, T, NULL, T, (int)w->cols), y, y_stride);
+}
+
+/* Adds y = W_mat x for rows[0..n-1] of x's first x_rows (an expert's tokens). */
+static void job_add_rows(job_builder *jb, const coe_weight *w, int mat, const float *x, int x_rows, const int *rows,
+                         int n, float *y, int y_stride)
+{
+    if (n > 0 && w->data)
+        add_item(jb, w, mat, converted(jb, coe_dot_type(w->type), x, x_rows, rows, n, (int)w->cols), y, y_stride);
 }
 
 static void job_run(job_builder *jb)
@@ -316,7 +363,7 @@ static void matmul(coe_engine *e, const coe_weight *w, int mat, const float *x, 
 {
     job_builder jb;
     job_begin(e, &jb);
-    job_add(&jb, w, mat, x, NULL, 0, T, y, (int)w->rows);
+    job_add(&jb, w, mat, x, T, y, (int)w->rows);
     job_run(&jb);
 }
 
@@ -405,13 +452,8 @@ static void ffn_dense(coe_engine *e, const coe_layer *l, int T)
     const coe_model *m = e->m;
     job_builder jb;
     job_begin(e, &jb);
-    size_t row;
-    const uint8_t *xq = job_add(&jb, &l->ffn_gate, 0, e->cur, NULL, 0, T, e->sg, m->n_ff);
-    row = coe_row_bytes(coe_dot_type(l->ffn_gate.type), m->n_embd);
-    if (l->ffn_up.type == l->ffn_gate.type)
-        job_add(&jb, &l->ffn_up, 0, e->cur, xq, row, T, e->su, m->n_ff);
-    else
-        job_add(&jb, &l->ffn_up, 0, e->cur, NULL, 0, T, e->su, m->n_ff);
+    job_add(&jb, &l->ffn_gate, 0, e->cur, T, e->sg, m->n_ff);
+    job_add(&jb, &l->ffn_up, 0, e->cur, T, e->su, m->n_ff);
     job_run(&jb);
     for (size_t i = 0; i < (size_t)T * (size_t)m->n_ff; i++)
         e->sg[i] = silu(e->sg[i]) * e->su[i];
@@ -466,22 +508,21 @@ static void ffn_moe(coe_engine *e, const coe_layer *l, int T)
         for (int s = 0; s < k; s++) {
             int x = e->sel[t * k + s], a = e->ex_first[x] + e->ex_count[x]++;
             e->sel_slot[t * k + s] = a;
-            memcpy(e->xe + (size_t)a * (size_t)E, e->cur + (size_t)t * (size_t)E, (size_t)E * sizeof(float));
+            e->slot_tok[a] = t;
         }
     job_builder jb;
     job_begin(e, &jb);
     for (int i = 0; i < nx; i++) {
         if (!e->ex_count[i])
             continue;
-        const float *xi = e->xe + (size_t)e->ex_first[i] * (size_t)E;
+        const int *toks = e->slot_tok + e->ex_first[i];
         float *g = e->hg + (size_t)e->ex_first[i] * (size_t)F, *u = e->hu + (size_t)e->ex_first[i] * (size_t)F;
-        size_t row = coe_row_bytes(coe_dot_type(l->gate_exps.type), E);
-        const uint8_t *xq = job_add(&jb, &l->gate_exps, i, xi, NULL, 0, e->ex_count[i], g, F);
-        job_add(&jb, &l->up_exps, i, xi, l->up_exps.type == l->gate_exps.type ? xq : NULL, row, e->ex_count[i], u, F);
+        job_add_rows(&jb, &l->gate_exps, i, e->cur, T, toks, e->ex_count[i], g, F);
+        job_add_rows(&jb, &l->up_exps, i, e->cur, T, toks, e->ex_count[i], u, F);
     }
     if (Fs) {
-        job_add(&jb, &l->gate_shexp, 0, e->cur, NULL, 0, T, e->sg, Fs);
-        job_add(&jb, &l->up_shexp, 0, e->cur, NULL, 0, T, e->su, Fs);
+        job_add(&jb, &l->gate_shexp, 0, e->cur, T, e->sg, Fs);
+        job_add(&jb, &l->up_shexp, 0, e->cur, T, e->su, Fs);
     }
     job_run(&jb);
     size_t A = (size_t)T * (size_t)k;
@@ -492,10 +533,10 @@ static void ffn_moe(coe_engine *e, const coe_layer *l, int T)
     job_begin(e, &jb);
     for (int i = 0; i < nx; i++)
         if (e->ex_count[i])
-            job_add(&jb, &l->down_exps, i, e->hg + (size_t)e->ex_first[i] * (size_t)F, NULL, 0, e->ex_count[i],
+            job_add(&jb, &l->down_exps, i, e->hg + (size_t)e->ex_first[i] * (size_t)F, e->ex_count[i],
                     e->eo + (size_t)e->ex_first[i] * (size_t)E, E);
     if (Fs)
-        job_add(&jb, &l->down_shexp, 0, e->sg, NULL, 0, T, e->so, E);
+        job_add(&jb, &l->down_shexp, 0, e->sg, T, e->so, E);
     job_run(&jb);
     for (int t = 0; t < T; t++) {
         float *o = e->out + (size_t)t * (size_t)E;
@@ -571,10 +612,9 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
             rms_norm(e->x + (size_t)t * (size_t)E, l->attn_norm, e->cur + (size_t)t * (size_t)E, E, m->eps);
         job_builder jb;
         job_begin(e, &jb);
-        size_t row = coe_row_bytes(coe_dot_type(l->wq.type), E);
-        const uint8_t *xq = job_add(&jb, &l->wq, 0, e->cur, NULL, 0, T, e->q, Qd);
-        job_add(&jb, &l->wk, 0, e->cur, l->wk.type == l->wq.type ? xq : NULL, row, T, e->k, KVd);
-        job_add(&jb, &l->wv, 0, e->cur, l->wv.type == l->wq.type ? xq : NULL, row, T, e->v, KVd);
+        job_add(&jb, &l->wq, 0, e->cur, T, e->q, Qd);
+        job_add(&jb, &l->wk, 0, e->cur, T, e->k, KVd);
+        job_add(&jb, &l->wv, 0, e->cur, T, e->v, KVd);
         job_run(&jb);
         add_bias(e->q, l->bq, T, Qd);
         add_bias(e->k, l->bk, T, KVd);
