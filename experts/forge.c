@@ -9,7 +9,7 @@
 #include "common/cli.h"
 #include "common/err.h"
 #include "common/gguf.h"
-#include "common/hash.h"
+#include "common/strtab.h"
 #include "common/rand.h"
 #include "experts/quant.h"
 
@@ -62,27 +62,28 @@ typedef struct vocab_builder {
     float *score;
     int32_t *type;
     int n, cap, n_owned;
-    int32_t *slots; /* open addressing over text, for one id per text */
-    uint32_t n_slots;
+    coe_strtab ids; /* one id per text */
 } vocab_builder;
+
+static void text_key(const void *texts, int32_t id, const char **s, size_t *n)
+{
+    *s = ((const char *const *)texts)[id];
+    *n = strlen(*s);
+}
 
 static void add(vocab_builder *v, const char *text, int32_t type, float score, bool owned)
 {
-    if (v->n == v->cap)
+    if (v->n == v->cap || coe_strtab_find(&v->ids, text_key, v->text, text, strlen(text)) >= 0)
         return;
-    uint32_t i = (uint32_t)coe_fnv1a64(COE_FNV_OFFSET, text, strlen(text)) & (v->n_slots - 1);
-    for (; v->slots[i] >= 0; i = (i + 1) & (v->n_slots - 1))
-        if (strcmp(v->text[v->slots[i]], text) == 0)
-            return; /* one id per text */
     char *copy = owned ? strdup(text) : NULL;
     if (owned && !copy)
         return;
-    v->slots[i] = v->n;
     if (copy)
         v->owned[v->n_owned++] = copy;
     v->text[v->n] = copy ? copy : text;
     v->type[v->n] = type;
     v->score[v->n] = score;
+    coe_strtab_add(&v->ids, text_key, v->text, v->n);
     v->n++;
 }
 
@@ -93,12 +94,8 @@ static int build_vocab(vocab_builder *v, int n)
     v->owned = calloc((size_t)n, sizeof *v->owned);
     v->score = calloc((size_t)n, sizeof *v->score);
     v->type = calloc((size_t)n, sizeof *v->type);
-    for (v->n_slots = 16; v->n_slots < 2u * (uint32_t)n; v->n_slots *= 2)
-        ;
-    v->slots = malloc(v->n_slots * sizeof *v->slots);
-    if (!v->text || !v->owned || !v->score || !v->type || !v->slots)
+    if (!coe_strtab_init(&v->ids, (size_t)n) || !v->text || !v->owned || !v->score || !v->type)
         return COE_ENOMEM;
-    memset(v->slots, 0xff, v->n_slots * sizeof *v->slots);
     add(v, "<unk>", 2, 0, false);
     add(v, "<s>", 3, 0, false);
     add(v, "</s>", 3, 0, false);
@@ -154,7 +151,7 @@ static void free_vocab(vocab_builder *v)
     free(v->text);
     free(v->score);
     free(v->type);
-    free(v->slots);
+    coe_strtab_free(&v->ids);
 }
 
 /* ---- tensors ---- */

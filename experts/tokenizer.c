@@ -8,20 +8,17 @@
 #include "common/hash.h"
 #include "experts/unicode.h"
 
-static uint32_t hash(const char *s, size_t n)
+/* The text of string id of a GGUF string array (tokens, merges), for coe_strtab. */
+static void gguf_key(const void *strings, int32_t id, const char **s, size_t *n)
 {
-    return (uint32_t)coe_fnv1a64(COE_FNV_OFFSET, s, n);
+    const coe_gguf_str *x = (const coe_gguf_str *)strings + id;
+    *s = x->ptr;
+    *n = x->len;
 }
 
 int coe_vocab_find(const coe_vocab *v, const char *s, size_t n)
 {
-    for (uint32_t i = hash(s, n) & (v->n_slots - 1);; i = (i + 1) & (v->n_slots - 1)) {
-        int32_t id = v->slots[i];
-        if (id < 0)
-            return -1;
-        if (v->text[id].len == n && memcmp(v->text[id].ptr, s, n) == 0)
-            return id;
-    }
+    return coe_strtab_find(&v->ids, gguf_key, v->text, s, n);
 }
 
 static int token_id(const coe_gguf *g, const char *key, int n)
@@ -34,14 +31,6 @@ static int token_id(const coe_gguf *g, const char *key, int n)
 static bool str_is(const coe_gguf_str *s, const char *want)
 {
     return s->len == strlen(want) && memcmp(s->ptr, want, s->len) == 0;
-}
-
-static uint32_t table_size(int n)
-{
-    uint32_t size = 16;
-    while (size < 2u * (uint32_t)n)
-        size *= 2;
-    return size;
 }
 
 /* GPT-2's reversible map of bytes to printable code points. */
@@ -66,13 +55,7 @@ static int by_length_desc(const void *a, const void *b, void *arg)
 
 static int find_merge(const coe_vocab *v, const char *s, size_t n)
 {
-    for (uint32_t i = hash(s, n) & (v->n_merge_slots - 1);; i = (i + 1) & (v->n_merge_slots - 1)) {
-        int32_t r = v->merge_slots[i];
-        if (r < 0)
-            return -1;
-        if (v->merges[r].len == n && memcmp(v->merges[r].ptr, s, n) == 0)
-            return r;
-    }
+    return coe_strtab_find(&v->ranks, gguf_key, v->merges, s, n);
 }
 
 static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
@@ -86,20 +69,10 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
     }
     v->merges = merges->value.strings;
     v->n_merges = (int)merges->value.count;
-    v->n_merge_slots = table_size(v->n_merges);
-    v->merge_slots = malloc(v->n_merge_slots * sizeof *v->merge_slots);
-    if (!v->merge_slots)
+    if (!coe_strtab_init(&v->ranks, (size_t)v->n_merges))
         return COE_ENOMEM;
-    memset(v->merge_slots, 0xff, v->n_merge_slots * sizeof *v->merge_slots);
-    for (int r = 0; r < v->n_merges; r++) {
-        const coe_gguf_str *x = &v->merges[r];
-        if (find_merge(v, x->ptr, x->len) >= 0)
-            continue; /* the lower rank of a repeated merge wins */
-        uint32_t i = hash(x->ptr, x->len) & (v->n_merge_slots - 1);
-        while (v->merge_slots[i] >= 0)
-            i = (i + 1) & (v->n_merge_slots - 1);
-        v->merge_slots[i] = r;
-    }
+    for (int r = 0; r < v->n_merges; r++)
+        coe_strtab_add(&v->ranks, gguf_key, v->merges, r); /* the lower rank of a repeated merge wins */
     byte_chars(v);
     static const struct {
         const char *name;
@@ -162,13 +135,10 @@ int coe_vocab_load(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
     v->score = calloc((size_t)v->n, sizeof *v->score);
     v->type = calloc((size_t)v->n, sizeof *v->type);
     v->special = calloc((size_t)v->n, sizeof *v->special);
-    v->n_slots = table_size(v->n);
-    v->slots = malloc(v->n_slots * sizeof *v->slots);
-    if (!v->score || !v->type || !v->slots || !v->special) {
+    if (!coe_strtab_init(&v->ids, (size_t)v->n) || !v->score || !v->type || !v->special) {
         coe_vocab_free(v);
         return COE_ENOMEM;
     }
-    memset(v->slots, 0xff, v->n_slots * sizeof *v->slots);
     for (int i = 0; i < 256; i++)
         v->byte_token[i] = -1;
     for (int id = 0; id < v->n; id++) {
@@ -181,12 +151,7 @@ int coe_vocab_load(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         v->score[id] = (float)s;
         v->type[id] = (int32_t)t;
         const coe_gguf_str *x = &v->text[id];
-        uint32_t i = hash(x->ptr, x->len) & (v->n_slots - 1);
-        while (v->slots[i] >= 0 && !(v->text[v->slots[i]].len == x->len &&
-                                     memcmp(v->text[v->slots[i]].ptr, x->ptr, x->len) == 0))
-            i = (i + 1) & (v->n_slots - 1);
-        if (v->slots[i] < 0)
-            v->slots[i] = id; /* the first of duplicate texts wins */
+        coe_strtab_add(&v->ids, gguf_key, v->text, id); /* the first of duplicate texts wins */
         unsigned b;
         if (t == 6 && x->len == 6 && sscanf(x->ptr, "<0x%2X>", &b) == 1 && b < 256)
             v->byte_token[b] = id;
@@ -227,9 +192,9 @@ void coe_vocab_free(coe_vocab *v)
 {
     free(v->score);
     free(v->type);
-    free(v->slots);
+    coe_strtab_free(&v->ids);
     free(v->special);
-    free(v->merge_slots);
+    coe_strtab_free(&v->ranks);
     memset(v, 0, sizeof *v);
 }
 

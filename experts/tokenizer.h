@@ -11,6 +11,7 @@
 
 #include "common/buf.h"
 #include "common/gguf.h"
+#include "common/strtab.h"
 
 typedef enum coe_vocab_kind { COE_VOCAB_SPM, COE_VOCAB_BPE } coe_vocab_kind;
 
@@ -25,8 +26,7 @@ typedef struct coe_vocab {
     const coe_gguf_str *text;   /* borrowed from the GGUF file */
     float *score;               /* owned */
     int32_t *type;              /* owned: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte */
-    int32_t *slots;             /* owned: open-addressing table of token ids by text */
-    uint32_t n_slots;           /* a power of two */
+    coe_strtab ids;             /* owned: token ids by text */
     int byte_token[256];        /* <0xXX> tokens, -1 when absent */
     int unk, bos, eos;          /* -1 when absent */
     bool add_space_prefix;
@@ -39,8 +39,7 @@ typedef struct coe_vocab {
     coe_pretok pre;
     const coe_gguf_str *merges; /* borrowed: "left right", by rank */
     int n_merges;
-    int32_t *merge_slots;       /* owned: open-addressing table of ranks by text */
-    uint32_t n_merge_slots;
+    coe_strtab ranks;           /* owned: merge ranks by text */
     int byte_char[256];         /* the code point byte b is written as in BPE token texts */
     int16_t char_byte[324];     /* and back, -1 for none */
 } coe_vocab;
