@@ -15,10 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "experts/engine.h"
 #include "experts/tokenizer.h"
+#include "tests/conformance/shared.h"
 
 static const char *shared;
 
@@ -275,14 +275,7 @@ MODEL_TESTS(olmoe_f32, "olmoe-tiny-f32", TOL_FLOAT, TOL_FLOAT)
 
 int main(void)
 {
-    shared = getenv("COEGATE_SHARED");
-    struct stat st;
-    char probe[4096];
-    snprintf(probe, sizeof probe, "%s/conformance/models", shared ? shared : "../shared");
-    if (!shared || stat(probe, &st) != 0) {
-        printf("skipped: %s not found (the conformance data lives in ../shared beside the checkout)\n", probe);
-        return 77;
-    }
+    shared = shared_dir_or_skip("models");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(mixtral_f32_p1), cmocka_unit_test(mixtral_f32_p2),   cmocka_unit_test(mixtral_q8_0_p1),
         cmocka_unit_test(mixtral_q8_0_p2), cmocka_unit_test(qwen2moe_f32_p1), cmocka_unit_test(qwen2moe_f32_p2),

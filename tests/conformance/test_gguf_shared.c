@@ -9,9 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "common/gguf.h"
+#include "tests/conformance/shared.h"
 
 static const char *shared;
 
@@ -109,14 +109,7 @@ static void test_vocab_files(void **state)
 
 int main(void)
 {
-    shared = getenv("COEGATE_SHARED");
-    struct stat st;
-    char probe[4096];
-    snprintf(probe, sizeof probe, "%s/conformance/models", shared ? shared : "../shared");
-    if (!shared || stat(probe, &st) != 0) {
-        printf("skipped: %s not found (the conformance data lives in ../shared beside the checkout)\n", probe);
-        return 77;
-    }
+    shared = shared_dir_or_skip("models");
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_models), cmocka_unit_test(test_vocab_files)};
     return cmocka_run_group_tests_name("gguf-shared", tests, NULL, NULL);
 }

@@ -10,10 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "common/gguf.h"
 #include "experts/tokenizer.h"
+#include "tests/conformance/shared.h"
 
 static const char *shared;
 
@@ -113,14 +113,7 @@ static void test_deepseek_coder(void **state)
 
 int main(void)
 {
-    shared = getenv("COEGATE_SHARED");
-    struct stat st;
-    char probe[4096];
-    snprintf(probe, sizeof probe, "%s/conformance/tokenizer", shared ? shared : "../shared");
-    if (!shared || stat(probe, &st) != 0) {
-        printf("skipped: %s not found (the conformance data lives in ../shared beside the checkout)\n", probe);
-        return 77;
-    }
+    shared = shared_dir_or_skip("tokenizer");
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_llama_spm), cmocka_unit_test(test_phi3),
                                        cmocka_unit_test(test_gpt2), cmocka_unit_test(test_deepseek_coder)};
     return cmocka_run_group_tests_name("tokenizer-shared", tests, NULL, NULL);
