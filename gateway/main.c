@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "common/gguf.h"
 #include "experts/model_info.h"
+#include "experts/nll.h"
 #include "gateway/config.h"
 #include "gateway/server.h"
 #include "experts/forge.h"
@@ -34,6 +35,7 @@ static const char usage_main[] =
     "  serve          run the gateway (built-in demo configuration without --config)\n"
     "  config check   validate a configuration file\n"
     "  model info     describe a GGUF model file\n"
+    "  model nll      measure models' per-token log-likelihood (perplexity) on texts\n"
     "  forge          write a random-weight GGUF model (tests, demos, benchmarks)\n"
     "  route          show which expert a route picks for a text, and why\n"
     "  router train   learn the category router from labeled queries\n"
@@ -67,6 +69,7 @@ static const char usage_config[] =
 
 static const char usage_model[] =
     "usage: coegate model info FILE...\n"
+    "       coegate model nll MODEL... --data FILE.jsonl... (see coegate model nll --help)\n"
     "\n"
     "Describes GGUF model files: format, architecture and shape, parameter counts\n"
     "(total, and active per token for Mixture-of-Experts models), tensor types,\n"
@@ -120,6 +123,8 @@ static int parse_level(const char *s, coe_log_level *out)
 
 static int cmd_model(int argc, char **argv)
 {
+    if (argc >= 1 && strcmp(argv[0], "nll") == 0)
+        return coe_nll_main(argc - 1, argv + 1);
     if (coe_cli_wants_help(argc, argv)) {
         fputs(usage_model, stdout);
         return 0;

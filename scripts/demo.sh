@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets everything up and runs the gateway on the demo configuration (configs/demo.json):
-# forges its two local experts (scripts/demo-models.sh) and trains the demo router
-# from configs/demo-queries.jsonl when they are missing (or the queries are newer),
-# then serves on http://127.0.0.1:8080.
+# the real math, code and writing experts and the generalist of models/ behind the
+# learned category router, which is trained from configs/demo-queries.jsonl when it is
+# missing (or the queries are newer); then serves on http://127.0.0.1:8080.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -11,5 +11,4 @@ if [ ! -f configs/demo-router.gguf ] || [ configs/demo-queries.jsonl -nt configs
     build/coegate router train --data configs/demo-queries.jsonl --out configs/demo-router.gguf \
         --buckets 65536 --dim 32
 fi
-scripts/demo-models.sh configs build/coegate
 exec build/coegate serve --config configs/demo.json "$@"

@@ -30,7 +30,40 @@ write_t = ["Write a short poem about {s}.", "Draft {s} in a warm tone.", "Tell m
            "Help me write {s}; keep it under 200 words.", "Give me three opening lines for {s}.",
            "Rewrite this paragraph about {s} to sound more vivid.", "Compose a haiku about {s}."]
 
+# Word problems in GSM8K's manner, Python requests, and speeches from plays: what the
+# demo's real experts (models/) were trained on. Made up here, not taken from any corpus.
+names = ["Maria", "Tom", "Aisha", "Kenji", "Lena", "Omar", "Priya", "Jack", "Sofia", "Ben"]
+items = ["apples", "pencils", "stickers", "cupcakes", "marbles", "books", "tickets", "shirts", "cookies", "stamps"]
+word_t = ["{n} has {a} {i}. {n} gives {b} of them to a friend. How many {i} are left?",
+          "{n} bought {a} {i} for ${b} each. How much did {n} spend?",
+          "{n} sold {a} {i} on Monday and twice as many on Tuesday. How many {i} did {n} sell in all?",
+          "A box holds {a} {i}. How many boxes does {n} need for {c} {i}?",
+          "{n} earns ${a} an hour and works {b} hours a week. How much does {n} earn in {c} weeks?",
+          "There are {a} {i} in a jar and {n} takes a third of them. How many remain?",
+          "{n} reads {a} pages a day. How many days will a {c}-page book take?",
+          "A train travels {a} miles in {b} hours. What is its average speed?",
+          "{n} has {a} {i} and buys {b} more, then loses half. How many does {n} have now?"]
+py_tasks = ["checks whether a number is prime", "reverses a string", "counts the words in a file",
+            "returns the largest value in a list", "parses a date string", "merges two dictionaries",
+            "removes duplicates from a list", "computes a factorial", "flattens a nested list",
+            "reads a CSV file into a list of dicts", "converts Celsius to Fahrenheit", "finds the median of a list"]
+py_t = ["Write a Python function that {t}.", "Write a Python class that {t}.", "Implement a function that {t}.",
+        "def {f}(x): please write the body so that it {t}.", "Show me a Python function that {t}."]
+characters = ["Romeo", "Juliet", "King Henry", "Lady Macbeth", "Hamlet", "a herald", "the Duke", "a soldier",
+              "Queen Margaret", "a nurse"]
+play_t = ["Write a speech for {c}.", "Write a scene in which {c} speaks of love and war.",
+          "Compose a soliloquy for {c} in blank verse.", "Write lines for {c} in the style of Shakespeare.",
+          "Give me a short monologue for {c} about honour."]
+
 rows = []
+for i in range(60):
+    n, it = random.choice(names), random.choice(items)
+    a, b = random.randint(6, 90), random.randint(2, 12)
+    rows.append({"text": random.choice(word_t).format(n=n, i=it, a=a, b=b, c=a * random.randint(2, 9)),
+                 "category": "math"})
+    t = random.choice(py_tasks)
+    rows.append({"text": random.choice(py_t).format(t=t, f=t.split()[0]), "category": "code"})
+    rows.append({"text": random.choice(play_t).format(c=random.choice(characters)), "category": "writing"})
 for i in range(90):
     rows.append({"text": random.choice(code_t).format(t=random.choice(tasks), l=random.choice(langs)),
                  "category": "code"})

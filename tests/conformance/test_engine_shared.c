@@ -275,7 +275,7 @@ MODEL_TESTS(olmoe_f32, "olmoe-tiny-f32", TOL_FLOAT, TOL_FLOAT)
 
 int main(void)
 {
-    shared = shared_dir_or_skip("models");
+    shared = shared_dir_or_skip("conformance/models");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(mixtral_f32_p1), cmocka_unit_test(mixtral_f32_p2),   cmocka_unit_test(mixtral_q8_0_p1),
         cmocka_unit_test(mixtral_q8_0_p2), cmocka_unit_test(qwen2moe_f32_p1), cmocka_unit_test(qwen2moe_f32_p2),

@@ -109,7 +109,7 @@ static void test_vocab_files(void **state)
 
 int main(void)
 {
-    shared = shared_dir_or_skip("models");
+    shared = shared_dir_or_skip("conformance/models");
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_models), cmocka_unit_test(test_vocab_files)};
     return cmocka_run_group_tests_name("gguf-shared", tests, NULL, NULL);
 }

@@ -113,7 +113,7 @@ static void test_deepseek_coder(void **state)
 
 int main(void)
 {
-    shared = shared_dir_or_skip("tokenizer");
+    shared = shared_dir_or_skip("conformance/tokenizer");
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_llama_spm), cmocka_unit_test(test_phi3),
                                        cmocka_unit_test(test_gpt2), cmocka_unit_test(test_deepseek_coder)};
     return cmocka_run_group_tests_name("tokenizer-shared", tests, NULL, NULL);
