@@ -25,7 +25,7 @@
 #define SWEEP_MS 200
 
 /* A worker: one thread (its loop) running one libmicrohttpd daemon in external
- * epoll mode, on a socket shared with the other workers through SO_REUSEPORT.
+ * epoll mode, on one listening socket shared with the other workers.
  * Every request stays on the worker that accepted it. */
 typedef struct worker {
     coe_server *srv;
@@ -35,6 +35,7 @@ typedef struct worker {
     coe_timer *mhd_timer;     /* libmicrohttpd's next timeout */
     coe_timer *sweep_timer;
     coe_exchange *live;       /* exchanges waiting on an expert; worker thread only */
+    bool closed_in_run;       /* a connection closed during the current MHD_run */
 } worker;
 
 struct coe_server {
@@ -146,12 +147,31 @@ static void on_daemon_timer(void *arg);
 
 static void run_daemon(worker *w)
 {
+    w->closed_in_run = false;
     MHD_run(w->daemon);
     coe_loop_cancel(w->loop, w->mhd_timer);
     w->mhd_timer = NULL;
     MHD_UNSIGNED_LONG_LONG ms;
+    long delay = -1;
     if (MHD_get_timeout(w->daemon, &ms) == MHD_YES)
-        w->mhd_timer = coe_loop_after(w->loop, ms > 60000 ? 60000 : (long)ms, on_daemon_timer, w);
+        delay = ms > 60000 ? 60000 : (long)ms;
+    /* At its connection limit libmicrohttpd takes the listening socket out of its epoll
+     * set, and puts it back only at the start of a later run once a slot is free. When
+     * the last connections close (time out) in this run, no event and no timeout would
+     * ever bring that run: the gateway would stop accepting for good. So run again. */
+    if (w->closed_in_run)
+        delay = 0;
+    if (delay >= 0)
+        w->mhd_timer = coe_loop_after(w->loop, delay, on_daemon_timer, w);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_ctx,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)conn;
+    (void)socket_ctx;
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED)
+        ((worker *)cls)->closed_in_run = true;
 }
 
 static void on_daemon_ready(void *arg)
@@ -590,7 +610,8 @@ static int start_daemon(worker *w, const coe_server_cfg *sc, int listen_fd, int 
         flags, 0, NULL, NULL, on_request, w, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)listen_fd,
         MHD_OPTION_CONNECTION_LIMIT, per, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)sc->connection_timeout_s,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024),
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, w, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, w, MHD_OPTION_NOTIFY_CONNECTION, on_connection, w,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
     if (!w->daemon) {
         coe_error("cannot start the HTTP daemon of worker %d", (int)(w - w->srv->workers));
         return COE_EIO;
