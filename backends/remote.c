@@ -166,11 +166,24 @@ static void emit_choice(remote_call *c, const cJSON *ch, const char *delta_key)
     free(logprobs);
 }
 
+/* The upstream's message, key scrubbed, cut to 200 bytes (at a character boundary).
+ * Scrubbed before it is cut: a key straddling the cut would otherwise survive in part. */
 static void upstream_error_message(remote_call *c, const cJSON *err, char *out, size_t n)
 {
     const char *m = cJSON_IsObject(err) ? str_or_null(err, "message") : cJSON_IsString(err) ? err->valuestring : NULL;
-    snprintf(out, n, "%.200s", m ? m : "no message");
-    scrub_key(c->e, out);
+    char *msg = strdup(m ? m : "no message");
+    if (!msg) {
+        snprintf(out, n, "no message");
+        return;
+    }
+    scrub_key(c->e, msg);
+    size_t len = strlen(msg), max = n - 1 < 200 ? n - 1 : 200;
+    if (len > max)
+        for (len = max; len > 0 && ((unsigned char)msg[len] & 0xC0) == 0x80; len--)
+            ;
+    memcpy(out, msg, len);
+    out[len] = '\0';
+    free(msg);
 }
 
 static int on_event(void *ctx, const coe_sse_event *ev)

@@ -4,7 +4,10 @@
  * Behaviour is chosen per request by a line in the last user message (or prompt):
  *   fake: key=NAME chunks=N delay_ms=D first_delay_ms=D status=S fail_times=K
  *         retry_after=SECS stall_after=N drop_after=N malformed_after=N
- * key names a scenario for /stats and fail_times (fail the first K requests of the
+ *         echo_key=N error_after=N
+ * echo_key puts the request's bearer key into error messages after N filler
+ * characters (a key that a cut of the message would straddle); error_after sends an
+ * error event after N chunks of a stream. key names a scenario for /stats and fail_times (fail the first K requests of the
  * scenario with status S, then answer). Without a directive it answers at once with
  * 3 chunks. GET /stats returns what it saw per key: requests, the last request body,
  * the last Authorization header, and when a client closed a response early. */
@@ -65,14 +68,14 @@ static scenario *find(const char *key)
 typedef struct directive {
     char key[64];
     int chunks, delay_ms, first_delay_ms, status, fail_times, retry_after;
-    int stall_after, drop_after, malformed_after;
+    int stall_after, drop_after, malformed_after, echo_key, error_after;
 } directive;
 
 static void parse_directive(const char *text, directive *d)
 {
     memset(d, 0, sizeof *d);
     d->chunks = 3;
-    d->stall_after = d->drop_after = d->malformed_after = -1;
+    d->stall_after = d->drop_after = d->malformed_after = d->echo_key = d->error_after = -1;
     const char *p = text ? strstr(text, "fake:") : NULL;
     if (!p)
         return;
@@ -93,6 +96,8 @@ static void parse_directive(const char *text, directive *d)
             else if (!strcmp(name, "stall_after")) d->stall_after = v;
             else if (!strcmp(name, "drop_after")) d->drop_after = v;
             else if (!strcmp(name, "malformed_after")) d->malformed_after = v;
+            else if (!strcmp(name, "echo_key")) d->echo_key = v;
+            else if (!strcmp(name, "error_after")) d->error_after = v;
         }
         while (*p && *p != ' ' && *p != '\n')
             p++;
@@ -114,8 +119,30 @@ static int wait_or_hangup(int fd, int ms)
     }
 }
 
+/* The error body for a request: "fake failure S", or with echo_key, filler then the
+ * bearer key the request carried (as a careless upstream might echo it). */
+static char *error_body(const directive *d, const char *auth, int status)
+{
+    char msg[1024];
+    if (d->echo_key >= 0 && d->echo_key < 512) {
+        const char *key = auth && strncmp(auth, "Bearer ", 7) == 0 ? auth + 7 : "";
+        int n = d->echo_key;
+        memset(msg, 'x', (size_t)n);
+        snprintf(msg + n, sizeof msg - (size_t)n, "%s is not a valid key", key);
+    } else {
+        snprintf(msg, sizeof msg, "fake failure %d", status);
+    }
+    cJSON *j = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(j, "error");
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddStringToObject(e, "type", "fake_error");
+    char *t = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return t;
+}
+
 typedef struct stream {
     directive d;
+    char *error;     /* the error event's JSON, for error_after */
     bool chat;
     bool usage;
     int fd;
@@ -178,6 +205,13 @@ static void fill(stream *s)
     s->next++;
 }
 
+static void free_stream(void *cls)
+{
+    stream *s = cls;
+    free(s->error);
+    free(s);
+}
+
 static ssize_t read_stream(void *cls, uint64_t pos, char *out, size_t max)
 {
     (void)pos;
@@ -194,7 +228,11 @@ static ssize_t read_stream(void *cls, uint64_t pos, char *out, size_t max)
                 record_close(d->key);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
-        if (i == d->malformed_after) {
+        if (i == d->error_after) {
+            s->len = (size_t)snprintf(s->buf, sizeof s->buf, "data: %s\n\n", s->error);
+            s->off = 0;
+            s->finished = true;
+        } else if (i == d->malformed_after) {
             s->len = (size_t)snprintf(s->buf, sizeof s->buf, "data: {\"choices\": [oops\n\n");
             s->off = 0;
             s->next = d->chunks + 2; /* then end */
@@ -315,10 +353,11 @@ static enum MHD_Result answer(struct MHD_Connection *c, const char *url, req_ctx
         return MHD_NO;
     }
     if (d.status && (d.fail_times == 0 || seen <= d.fail_times)) {
-        char err[256];
-        snprintf(err, sizeof err, "{\"error\":{\"message\":\"fake failure %d\",\"type\":\"fake_error\"}}", d.status);
+        char *err = error_body(&d, auth, d.status);
         cJSON_Delete(body);
-        return reply(c, (unsigned)d.status, err, d.retry_after);
+        enum MHD_Result r = reply(c, (unsigned)d.status, err, d.retry_after);
+        free(err);
+        return r;
     }
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(body, "model");
     bool streaming = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(body, "stream"));
@@ -360,12 +399,13 @@ static enum MHD_Result answer(struct MHD_Connection *c, const char *url, req_ctx
     }
     stream *s = calloc(1, sizeof *s);
     s->d = d;
+    s->error = error_body(&d, auth, 500);
     s->chat = chat;
     s->usage = usage;
     s->fd = fd;
     snprintf(s->model, sizeof s->model, "%s", cJSON_IsString(model) ? model->valuestring : "");
     cJSON_Delete(body);
-    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 1024, read_stream, s, free);
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 1024, read_stream, s, free_stream);
     MHD_add_response_header(r, "Content-Type", "text/event-stream");
     enum MHD_Result ret = MHD_queue_response(c, 200, r);
     MHD_destroy_response(r);

@@ -5,7 +5,7 @@ import socket
 import time
 import unittest
 
-from harness import Gateway, request
+from harness import Gateway, Stream, Upstream, chat_body, post, remote, request
 
 ECHO = {"experts": {"e": {"kind": "echo"}}, "routes": {"auto": {"default": "e"}}}
 
@@ -29,6 +29,56 @@ class ConnectionLimit(unittest.TestCase):
             finally:
                 for s in socks:
                     s.close()
+
+
+KEY = "sk-straddle-0123456789abcdefghijklmnopqrstu"  # 42 characters
+
+
+class KeyScrubbing(unittest.TestCase):
+    """An upstream that echoes the gateway's key in its error message: the key must not
+    reach the client or the log, in part either, even where the message is cut
+    (at 200 characters) through the middle of the key."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = Upstream()
+        cls.gw = Gateway({"experts": {"up": remote(cls.up, api_key_env="COE_TEST_KEY", retries=0)},
+                          "routes": {"auto": {"default": "up"}}}, env={"COE_TEST_KEY": KEY})
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.close()
+        cls.up.close()
+
+    def assertNoKeyPart(self, text):
+        for i in range(len(KEY) - 7):
+            self.assertNotIn(KEY[i:i + 8], text)
+
+    def test_relayed_error_message(self):
+        for offset in (0, 160, 180, 195, 199, 230):
+            with self.subTest(offset=offset):
+                r = post(self.gw.port, chat_body(f"fake: status=400 echo_key={offset}"))
+                self.assertEqual(r.status, 400)
+                text = r.body.decode()
+                self.assertIn("rejected the request", text)
+                self.assertNoKeyPart(text)
+                if offset < 190:
+                    self.assertIn("[redacted]", text)
+
+    def test_error_event_in_a_stream(self):
+        for offset in (180, 195):
+            with self.subTest(offset=offset):
+                s = Stream(self.gw.port, chat_body(f"fake: chunks=3 error_after=1 echo_key={offset}", stream=True))
+                self.assertEqual(s.status, 200)
+                events = "\n".join(data for _, data in s.all())
+                s.close()
+                self.assertIn("error", events)
+                self.assertNoKeyPart(events)
+
+    def test_log(self):
+        post(self.gw.port, chat_body("fake: status=422 echo_key=185"))
+        self.gw.wait_log("status=400")
+        self.assertNoKeyPart(self.gw.logs())
 
 
 if __name__ == "__main__":
