@@ -41,6 +41,7 @@ typedef struct coe_failure {
     int status;           /* HTTP status for the client should this failure be the last */
     long retry_after_ms;  /* from the upstream's Retry-After, or -1 */
     char message[320];    /* for the client and the log; never holds a key */
+    char param[64];       /* the request field at fault (the error's "param"), "" for none */
 } coe_failure;
 
 /* Where a backend call reports. A streamed request (req->stream) gets deltas, any

@@ -333,15 +333,17 @@ static void post_locked(local_call *c)
     }
 }
 
-static void fail_call(local_call *c, coe_failure_kind kind, int status, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void fail_call(local_call *c, coe_failure_kind kind, int status, const char *fmt, ...)
+/* param: the request field at fault, or NULL. */
+static void fail_call(local_call *c, coe_failure_kind kind, int status, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void fail_call(local_call *c, coe_failure_kind kind, int status, const char *param, const char *fmt, ...)
 {
     pthread_mutex_lock(&c->mu);
     c->failed = true;
     c->failure.kind = kind;
     c->failure.status = status;
     c->failure.retry_after_ms = -1;
+    snprintf(c->failure.param, sizeof c->failure.param, "%s", param ? param : "");
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(c->failure.message, sizeof c->failure.message, fmt, ap);
@@ -359,21 +361,22 @@ static bool prepare(coe_local *L, local_call *c)
     c->next_token = -1;
     c->batch_row = -1;
     if (coe_tokenize_prompt(&L->vocab, c->prompt, strlen(c->prompt), &c->ids, &c->n_prompt, &c->cap_prompt)) {
-        fail_call(c, COE_FAIL_RETRY, 503, "out of memory while tokenizing the prompt");
+        fail_call(c, COE_FAIL_RETRY, 503, NULL, "out of memory while tokenizing the prompt");
         return false;
     }
     if (c->n_prompt == 0) {
-        fail_call(c, COE_FAIL_FINAL, 400, "the prompt is empty");
+        fail_call(c, COE_FAIL_FINAL, 400, c->chat ? "messages" : "prompt", "the prompt is empty");
         return false;
     }
     if ((int)c->n_prompt >= L->n_ctx) {
-        fail_call(c, COE_FAIL_FINAL, 400, "the prompt is %zu tokens, over this expert's context of %d", c->n_prompt,
-                  L->n_ctx);
+        /* Another expert (a fallback) may have room for it. */
+        fail_call(c, COE_FAIL_NEXT, 400, c->chat ? "messages" : "prompt",
+                  "the prompt is %zu tokens, over this expert's context of %d", c->n_prompt, L->n_ctx);
         return false;
     }
     c->kv = coe_kv_new(L->model);
     if (!c->kv || coe_sampler_init(&c->sampler, &c->sampling, L->model->n_vocab)) {
-        fail_call(c, COE_FAIL_RETRY, 503, "out of memory for a new sequence");
+        fail_call(c, COE_FAIL_RETRY, 503, NULL, "out of memory for a new sequence");
         return false;
     }
     return true;
@@ -516,7 +519,7 @@ static void step(coe_local *L)
         local_call *c = L->active[i];
         bool keep = true;
         if (rc)
-            fail_call(c, COE_FAIL_RETRY, 503, "the model failed: %s", diag.data ? diag.data : coe_strerror(rc));
+            fail_call(c, COE_FAIL_RETRY, 503, NULL, "the model failed: %s", diag.data ? diag.data : coe_strerror(rc));
         else if (c->batch_row >= 0)
             keep = take_token(L, c, L->logits + (size_t)c->batch_row * (size_t)L->model->n_vocab);
         if (rc || !keep) {
@@ -704,21 +707,25 @@ static uint64_t fresh_seed(void)
     return (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (atomic_fetch_add(&counter, 1) * 0x9E3779B97F4A7C15ull);
 }
 
-/* Reads the request into c; false (with c->failure set for the client) when a local
- * model cannot answer it as asked. */
-static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_request *req, char *err, size_t errlen)
+/* Reads the request into c; false when a local model cannot answer it as asked, with
+ * the reason in err and the field at fault in *param (an empty err: out of memory). */
+static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_request *req, char *err, size_t errlen,
+                         const char **param)
 {
     const cJSON *body = req->body;
     c->chat = req->endpoint == COE_EP_CHAT;
+    *param = c->chat ? "messages" : "prompt";
     c->stream = req->stream;
     c->max_tokens = coe_effective_max_tokens(e, req);
     if (number(body, "n", 1) != 1) {
         snprintf(err, errlen, "'n': local experts return one choice");
+        *param = "n";
         return false;
     }
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(body, "tools");
     if (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) {
         snprintf(err, errlen, "'tools': local experts do not call tools");
+        *param = "tools";
         return false;
     }
     coe_sampling *s = &c->sampling;
@@ -791,13 +798,14 @@ static int local_start(coe_loop *loop, const coe_expert_cfg *e, const coe_reques
     c->sink = *sink;
     *out = c;
     char err[256] = "";
-    if (!read_request(c, e, req, err, sizeof err)) {
+    const char *param = NULL;
+    if (!read_request(c, e, req, err, sizeof err, &param)) {
         if (!*err) {
             call_unref(c);
             return COE_ENOMEM;
         }
         /* What this expert cannot do another may: its fallbacks get the chance. */
-        fail_call(c, COE_FAIL_NEXT, 400, "%s", err);
+        fail_call(c, COE_FAIL_NEXT, 400, param, "%s", err);
         return 0;
     }
     pthread_mutex_lock(&L->mu);
@@ -809,7 +817,7 @@ static int local_start(coe_loop *loop, const coe_expert_cfg *e, const coe_reques
     }
     pthread_mutex_unlock(&L->mu);
     if (!room)
-        fail_call(c, COE_FAIL_RETRY, 503, "expert '%s' is busy: %d sequences decoding and %d waiting", e->name,
+        fail_call(c, COE_FAIL_RETRY, 503, NULL, "expert '%s' is busy: %d sequences decoding and %d waiting", e->name,
                   L->max_batch, L->max_queue);
     return 0;
 }

@@ -51,6 +51,7 @@ void coe_failure_set(coe_failure *f, coe_failure_kind kind, int status, const ch
     f->kind = kind;
     f->status = status;
     f->retry_after_ms = -1;
+    f->param[0] = '\0';
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(f->message, sizeof f->message, fmt, ap);
@@ -123,7 +124,8 @@ static void commit(dispatch *d)
 static void fail_request(dispatch *d, const coe_failure *f)
 {
     coe_api_error e;
-    coe_api_error_set(&e, f->status, coe_error_type(f->status), NULL, NULL, "%s", f->message);
+    coe_api_error_set(&e, f->status, coe_error_type(f->status), NULL, f->param[0] ? f->param : NULL, "%s",
+                      f->message);
     coe_buf b = COE_BUF_INIT;
     coe_openai_error(&b, &e, false);
     long retry_after_s = f->status == 503 ? 1 : f->retry_after_ms > 0 ? (f->retry_after_ms + 999) / 1000 : 0;
@@ -285,7 +287,8 @@ static void on_fail(void *ctx, const coe_failure *f)
     /* Headers are out: the error travels in the stream, then [DONE]. */
     coe_log(COE_LOG_WARN, "expert '%s' failed mid-stream: %s", current_expert(d)->name, f->message);
     coe_api_error e;
-    coe_api_error_set(&e, f->status, coe_error_type(f->status), NULL, NULL, "%s", f->message);
+    coe_api_error_set(&e, f->status, coe_error_type(f->status), NULL, f->param[0] ? f->param : NULL, "%s",
+                      f->message);
     coe_buf b = COE_BUF_INIT;
     if (d->req->stream) {
         coe_openai_error(&b, &e, true);

@@ -1,11 +1,14 @@
 """Regression tests for defects found by attacking the gateway (issue 10): each failed
 on the code before its fix. Loopback only, bounded counts and times."""
 
+import os
 import socket
+import subprocess
+import tempfile
 import time
 import unittest
 
-from harness import Gateway, Stream, Upstream, chat_body, post, remote, request
+from harness import COEGATE, Gateway, Stream, Upstream, chat_body, post, remote, request
 
 ECHO = {"experts": {"e": {"kind": "echo"}}, "routes": {"auto": {"default": "e"}}}
 
@@ -79,6 +82,34 @@ class KeyScrubbing(unittest.TestCase):
         post(self.gw.port, chat_body("fake: status=422 echo_key=185"))
         self.gw.wait_log("status=400")
         self.assertNoKeyPart(self.gw.logs())
+
+
+class LocalOverContext(unittest.TestCase):
+    """A prompt over a local expert's context, counted in tokens (past the byte-size
+    pre-check), goes to the expert's fallbacks like every other thing it cannot serve;
+    without fallbacks, 400 with param."""
+
+    def test_fallback_then_param(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "m.gguf")
+            r = subprocess.run([COEGATE, "forge", "-o", path], capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            config = {"experts": {"small": {"kind": "local", "path": path, "context": 64, "threads": 1,
+                                            "fallbacks": ["big"]},
+                                  "alone": {"kind": "local", "path": path, "context": 64, "threads": 1},
+                                  "big": {"kind": "local", "path": path, "context": 1024, "threads": 1}},
+                      "routes": {"auto": {"default": "small"}}}
+            prompt = "the water " * 40  # about 80 tokens in 400 bytes
+            with Gateway(config) as gw:
+                r = post(gw.port, chat_body(prompt, model="small", max_tokens=2))
+                self.assertEqual(r.status, 200, r.body)
+                self.assertEqual(r.headers["x-coegate-expert"], "big")
+                r = post(gw.port, chat_body(prompt, model="alone", max_tokens=2))
+                self.assertEqual(r.status, 400, r.body)
+                self.assertIn("context", r.json()["error"]["message"])
+                self.assertEqual(r.json()["error"]["param"], "messages")
+                r = post(gw.port, chat_body("hi", model="alone", n=2))
+                self.assertEqual(r.json()["error"]["param"], "n")
 
 
 if __name__ == "__main__":
