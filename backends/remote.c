@@ -32,7 +32,8 @@ typedef struct remote_call {
     coe_sse parser;
     coe_buf in;               /* a JSON body, or an error body */
     long long started_ms;
-    long long last_byte_ms;   /* 0 until the first byte */
+    long long last_content_ms; /* 0 until the first content: a body byte, or a stream's event (comments,
+                                  such as keep-alive pings, and headers do not count) */
     long retry_after_ms;
     bool saw_done;            /* data: [DONE] */
     bool saw_finish;          /* a choice finished */
@@ -189,6 +190,7 @@ static void upstream_error_message(remote_call *c, const cJSON *err, char *out, 
 static int on_event(void *ctx, const coe_sse_event *ev)
 {
     remote_call *c = ctx;
+    c->last_content_ms = coe_now_ms();
     if (strcmp(ev->data, "[DONE]") == 0) {
         c->saw_done = true;
         return 0;
@@ -219,7 +221,6 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
 {
     remote_call *c = arg;
     size_t len = size * n;
-    c->last_byte_ms = coe_now_ms();
     if (len > 12 && strncasecmp(p, "retry-after:", 12) == 0) {
         char v[128];
         size_t k = len - 12 < sizeof v - 1 ? len - 12 : sizeof v - 1;
@@ -242,7 +243,6 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
 {
     remote_call *c = arg;
     size_t len = size * n;
-    c->last_byte_ms = coe_now_ms();
     if (!c->status) {
         curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->status);
         const char *ct = NULL;
@@ -251,6 +251,8 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
     }
     if (c->failed)
         return CURL_WRITEFUNC_ERROR;
+    if (!c->sse)
+        c->last_content_ms = coe_now_ms();
     if (c->sse) {
         int rc = coe_sse_feed(&c->parser, p, len, on_event, c);
         if (rc == COE_ERANGE)
@@ -358,20 +360,26 @@ static void on_transfer_done(void *arg, CURLcode result)
     sink.ops->fail(sink.ctx, &f);
 }
 
-/* First-byte and between-chunk deadlines; re-armed lazily for what is left. */
+/* First-content, between-content and whole-answer deadlines; re-armed lazily for what
+ * is left. Comments do not count as content, so an upstream that only sends keep-alive
+ * pings cannot hold a request forever. */
 static void on_deadline(void *arg)
 {
     remote_call *c = arg;
     c->deadline = NULL;
     long long now = coe_now_ms();
-    long long due = c->last_byte_ms ? c->last_byte_ms + c->e->chunk_timeout_ms
-                                    : c->started_ms + c->e->first_byte_timeout_ms;
-    if (now < due) {
-        c->deadline = coe_loop_after(c->loop, (long)(due - now), on_deadline, c);
+    long long due = c->last_content_ms ? c->last_content_ms + c->e->chunk_timeout_ms
+                                       : c->started_ms + c->e->first_byte_timeout_ms;
+    long long whole = c->e->stream_timeout_ms ? c->started_ms + c->e->stream_timeout_ms : due;
+    if (now < due && now < whole) {
+        c->deadline = coe_loop_after(c->loop, (long)((due < whole ? due : whole) - now), on_deadline, c);
         return;
     }
     coe_failure f;
-    if (c->last_byte_ms)
+    if (now >= whole && c->e->stream_timeout_ms)
+        coe_failure_set(&f, COE_FAIL_RETRY, 504, "expert '%s' did not finish its answer within %ld ms", c->e->name,
+                        c->e->stream_timeout_ms);
+    else if (c->last_content_ms)
         coe_failure_set(&f, COE_FAIL_RETRY, 504, "expert '%s' stalled: no data for %ld ms", c->e->name,
                         c->e->chunk_timeout_ms);
     else
@@ -429,7 +437,9 @@ static int remote_start(coe_loop *loop, const coe_expert_cfg *e, const coe_reque
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
     c->started_ms = coe_now_ms();
-    c->deadline = coe_loop_after(loop, e->first_byte_timeout_ms, on_deadline, c);
+    long first = e->stream_timeout_ms && e->stream_timeout_ms < e->first_byte_timeout_ms ? e->stream_timeout_ms
+                                                                                       : e->first_byte_timeout_ms;
+    c->deadline = coe_loop_after(loop, first, on_deadline, c);
     int rc = c->deadline ? coe_loop_add(loop, h, on_transfer_done, c) : COE_ENOMEM;
     if (rc) {
         call_free(c);

@@ -305,7 +305,7 @@ static void open_local(vctx *v, const char *path, coe_expert_cfg *e)
 
 static const char *const expert_keys[] = {
     "kind", "base_url", "model", "api_key_env", "headers", "connect_timeout_ms",
-    "first_byte_timeout_ms", "chunk_timeout_ms", "retries", "retry_backoff_ms",
+    "first_byte_timeout_ms", "chunk_timeout_ms", "stream_timeout_ms", "retries", "retry_backoff_ms",
     "max_retry_after_ms", "max_concurrency", "max_tokens", "cost", "fallbacks", "delay_ms", "path", "threads",
     "context", "max_batch", "max_queue", "chat_template", NULL};
 
@@ -421,6 +421,7 @@ static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_c
     e->connect_timeout_ms = get_int(v, j, path, "connect_timeout_ms", 1, 600000, 5000);
     e->first_byte_timeout_ms = get_int(v, j, path, "first_byte_timeout_ms", 1, 3600000, 60000);
     e->chunk_timeout_ms = get_int(v, j, path, "chunk_timeout_ms", 1, 3600000, 60000);
+    e->stream_timeout_ms = get_int(v, j, path, "stream_timeout_ms", 0, 86400000, 0);
     e->retries = (int)get_int(v, j, path, "retries", 0, 10, 2);
     e->retry_backoff_ms = get_int(v, j, path, "retry_backoff_ms", 0, 60000, 100);
     e->max_retry_after_ms = get_int(v, j, path, "max_retry_after_ms", 0, 600000, 5000);

@@ -30,8 +30,9 @@ typedef struct coe_expert_cfg {
     char **headers;       /* owned; "Name: value" lines */
     int n_headers;
     long connect_timeout_ms;
-    long first_byte_timeout_ms; /* request sent -> first body byte */
-    long chunk_timeout_ms;      /* longest silence between body bytes once streaming */
+    long first_byte_timeout_ms; /* request sent -> first content (a body byte; for streams an event, not a comment) */
+    long chunk_timeout_ms;      /* longest time without content once it has started */
+    long stream_timeout_ms;     /* request sent -> the whole answer; 0: no limit */
     int retries;                /* extra attempts on this expert before its fallbacks */
     long retry_backoff_ms;      /* base of the jittered exponential backoff */
     long max_retry_after_ms;    /* a longer Retry-After skips to the fallbacks */

@@ -4,8 +4,8 @@
  * Behaviour is chosen per request by a line in the last user message (or prompt):
  *   fake: key=NAME chunks=N delay_ms=D first_delay_ms=D status=S fail_times=K
  *         retry_after=SECS stall_after=N drop_after=N malformed_after=N
- *         echo_key=N error_after=N
- * echo_key puts the request's bearer key into error messages after N filler
+ *         echo_key=N error_after=N pings=N
+ * pings sends N ": ping" comments, 100 ms apart, before the first chunk. echo_key puts the request's bearer key into error messages after N filler
  * characters (a key that a cut of the message would straddle); error_after sends an
  * error event after N chunks of a stream. key names a scenario for /stats and fail_times (fail the first K requests of the
  * scenario with status S, then answer). Without a directive it answers at once with
@@ -68,7 +68,7 @@ static scenario *find(const char *key)
 typedef struct directive {
     char key[64];
     int chunks, delay_ms, first_delay_ms, status, fail_times, retry_after;
-    int stall_after, drop_after, malformed_after, echo_key, error_after;
+    int stall_after, drop_after, malformed_after, echo_key, error_after, pings;
 } directive;
 
 static void parse_directive(const char *text, directive *d)
@@ -98,6 +98,7 @@ static void parse_directive(const char *text, directive *d)
             else if (!strcmp(name, "malformed_after")) d->malformed_after = v;
             else if (!strcmp(name, "echo_key")) d->echo_key = v;
             else if (!strcmp(name, "error_after")) d->error_after = v;
+            else if (!strcmp(name, "pings")) d->pings = v;
         }
         while (*p && *p != ' ' && *p != '\n')
             p++;
@@ -147,6 +148,7 @@ typedef struct stream {
     bool usage;
     int fd;
     int next;        /* next chunk index; chunks+1: usage/done */
+    int pings;       /* comments sent so far */
     bool finished;
     char model[128];
     char buf[1024];
@@ -221,6 +223,19 @@ static ssize_t read_stream(void *cls, uint64_t pos, char *out, size_t max)
             return MHD_CONTENT_READER_END_OF_STREAM;
         int i = s->next;
         const directive *d = &s->d;
+        if (s->pings < d->pings) {
+            if (wait_or_hangup(s->fd, 100) < 0) {
+                record_close(d->key);
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            }
+            s->len = (size_t)snprintf(s->buf, sizeof s->buf, ": ping\n\n");
+            s->off = 0;
+            s->pings++;
+            size_t n = s->len < max ? s->len : max;
+            memcpy(out, s->buf, n);
+            s->off = n;
+            return (ssize_t)n;
+        }
         if (i == d->drop_after)
             return MHD_CONTENT_READER_END_WITH_ERROR; /* cut the connection mid-stream */
         if (i == d->stall_after) {

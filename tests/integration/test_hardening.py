@@ -45,8 +45,12 @@ class KeyScrubbing(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.up = Upstream()
-        cls.gw = Gateway({"experts": {"up": remote(cls.up, api_key_env="COE_TEST_KEY", retries=0)},
-                          "routes": {"auto": {"default": "up"}}}, env={"COE_TEST_KEY": KEY})
+        try:
+            cls.gw = Gateway({"experts": {"up": remote(cls.up, api_key_env="COE_TEST_KEY", retries=0)},
+                              "routes": {"auto": {"default": "up"}}}, env={"COE_TEST_KEY": KEY})
+        except Exception:
+            cls.up.close()
+            raise
 
     @classmethod
     def tearDownClass(cls):
@@ -82,6 +86,46 @@ class KeyScrubbing(unittest.TestCase):
         post(self.gw.port, chat_body("fake: status=422 echo_key=185"))
         self.gw.wait_log("status=400")
         self.assertNoKeyPart(self.gw.logs())
+
+
+class StreamDeadlines(unittest.TestCase):
+    """Keep-alive comments are not an answer, and an answer that never ends is cut."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = Upstream()
+        try:
+            cls.gw = Gateway({"experts": {
+                "pinger": remote(cls.up, retries=0, first_byte_timeout_ms=600),
+                "endless": remote(cls.up, retries=0, stream_timeout_ms=1500)},
+                "routes": {"auto": {"default": "pinger"}}})
+        except Exception:
+            cls.up.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.close()
+        cls.up.close()
+
+    def test_pings_do_not_count_as_content(self):
+        # 100 pings over 10 s, then an answer: the first-content deadline (0.6 s) ends it.
+        t0 = time.monotonic()
+        s = Stream(self.gw.port, chat_body("fake: pings=100", model="pinger", stream=True))
+        self.assertEqual(s.status, 504)
+        self.assertIn("did not answer within 600 ms", s.resp.read().decode())
+        s.close()
+        self.assertLess(time.monotonic() - t0, 5)
+
+    def test_stream_deadline(self):
+        t0 = time.monotonic()
+        s = Stream(self.gw.port, chat_body("fake: chunks=1000000 delay_ms=50", model="endless", stream=True))
+        self.assertEqual(s.status, 200)
+        events = [data for _, data in s.all()]
+        s.close()
+        self.assertLess(time.monotonic() - t0, 6)
+        self.assertIn("did not finish its answer within 1500 ms", events[-2])
+        self.assertEqual(events[-1], "[DONE]")
 
 
 class LocalOverContext(unittest.TestCase):
