@@ -248,6 +248,11 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
         const char *ct = NULL;
         curl_easy_getinfo(c->easy, CURLINFO_CONTENT_TYPE, &ct);
         c->sse = c->status < 300 && ct && strncasecmp(ct, "text/event-stream", 17) == 0;
+        /* Its events would reach a client that waits for one JSON body. Another expert
+         * may answer as asked. */
+        if (c->sse && !c->req->stream)
+            stop_with(c, COE_FAIL_NEXT, 502, "expert '%s' answered a request without \"stream\" with an event "
+                      "stream%s", "");
     }
     if (c->failed)
         return CURL_WRITEFUNC_ERROR;

@@ -4,8 +4,8 @@
  * Behaviour is chosen per request by a line in the last user message (or prompt):
  *   fake: key=NAME chunks=N delay_ms=D first_delay_ms=D status=S fail_times=K
  *         retry_after=SECS stall_after=N drop_after=N malformed_after=N
- *         echo_key=N error_after=N pings=N
- * pings sends N ": ping" comments, 100 ms apart, before the first chunk. echo_key puts the request's bearer key into error messages after N filler
+ *         echo_key=N error_after=N pings=N sse=1
+ * sse=1 answers with an event stream even when the request does not ask for one. pings sends N ": ping" comments, 100 ms apart, before the first chunk. echo_key puts the request's bearer key into error messages after N filler
  * characters (a key that a cut of the message would straddle); error_after sends an
  * error event after N chunks of a stream. key names a scenario for /stats and fail_times (fail the first K requests of the
  * scenario with status S, then answer). Without a directive it answers at once with
@@ -68,7 +68,7 @@ static scenario *find(const char *key)
 typedef struct directive {
     char key[64];
     int chunks, delay_ms, first_delay_ms, status, fail_times, retry_after;
-    int stall_after, drop_after, malformed_after, echo_key, error_after, pings;
+    int stall_after, drop_after, malformed_after, echo_key, error_after, pings, sse;
 } directive;
 
 static void parse_directive(const char *text, directive *d)
@@ -99,6 +99,7 @@ static void parse_directive(const char *text, directive *d)
             else if (!strcmp(name, "echo_key")) d->echo_key = v;
             else if (!strcmp(name, "error_after")) d->error_after = v;
             else if (!strcmp(name, "pings")) d->pings = v;
+            else if (!strcmp(name, "sse")) d->sse = v;
         }
         while (*p && *p != ' ' && *p != '\n')
             p++;
@@ -375,7 +376,7 @@ static enum MHD_Result answer(struct MHD_Connection *c, const char *url, req_ctx
         return r;
     }
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(body, "model");
-    bool streaming = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(body, "stream"));
+    bool streaming = d.sse || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(body, "stream"));
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(body, "stream_options");
     bool usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage"));
     if (!streaming) {

@@ -128,6 +128,31 @@ class StreamDeadlines(unittest.TestCase):
         self.assertEqual(events[-1], "[DONE]")
 
 
+class EventStreamForJson(unittest.TestCase):
+    """An upstream that answers a non-streamed request with an event stream: a clean
+    502 (or the fallback's answer), never a 200 whose body is not JSON, never a hang."""
+
+    def test_502_then_fallback(self):
+        with Upstream() as up:
+            config = {"experts": {"sse": remote(up, retries=0), "backup": {"kind": "echo"},
+                                  "sse2": remote(up, retries=0, fallbacks=["backup"])},
+                      "routes": {"auto": {"default": "sse"}}}
+            with Gateway(config) as gw:
+                for text in ("fake: sse=1", "fake: sse=1 stall_after=1"):
+                    with self.subTest(text=text):
+                        t0 = time.monotonic()
+                        r = post(gw.port, chat_body(text, model="sse"), timeout=10)
+                        self.assertEqual(r.status, 502)
+                        self.assertIn("event stream", r.json()["error"]["message"])
+                        self.assertLess(time.monotonic() - t0, 5)
+                r = post(gw.port, chat_body("fake: sse=1", model="sse2"))
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.headers["x-coegate-expert"], "backup")
+                self.assertEqual(r.json()["choices"][0]["message"]["content"], "fake: sse=1")
+                m = request(gw.port, "GET", "/metrics").body.decode()
+                self.assertRegex(m, r"(?m)^coegate_inflight_requests 0$")
+
+
 class LocalOverContext(unittest.TestCase):
     """A prompt over a local expert's context, counted in tokens (past the byte-size
     pre-check), goes to the expert's fallbacks like every other thing it cannot serve;
