@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
@@ -67,7 +68,6 @@ typedef struct conn_ctx {
     const char *rule;
     long long start_us;
     coe_buf body;
-    bool too_large;
     bool out_of_memory;
     bool counted;             /* holds a place in inflight */
     coe_exchange *ex;         /* once dispatched */
@@ -401,11 +401,6 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
 {
     coe_server *s = cx->srv;
     const coe_server_cfg *sc = &cx->cfg->server;
-    if (cx->too_large) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "the request body is over the limit of %zu bytes", sc->max_body_bytes);
-        return fail(conn, cx, 413, "request_too_large", NULL, msg);
-    }
     if (cx->out_of_memory)
         return fail(conn, cx, 503, "overloaded", NULL, "the gateway is out of memory");
     if (cx->ep == EP_HEALTH)
@@ -472,6 +467,35 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
     return send_exchange(conn, cx);
 }
 
+/* A body that crosses max_body_bytes while it arrives (a chunked body announces no
+ * length): refused at once, since reading the rest only to refuse it would let a client
+ * make the gateway read without end. libmicrohttpd 0.9.75 cannot queue a response
+ * while a body arrives, so the 413 is written on the socket here (nothing of this
+ * response has gone out), our side shut, and the connection dropped. */
+static enum MHD_Result refuse_upload(struct MHD_Connection *conn, conn_ctx *cx)
+{
+    char msg[96];
+    snprintf(msg, sizeof msg, "the request body is over the limit of %zu bytes", cx->cfg->server.max_body_bytes);
+    coe_api_error e;
+    coe_api_error_set(&e, 413, coe_error_type(413), "request_too_large", NULL, "%s", msg);
+    coe_buf body = COE_BUF_INIT, out = COE_BUF_INIT;
+    coe_openai_error(&body, &e, false);
+    coe_buf_printf(&out,
+                   "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                   "Connection: close\r\nX-Request-Id: %s\r\nX-Coegate-Expert: none\r\n\r\n",
+                   body.len, cx->id);
+    coe_buf_append(&out, body.data, body.len);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci && out.data) {
+        (void)!send(ci->connect_fd, out.data, out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        shutdown(ci->connect_fd, SHUT_WR);
+    }
+    coe_buf_free(&body);
+    coe_buf_free(&out);
+    cx->status = 413;
+    return MHD_NO;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls)
 {
@@ -486,9 +510,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (*upload_size) {
         size_t max = cx->cfg->server.max_body_bytes;
-        if (cx->too_large || cx->body.len + *upload_size > max)
-            cx->too_large = true; /* keep reading, and refuse at the end */
-        else if (coe_buf_append(&cx->body, upload, *upload_size))
+        if (cx->body.len + *upload_size > max) {
+            *upload_size = 0;
+            return refuse_upload(conn, cx);
+        }
+        if (coe_buf_append(&cx->body, upload, *upload_size))
             cx->out_of_memory = true;
         *upload_size = 0;
         return MHD_YES;

@@ -153,6 +153,39 @@ class EventStreamForJson(unittest.TestCase):
                 self.assertRegex(m, r"(?m)^coegate_inflight_requests 0$")
 
 
+class OverLimitChunkedBody(unittest.TestCase):
+    def test_refused_as_soon_as_the_limit_is_crossed(self):
+        # A chunked body announces no length: the gateway must stop reading once it is
+        # over max_body_bytes, not read (here up to 64 MB) to the end first.
+        with Gateway(dict(ECHO, server={"max_body_bytes": 4096})) as gw:
+            s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n")
+            s.setblocking(False)
+            chunk = b"1000\r\n" + b"a" * 4096 + b"\r\n"
+            sent, answer, t0 = 0, b"", time.monotonic()
+            while sent < 64 << 20 and time.monotonic() - t0 < 20:
+                try:
+                    sent += s.send(chunk)
+                except BlockingIOError:
+                    time.sleep(0.001)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                try:
+                    data = s.recv(65536)
+                    if not data:
+                        break
+                    answer += data
+                except BlockingIOError:
+                    pass
+                except ConnectionResetError:
+                    break
+            s.close()
+            self.assertLess(sent, 16 << 20, "the gateway read on past the limit")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 413"), answer[:80])
+            self.assertTrue(gw.wait_log(r"status=413"))
+
+
 class LocalOverContext(unittest.TestCase):
     """A prompt over a local expert's context, counted in tokens (past the byte-size
     pre-check), goes to the expert's fallbacks like every other thing it cannot serve;
