@@ -8,6 +8,7 @@
 #include "backends/backend.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/rand.h"
 #include "gateway/metrics.h"
 #include "gateway/openai.h"
 
@@ -174,7 +175,8 @@ static void retry_fire(void *arg)
     attempt_start(d);
 }
 
-static unsigned long long jitter_state;
+/* Each worker thread draws its own jitter (a shared state would be a data race). */
+static _Thread_local uint64_t jitter_state;
 
 /* Jittered exponential backoff: uniform in [b/2, b] with b = base * 2^(attempt-1). */
 static long backoff_ms(const coe_expert_cfg *e, int attempt)
@@ -183,11 +185,8 @@ static long backoff_ms(const coe_expert_cfg *e, int attempt)
     if (b <= 1)
         return b;
     if (!jitter_state)
-        jitter_state = (unsigned long long)coe_now_us() | 1;
-    jitter_state ^= jitter_state << 13;
-    jitter_state ^= jitter_state >> 7;
-    jitter_state ^= jitter_state << 17;
-    return b / 2 + (long)(jitter_state % (unsigned long long)(b / 2 + 1));
+        jitter_state = (uint64_t)coe_now_us() ^ (uint64_t)(uintptr_t)&jitter_state;
+    return b / 2 + (long)(coe_splitmix64(&jitter_state) % (uint64_t)(b / 2 + 1));
 }
 
 /* After a failure before commit: retry, fall back, or give up. */
