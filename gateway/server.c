@@ -434,12 +434,21 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
         coe_request_free(&req);
         return fail(conn, cx, 503, "overloaded", NULL, "the gateway is out of memory");
     }
-    if (route_rc) {
+    if (route_rc == COE_ENOTFOUND) {
         char msg[160];
         snprintf(msg, sizeof msg, "the model '%.64s' is neither an expert nor a route; see GET /v1/models",
                  req->model);
         coe_request_free(&req);
         return fail(conn, cx, 404, "model_not_found", "model", msg);
+    }
+    if (route_rc) {
+        /* The route exists; its router failed. Not the client's fault, not a 404. */
+        char msg[160];
+        snprintf(msg, sizeof msg, "route '%.64s' could not classify the request: %s", req->model,
+                 coe_strerror(route_rc));
+        coe_log(COE_LOG_ERROR, "%s", msg);
+        coe_request_free(&req);
+        return fail(conn, cx, 500, "routing_failed", NULL, msg);
     }
     cx->rule = dec.rule;
     if (dec.category_name) {
