@@ -238,7 +238,7 @@ static int split_keys(const char *s, char ***out)
 
 static const char *const server_keys[] = {
     "host", "port", "api_keys_env", "max_body_bytes", "max_json_depth", "connection_timeout_s",
-    "max_connections", "max_connections_per_ip", "threads", "max_inflight", "shutdown_grace_ms",
+    "headers_timeout_s", "body_timeout_s", "max_connections", "max_connections_per_ip", "threads", "max_inflight", "shutdown_grace_ms",
     "access_log", NULL};
 
 static void parse_server(vctx *v, const cJSON *j, coe_server_cfg *s)
@@ -255,8 +255,10 @@ static void parse_server(vctx *v, const cJSON *j, coe_server_cfg *s)
     s->max_body_bytes = (size_t)get_int(v, j, path, "max_body_bytes", 1024, 1L << 30, 4L << 20);
     s->max_json_depth = (int)get_int(v, j, path, "max_json_depth", 2, 512, 64);
     s->connection_timeout_s = (int)get_int(v, j, path, "connection_timeout_s", 1, 3600, 30);
+    s->headers_timeout_s = (int)get_int(v, j, path, "headers_timeout_s", 1, 3600, 10);
+    s->body_timeout_s = (int)get_int(v, j, path, "body_timeout_s", 1, 86400, 60);
     s->max_connections = (int)get_int(v, j, path, "max_connections", 1, 1000000, 4096);
-    s->max_connections_per_ip = (int)get_int(v, j, path, "max_connections_per_ip", 0, 1000000, 0);
+    s->max_connections_per_ip = (int)get_int(v, j, path, "max_connections_per_ip", 0, 1000000, 1024);
     s->threads = (int)get_int(v, j, path, "threads", 0, 1024, 0);
     s->max_inflight = (int)get_int(v, j, path, "max_inflight", 1, 1000000, 2048);
     s->shutdown_grace_ms = get_int(v, j, path, "shutdown_grace_ms", 0, 3600000, 10000);

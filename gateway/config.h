@@ -85,7 +85,9 @@ typedef struct coe_server_cfg {
     int n_api_keys;
     size_t max_body_bytes;
     int max_json_depth;
-    int connection_timeout_s;   /* idle or slow-header connections are closed after this */
+    int connection_timeout_s;   /* idle connections are closed after this */
+    int headers_timeout_s;      /* a request's headers must be in within this, however steadily they trickle */
+    int body_timeout_s;         /* and its body within this, from the end of its headers */
     int max_connections;
     int max_connections_per_ip;
     int threads;                /* HTTP worker threads; 0: one per core */

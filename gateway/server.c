@@ -37,13 +37,27 @@ typedef struct worker {
     coe_timer *sweep_timer;
     coe_exchange *live;       /* exchanges waiting on an expert; worker thread only */
     bool closed_in_run;       /* a connection closed during the current MHD_run */
+    struct conn_watch *watches; /* every open connection of this worker's daemon */
 } worker;
+
+/* A connection's progress through a request, for the total deadlines on receiving
+ * headers and body (libmicrohttpd's own timeout is an idle timer only, which a client
+ * sending a byte every few seconds never trips). Worker thread only. */
+typedef enum { STAGE_HEADERS, STAGE_BODY, STAGE_ANSWER, STAGE_CUT } conn_stage;
+
+typedef struct conn_watch {
+    int fd;
+    conn_stage stage;
+    long long since_us;       /* start of the stage */
+    struct conn_watch *prev, *next;
+} conn_watch;
 
 struct coe_server {
     worker *workers;
     int n_workers;
     int listen_fd;            /* shared by every worker's daemon; closed once, here */
     int port;
+    int headers_timeout_s, body_timeout_s; /* as started: they need a restart */
     pthread_mutex_t cfg_mu;
     coe_config *cfg;          /* the configuration new requests get */
     atomic_int inflight;
@@ -76,6 +90,16 @@ typedef struct conn_ctx {
     char path[64];
 } conn_ctx;
 
+static void set_stage(struct MHD_Connection *conn, conn_stage stage)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    conn_watch *cw = ci ? ci->socket_context : NULL;
+    if (cw && cw->stage != STAGE_CUT) {
+        cw->stage = stage;
+        cw->since_us = coe_now_us();
+    }
+}
+
 static coe_config *acquire_config(coe_server *s)
 {
     pthread_mutex_lock(&s->cfg_mu);
@@ -105,6 +129,8 @@ static void live_remove(worker *w, coe_exchange *ex)
     ex->prev = ex->next = NULL;
     coe_exchange_unref(&ex);
 }
+
+static void cut_slow_connections(worker *w);
 
 /* Every SWEEP_MS: a suspended connection is not watched by libmicrohttpd, so a
  * client hanging up while its expert is silent would go unseen until the next
@@ -138,6 +164,7 @@ static void sweep(void *arg)
         for (int i = 0; i < n; i++)
             coe_exchange_unref(&exs[i]);
     }
+    cut_slow_connections(w);
     w->sweep_timer = coe_loop_after(w->loop, SWEEP_MS, sweep, w);
 }
 
@@ -168,10 +195,55 @@ static void run_daemon(worker *w)
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_ctx,
                           enum MHD_ConnectionNotificationCode code)
 {
-    (void)conn;
-    (void)socket_ctx;
-    if (code == MHD_CONNECTION_NOTIFY_CLOSED)
-        ((worker *)cls)->closed_in_run = true;
+    worker *w = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        conn_watch *cw = calloc(1, sizeof *cw);
+        if (!cw || !ci) {
+            free(cw);
+            return; /* not watched: only the idle timeout applies */
+        }
+        cw->fd = ci->connect_fd;
+        cw->stage = STAGE_HEADERS;
+        cw->since_us = coe_now_us();
+        cw->next = w->watches;
+        if (w->watches)
+            w->watches->prev = cw;
+        w->watches = cw;
+        *socket_ctx = cw;
+        return;
+    }
+    w->closed_in_run = true;
+    conn_watch *cw = *socket_ctx;
+    if (!cw)
+        return;
+    if (cw->prev)
+        cw->prev->next = cw->next;
+    else
+        w->watches = cw->next;
+    if (cw->next)
+        cw->next->prev = cw->prev;
+    free(cw);
+    *socket_ctx = NULL;
+}
+
+/* Cuts connections past their deadline for headers or body: shutting the socket down
+ * makes libmicrohttpd see the end of it and close the connection. */
+static void cut_slow_connections(worker *w)
+{
+    const coe_server *s = w->srv;
+    long long now = coe_now_us();
+    for (conn_watch *cw = w->watches; cw; cw = cw->next) {
+        long long limit_s = cw->stage == STAGE_HEADERS ? s->headers_timeout_s
+                            : cw->stage == STAGE_BODY  ? s->body_timeout_s
+                                                       : 0;
+        if (limit_s && now - cw->since_us > limit_s * 1000000LL) {
+            coe_warn("closed a connection that took over %lld s to send its request %s", limit_s,
+                     cw->stage == STAGE_HEADERS ? "headers" : "body");
+            cw->stage = STAGE_CUT;
+            shutdown(cw->fd, SHUT_RDWR);
+        }
+    }
 }
 
 static void on_daemon_ready(void *arg)
@@ -511,6 +583,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)version;
     conn_ctx *cx = *con_cls;
     if (!cx) {
+        set_stage(conn, STAGE_BODY);
         cx = new_ctx(cls, conn, url, method);
         if (!cx)
             return MHD_NO;
@@ -534,6 +607,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_YES;
         return send_exchange(conn, cx);
     }
+    set_stage(conn, STAGE_ANSWER);
     return on_body(conn, cx);
 }
 
@@ -542,6 +616,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)cls;
     conn_ctx *cx = *con_cls;
     *con_cls = NULL;
+    set_stage(conn, STAGE_HEADERS); /* of the next request on this connection */
     if (!cx)
         return;
     coe_server *s = cx->srv;
@@ -676,6 +751,8 @@ int coe_server_open(coe_server **out, coe_config *cfg)
         return COE_ENOMEM;
     }
     s->listen_fd = -1;
+    s->headers_timeout_s = sc->headers_timeout_s;
+    s->body_timeout_s = sc->body_timeout_s;
     s->cfg = coe_config_ref(cfg);
     pthread_mutex_init(&s->cfg_mu, NULL);
     unsigned char rnd[4] = {0};
@@ -714,9 +791,10 @@ void coe_server_set_config(coe_server *s, coe_config *cfg)
     const coe_server_cfg *a = &s->cfg->server, *b = &cfg->server;
     if (strcmp(a->host, b->host) != 0 || a->port != b->port || a->threads != b->threads ||
         a->max_connections != b->max_connections || a->max_connections_per_ip != b->max_connections_per_ip ||
-        a->connection_timeout_s != b->connection_timeout_s)
-        coe_warn("reload: server.host, port, threads, max_connections, max_connections_per_ip and "
-                 "connection_timeout_s take effect only after a restart");
+        a->connection_timeout_s != b->connection_timeout_s || a->headers_timeout_s != b->headers_timeout_s ||
+        a->body_timeout_s != b->body_timeout_s)
+        coe_warn("reload: server.host, port, threads, max_connections, max_connections_per_ip, "
+                 "connection_timeout_s, headers_timeout_s and body_timeout_s take effect only after a restart");
     coe_config *c = coe_config_ref(cfg);
     pthread_mutex_lock(&s->cfg_mu);
     coe_config *old = s->cfg;

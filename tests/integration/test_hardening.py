@@ -37,6 +37,45 @@ class ConnectionLimit(unittest.TestCase):
 KEY = "sk-straddle-0123456789abcdefghijklmnopqrstu"  # 42 characters
 
 
+class Slowloris(unittest.TestCase):
+    """A client that trickles its request, a byte every 0.4 s (under the 3 s idle
+    timeout), is cut once the total deadline for headers or body passes."""
+
+    def trickle(self, gw, head, body=b""):
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        s.sendall(head)
+        t0 = time.monotonic()
+        data = head[-1:] if not body else body
+        try:
+            for _ in range(40):  # at most 16 s
+                s.sendall(data[:1])
+                time.sleep(0.4)
+                s.settimeout(0.01)
+                try:
+                    if s.recv(4096) == b"":
+                        break
+                except socket.timeout:
+                    pass
+                s.settimeout(5)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            s.close()
+        return time.monotonic() - t0
+
+    def test_headers_and_body_deadlines(self):
+        config = dict(ECHO, server={"connection_timeout_s": 3, "headers_timeout_s": 2, "body_timeout_s": 2})
+        with Gateway(config) as gw:
+            took = self.trickle(gw, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+            self.assertLess(took, 6, "slow headers were not cut")
+            took = self.trickle(gw, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                                    b"application/json\r\nContent-Length: 1000\r\n\r\n", body=b"{")
+            self.assertLess(took, 6, "a slow body was not cut")
+            self.assertEqual(request(gw.port, "GET", "/health").status, 200)
+            self.assertTrue(gw.wait_log("to send its request headers"))
+            self.assertTrue(gw.wait_log("to send its request body"))
+
+
 class KeyScrubbing(unittest.TestCase):
     """An upstream that echoes the gateway's key in its error message: the key must not
     reach the client or the log, in part either, even where the message is cut
