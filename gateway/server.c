@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -86,6 +87,7 @@ typedef struct conn_ctx {
     bool counted;             /* holds a place in inflight */
     coe_exchange *ex;         /* once dispatched */
     int status;               /* for the access log, when answered here */
+    bool close;               /* answer with Connection: close (the framing cannot be trusted) */
     const char *method;
     char path[64];
 } conn_ctx;
@@ -296,7 +298,7 @@ static enum MHD_Result send_body(struct MHD_Connection *conn, conn_ctx *cx, int 
         MHD_add_response_header(r, "Allow", cx->ep == EP_CHAT || cx->ep == EP_COMPLETIONS ? "POST" : "GET");
     if (status == 401)
         MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
-    if (atomic_load(&cx->srv->stopping))
+    if (cx->close || atomic_load(&cx->srv->stopping))
         MHD_add_response_header(r, "Connection", "close");
     cx->status = status;
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)status, r);
@@ -446,10 +448,84 @@ static conn_ctx *new_ctx(worker *w, struct MHD_Connection *conn, const char *url
     return cx;
 }
 
+/* How a request frames itself, from its headers. */
+typedef struct framing {
+    int n_length, n_coding, n_host;
+    const char *length, *coding;
+    size_t coding_len;
+    bool bad_name, bad_value;
+} framing;
+
+static bool is_tchar(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                   const char *value, size_t value_size)
+{
+    (void)kind;
+    framing *f = cls;
+    if (!key_size)
+        f->bad_name = true;
+    for (size_t i = 0; i < key_size; i++)
+        if (!is_tchar((unsigned char)key[i]))
+            f->bad_name = true;
+    for (size_t i = 0; value && i < value_size; i++) {
+        unsigned char c = (unsigned char)value[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            f->bad_value = true;
+    }
+    if (strcasecmp(key, "Content-Length") == 0) {
+        f->n_length++;
+        f->length = value;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        f->n_coding++;
+        f->coding = value;
+        f->coding_len = value_size;
+    } else if (strcasecmp(key, "Host") == 0) {
+        f->n_host++;
+    }
+    return MHD_YES;
+}
+
+/* Requests whose framing two HTTP parsers could read differently (the way requests
+ * are smuggled past a proxy) are refused with 400 and the connection closed, as nginx
+ * and Envoy do: nothing after them on the connection is read as a request. */
+static enum MHD_Result check_framing(struct MHD_Connection *conn, conn_ctx *cx, const char *version)
+{
+    framing f = {0};
+    MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_header, &f);
+    const char *why = f.bad_name                     ? "a header name is not a token (or has space before its colon)"
+                      : f.bad_value                  ? "a header value holds a control character (NUL, bare CR)"
+                      : f.n_length && f.n_coding     ? "both Content-Length and Transfer-Encoding"
+                      : f.n_length > 1               ? "more than one Content-Length"
+                      : f.n_coding > 1               ? "more than one Transfer-Encoding"
+                      : f.length && (!*f.length || strspn(f.length, "0123456789") != strlen(f.length))
+                          ? "Content-Length is not a number"
+                      : strcmp(version, "HTTP/1.1") == 0 && f.n_host != 1 ? "HTTP/1.1 needs exactly one Host header"
+                                                                          : NULL;
+    int status = 400;
+    if (!why && f.coding && !(f.coding_len == 7 && strncasecmp(f.coding, "chunked", 7) == 0)) {
+        /* A folded (obs-fold) value arrives joined with spaces. */
+        bool odd = strpbrk(f.coding, " \t,") != NULL || !*f.coding;
+        why = odd ? "Transfer-Encoding is malformed" : "only the chunked transfer coding is supported";
+        status = odd ? 400 : 501;
+    }
+    if (!why)
+        return MHD_YES;
+    cx->close = true;
+    return fail(conn, cx, status, status == 501 ? "not_implemented" : "bad_request", NULL, why);
+}
+
 /* First call for a request: everything that can be refused before the body. */
-static enum MHD_Result on_headers(struct MHD_Connection *conn, conn_ctx *cx, const char *method)
+static enum MHD_Result on_headers(struct MHD_Connection *conn, conn_ctx *cx, const char *method, const char *version)
 {
     const coe_server_cfg *sc = &cx->cfg->server;
+    enum MHD_Result framed = check_framing(conn, cx, version);
+    if (cx->close)
+        return framed;
     if (cx->ep == EP_UNKNOWN)
         return fail(conn, cx, 404, "not_found", NULL, "unknown path; see GET /v1/models");
     bool want_get = cx->ep != EP_CHAT && cx->ep != EP_COMPLETIONS;
@@ -580,7 +656,6 @@ static enum MHD_Result refuse_upload(struct MHD_Connection *conn, conn_ctx *cx)
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls)
 {
-    (void)version;
     conn_ctx *cx = *con_cls;
     if (!cx) {
         set_stage(conn, STAGE_BODY);
@@ -588,7 +663,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!cx)
             return MHD_NO;
         *con_cls = cx;
-        return on_headers(conn, cx, method);
+        return on_headers(conn, cx, method, version);
     }
     if (*upload_size) {
         size_t max = cx->cfg->server.max_body_bytes;
