@@ -237,7 +237,7 @@ static int split_keys(const char *s, char ***out)
 }
 
 static const char *const server_keys[] = {
-    "host", "port", "api_keys_env", "max_body_bytes", "max_json_depth", "connection_timeout_s",
+    "host", "port", "api_keys_env", "max_body_bytes", "stream_buffer_bytes", "max_json_depth", "connection_timeout_s",
     "headers_timeout_s", "body_timeout_s", "max_connections", "max_connections_per_ip", "threads", "max_inflight", "shutdown_grace_ms",
     "access_log", NULL};
 
@@ -253,6 +253,7 @@ static void parse_server(vctx *v, const cJSON *j, coe_server_cfg *s)
     s->host = get_string(v, j, path, "host", false, "127.0.0.1");
     s->port = (int)get_int(v, j, path, "port", 0, 65535, 8080);
     s->max_body_bytes = (size_t)get_int(v, j, path, "max_body_bytes", 1024, 1L << 30, 4L << 20);
+    s->stream_buffer_bytes = (size_t)get_int(v, j, path, "stream_buffer_bytes", 65536, 1L << 30, 16L << 20);
     s->max_json_depth = (int)get_int(v, j, path, "max_json_depth", 2, 512, 64);
     s->connection_timeout_s = (int)get_int(v, j, path, "connection_timeout_s", 1, 3600, 30);
     s->headers_timeout_s = (int)get_int(v, j, path, "headers_timeout_s", 1, 3600, 10);

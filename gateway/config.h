@@ -84,6 +84,7 @@ typedef struct coe_server_cfg {
     char **api_keys;            /* owned; from api_keys_env, comma-separated */
     int n_api_keys;
     size_t max_body_bytes;
+    size_t stream_buffer_bytes; /* a stream's bytes waiting for a slow client, at most; beyond, it ends with an error */
     int max_json_depth;
     int connection_timeout_s;   /* idle connections are closed after this */
     int headers_timeout_s;      /* a request's headers must be in within this, however steadily they trickle */

@@ -32,6 +32,8 @@ typedef struct dispatch {
     coe_usage usage;
     bool have_usage;
     coe_sink sink;
+    bool overflowed;    /* the client's backlog hit its bound: the stream ends with an error */
+    coe_timer *overflow; /* ends it, outside the backend's callback */
 } dispatch;
 
 const char *coe_error_type(int status)
@@ -93,6 +95,8 @@ static void free_dispatch(dispatch *d)
     release_slot(d);
     if (d->retry)
         coe_loop_cancel(d->loop, d->retry);
+    if (d->overflow)
+        coe_loop_cancel(d->loop, d->overflow);
     d->ex->owner = NULL;
     coe_exchange_unref(&d->ex);
     coe_request_free(&d->req);
@@ -101,11 +105,41 @@ static void free_dispatch(dispatch *d)
     free(d);
 }
 
+/* The stream's end when the client's backlog hit its bound: an error event, [DONE],
+ * and 507 in the access log; the expert is stopped. Nothing is dropped silently. */
+static void end_overflowed(dispatch *d)
+{
+    coe_log(COE_LOG_WARN, "the client of a stream from expert '%s' read too slowly: over %zu bytes waited; stream "
+            "ended", current_expert(d)->name, d->ex->max_pending);
+    coe_api_error e;
+    coe_api_error_set(&e, 507, "server_error", "client_too_slow", NULL,
+                      "the client read the stream too slowly: over %zu bytes were waiting for it", d->ex->max_pending);
+    coe_buf b = COE_BUF_INIT;
+    coe_openai_error(&b, &e, true);
+    coe_openai_done(&b);
+    coe_exchange_end_with_error(d->ex, b.data ? b.data : "", b.len, 507);
+    coe_buf_free(&b);
+}
+
+static void overflow_fire(void *arg)
+{
+    dispatch *d = arg;
+    d->overflow = NULL;
+    if (d->call)
+        d->backend->cancel(d->loop, d->call);
+    d->call = NULL;
+    end_overflowed(d);
+    free_dispatch(d);
+}
+
 /* Sends out what b holds; the client may have gone meanwhile, which is fine. */
 static void send_buf(dispatch *d, coe_buf *b)
 {
-    if (b->len)
-        coe_exchange_write(d->ex, b->data, b->len);
+    if (b->len && !d->overflowed && coe_exchange_write(d->ex, b->data, b->len) == COE_ERANGE) {
+        /* Stop the expert from the loop, not from within its own callback. */
+        d->overflowed = true;
+        d->overflow = coe_loop_after(d->loop, 0, overflow_fire, d);
+    }
     coe_buf_free(b);
 }
 
@@ -248,6 +282,11 @@ static void on_done(void *ctx)
 {
     dispatch *d = ctx;
     d->call = NULL;
+    if (d->overflowed) {
+        end_overflowed(d);
+        free_dispatch(d);
+        return;
+    }
     const char *name = current_expert(d)->name;
     coe_metrics_expert(name, COE_EXPERT_ANSWERED, 1);
     if (d->have_usage) {
@@ -276,6 +315,11 @@ static void on_fail(void *ctx, const coe_failure *f)
 {
     dispatch *d = ctx;
     d->call = NULL;
+    if (d->overflowed) {
+        end_overflowed(d);
+        free_dispatch(d);
+        return;
+    }
     release_slot(d);
     coe_metrics_expert(current_expert(d)->name, COE_EXPERT_FAILED, 1);
     if (!d->committed) {

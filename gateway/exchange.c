@@ -104,6 +104,18 @@ int coe_exchange_write(coe_exchange *ex, const char *p, size_t n)
     return rc;
 }
 
+void coe_exchange_end_with_error(coe_exchange *ex, const char *p, size_t n, int log_status)
+{
+    pthread_mutex_lock(&ex->mu);
+    if (!ex->finished && !ex->client_gone) {
+        coe_buf_append(&ex->out, p, n);
+        ex->log_status = log_status;
+    }
+    ex->finished = true;
+    wake(ex);
+    pthread_mutex_unlock(&ex->mu);
+}
+
 void coe_exchange_finish(coe_exchange *ex)
 {
     pthread_mutex_lock(&ex->mu);

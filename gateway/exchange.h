@@ -34,6 +34,7 @@ typedef struct coe_exchange {
     coe_buf out;
     bool finished;
     size_t max_pending;          /* bytes the client has not read yet, at most */
+    int log_status;              /* when set, the status for the access log (a stream cut short) */
     /* accounting for the access log, under mu */
     coe_usage usage;
     bool have_usage;
@@ -56,6 +57,9 @@ void coe_exchange_head(coe_exchange *ex, int status, bool sse, const char *exper
 /* Appends bytes; fails with COE_ERANGE when the client lags more than max_pending. */
 int coe_exchange_write(coe_exchange *ex, const char *p, size_t n);
 void coe_exchange_finish(coe_exchange *ex);
+/* Ends a stream that cannot go on: appends its closing bytes (an error event, past the
+ * bound if need be: they are few) and finishes, with log_status for the access log. */
+void coe_exchange_end_with_error(coe_exchange *ex, const char *p, size_t n, int log_status);
 /* Head, whole body and finish at once: for answers that are not streamed. */
 void coe_exchange_respond(coe_exchange *ex, int status, const char *expert, long retry_after_s,
                           const char *body, size_t len);

@@ -611,6 +611,7 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
     cx->counted = true;
     cx->ex = coe_exchange_new(conn);
     if (cx->ex) {
+        cx->ex->max_pending = sc->stream_buffer_bytes;
         cx->ex->kick = kick_daemon;
         cx->ex->kick_arg = cx->w;
     }
@@ -704,6 +705,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                 cx->status = 499; /* the client closed the request, nginx's convention */
         }
         pthread_mutex_lock(&cx->ex->mu);
+        if (cx->ex->log_status && cx->status != 499)
+            cx->status = cx->ex->log_status;
         if (cx->ex->have_usage)
             usage = cx->ex->usage;
         if (cx->ex->expert[0])

@@ -225,6 +225,26 @@ class OverLimitChunkedBody(unittest.TestCase):
             self.assertTrue(gw.wait_log(r"status=413"))
 
 
+class SlowStreamReader(unittest.TestCase):
+    def test_bound_ends_the_stream_with_an_error(self):
+        # The client reads nothing for 2 s while the expert streams ~30 MB: past the
+        # bound the stream must end with an error event and a non-200 log line, never
+        # lose bytes and still end with [DONE] as if complete.
+        with Upstream() as up:
+            config = {"server": {"stream_buffer_bytes": 262144},
+                      "experts": {"up": remote(up, retries=0)}, "routes": {"auto": {"default": "up"}}}
+            with Gateway(config) as gw:
+                s = Stream(gw.port, chat_body("fake: chunks=150000", stream=True), timeout=30)
+                self.assertEqual(s.status, 200)
+                time.sleep(2)
+                events = [data for _, data in s.all()]
+                s.close()
+                self.assertEqual(events[-1], "[DONE]")
+                self.assertIn("client_too_slow", events[-2])
+                self.assertLess(len(events), 150000)
+                self.assertTrue(gw.wait_log(r"status=507"), gw.logs()[-2000:])
+
+
 class LocalOverContext(unittest.TestCase):
     """A prompt over a local expert's context, counted in tokens (past the byte-size
     pre-check), goes to the expert's fallbacks like every other thing it cannot serve;
