@@ -69,6 +69,9 @@ typedef struct coe_backend_ops {
                  const coe_sink *sink, void **call);
     /* Stops a call that has not ended; frees it. */
     void (*cancel)(coe_loop *loop, void *call);
+    /* Optional (NULL: cannot): stops or resumes taking in the answer while the client
+     * reads slowly (backpressure). A paused call's deadlines wait. */
+    void (*pause)(coe_loop *loop, void *call, bool paused);
 } coe_backend_ops;
 
 extern const coe_backend_ops coe_remote_backend;

@@ -133,4 +133,4 @@ static void echo_cancel(coe_loop *loop, void *call)
     free(c);
 }
 
-const coe_backend_ops coe_echo_backend = {"echo", echo_start, echo_cancel};
+const coe_backend_ops coe_echo_backend = {"echo", echo_start, echo_cancel, NULL};

@@ -834,4 +834,4 @@ static void local_cancel(coe_loop *loop, void *call)
     loop_finished(c);
 }
 
-const coe_backend_ops coe_local_backend = {"local", local_start, local_cancel};
+const coe_backend_ops coe_local_backend = {"local", local_start, local_cancel, NULL};

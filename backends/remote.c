@@ -32,6 +32,7 @@ typedef struct remote_call {
     coe_sse parser;
     coe_buf in;               /* a JSON body, or an error body */
     long long started_ms;
+    bool paused;               /* not reading: the client is slow (backpressure) */
     long long last_content_ms; /* 0 until the first content: a body byte, or a stream's event (comments,
                                   such as keep-alive pings, and headers do not count) */
     long retry_after_ms;
@@ -373,6 +374,8 @@ static void on_deadline(void *arg)
     remote_call *c = arg;
     c->deadline = NULL;
     long long now = coe_now_ms();
+    if (c->paused)
+        c->last_content_ms = now; /* the silence is the client's, not the expert's */
     long long due = c->last_content_ms ? c->last_content_ms + c->e->chunk_timeout_ms
                                        : c->started_ms + c->e->first_byte_timeout_ms;
     long long whole = c->e->stream_timeout_ms ? c->started_ms + c->e->stream_timeout_ms : due;
@@ -463,4 +466,15 @@ static void remote_cancel(coe_loop *loop, void *call)
     call_free(c);
 }
 
-const coe_backend_ops coe_remote_backend = {"remote", remote_start, remote_cancel};
+static void remote_pause(coe_loop *loop, void *call, bool paused)
+{
+    (void)loop;
+    remote_call *c = call;
+    if (c->paused == paused)
+        return;
+    c->paused = paused;
+    c->last_content_ms = coe_now_ms();
+    curl_easy_pause(c->easy, paused ? CURLPAUSE_RECV : CURLPAUSE_CONT);
+}
+
+const coe_backend_ops coe_remote_backend = {"remote", remote_start, remote_cancel, remote_pause};

@@ -34,6 +34,8 @@ typedef struct dispatch {
     coe_sink sink;
     bool overflowed;    /* the client's backlog hit its bound: the stream ends with an error */
     coe_timer *overflow; /* ends it, outside the backend's callback */
+    bool paused;        /* the backend stopped taking in the answer: the client is slow */
+    coe_timer *resume;  /* resumes it, outside the client's read */
 } dispatch;
 
 const char *coe_error_type(int status)
@@ -97,6 +99,9 @@ static void free_dispatch(dispatch *d)
         coe_loop_cancel(d->loop, d->retry);
     if (d->overflow)
         coe_loop_cancel(d->loop, d->overflow);
+    if (d->resume)
+        coe_loop_cancel(d->loop, d->resume);
+    coe_exchange_on_drained(d->ex, NULL, NULL);
     d->ex->owner = NULL;
     coe_exchange_unref(&d->ex);
     coe_request_free(&d->req);
@@ -132,13 +137,40 @@ static void overflow_fire(void *arg)
     free_dispatch(d);
 }
 
-/* Sends out what b holds; the client may have gone meanwhile, which is fine. */
+static void resume_fire(void *arg)
+{
+    dispatch *d = arg;
+    d->resume = NULL;
+    if (d->paused && d->call)
+        d->backend->pause(d->loop, d->call, false);
+    d->paused = false;
+}
+
+/* The client caught up: take in the answer again (from the loop, not its read). */
+static void on_drained(void *arg)
+{
+    dispatch *d = arg;
+    if (!d->resume)
+        d->resume = coe_loop_after(d->loop, 0, resume_fire, d);
+}
+
+/* Sends out what b holds; the client may have gone meanwhile, which is fine. Past a
+ * quarter of the client's bound, a backend that can pause stops taking in the answer
+ * until the client has read most of it (backpressure); past the bound, the stream
+ * ends with an error. */
 static void send_buf(dispatch *d, coe_buf *b)
 {
-    if (b->len && !d->overflowed && coe_exchange_write(d->ex, b->data, b->len) == COE_ERANGE) {
-        /* Stop the expert from the loop, not from within its own callback. */
-        d->overflowed = true;
-        d->overflow = coe_loop_after(d->loop, 0, overflow_fire, d);
+    if (b->len && !d->overflowed) {
+        if (coe_exchange_write(d->ex, b->data, b->len) == COE_ERANGE) {
+            /* Stop the expert from the loop, not from within its own callback. */
+            d->overflowed = true;
+            d->overflow = coe_loop_after(d->loop, 0, overflow_fire, d);
+        } else if (!d->paused && d->call && d->backend->pause &&
+                   coe_exchange_backlog(d->ex) > d->ex->max_pending / 4) {
+            d->paused = true;
+            d->backend->pause(d->loop, d->call, true);
+            coe_exchange_on_drained(d->ex, on_drained, d);
+        }
     }
     coe_buf_free(b);
 }

@@ -116,6 +116,22 @@ void coe_exchange_end_with_error(coe_exchange *ex, const char *p, size_t n, int 
     pthread_mutex_unlock(&ex->mu);
 }
 
+size_t coe_exchange_backlog(coe_exchange *ex)
+{
+    pthread_mutex_lock(&ex->mu);
+    size_t n = ex->out.len;
+    pthread_mutex_unlock(&ex->mu);
+    return n;
+}
+
+void coe_exchange_on_drained(coe_exchange *ex, void (*fn)(void *arg), void *arg)
+{
+    pthread_mutex_lock(&ex->mu);
+    ex->drained = fn;
+    ex->drained_arg = arg;
+    pthread_mutex_unlock(&ex->mu);
+}
+
 void coe_exchange_finish(coe_exchange *ex)
 {
     pthread_mutex_lock(&ex->mu);
@@ -147,6 +163,8 @@ bool coe_exchange_wait_head(coe_exchange *ex)
 ssize_t coe_exchange_read(coe_exchange *ex, char *buf, size_t max)
 {
     ssize_t n;
+    void (*drained)(void *) = NULL;
+    void *drained_arg = NULL;
     pthread_mutex_lock(&ex->mu);
     if (ex->client_gone) {
         n = MHD_CONTENT_READER_END_WITH_ERROR;
@@ -155,6 +173,11 @@ ssize_t coe_exchange_read(coe_exchange *ex, char *buf, size_t max)
         memcpy(buf, ex->out.data, k);
         coe_buf_consume(&ex->out, k);
         n = (ssize_t)k;
+        if (ex->drained && ex->out.len <= ex->max_pending / 8) {
+            drained = ex->drained;
+            drained_arg = ex->drained_arg;
+            ex->drained = NULL;
+        }
     } else if (ex->finished) {
         n = MHD_CONTENT_READER_END_OF_STREAM;
     } else {
@@ -167,6 +190,8 @@ ssize_t coe_exchange_read(coe_exchange *ex, char *buf, size_t max)
         n = 0;
     }
     pthread_mutex_unlock(&ex->mu);
+    if (drained)
+        drained(drained_arg);
     return n;
 }
 

@@ -35,6 +35,10 @@ typedef struct coe_exchange {
     bool finished;
     size_t max_pending;          /* bytes the client has not read yet, at most */
     int log_status;              /* when set, the status for the access log (a stream cut short) */
+    /* Backpressure: called once, on the connection's thread and outside mu, when the
+     * client has read the body down to max_pending / 8; NULL when nobody waits. */
+    void (*drained)(void *arg);
+    void *drained_arg;
     /* accounting for the access log, under mu */
     coe_usage usage;
     bool have_usage;
@@ -57,6 +61,10 @@ void coe_exchange_head(coe_exchange *ex, int status, bool sse, const char *exper
 /* Appends bytes; fails with COE_ERANGE when the client lags more than max_pending. */
 int coe_exchange_write(coe_exchange *ex, const char *p, size_t n);
 void coe_exchange_finish(coe_exchange *ex);
+/* Bytes written and not yet read by the client. */
+size_t coe_exchange_backlog(coe_exchange *ex);
+/* Sets (or clears, with NULL) the drained callback. */
+void coe_exchange_on_drained(coe_exchange *ex, void (*fn)(void *arg), void *arg);
 /* Ends a stream that cannot go on: appends its closing bytes (an error event, past the
  * bound if need be: they are few) and finishes, with log_status for the access log. */
 void coe_exchange_end_with_error(coe_exchange *ex, const char *p, size_t n, int log_status);

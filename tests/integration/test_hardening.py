@@ -226,22 +226,35 @@ class OverLimitChunkedBody(unittest.TestCase):
 
 
 class SlowStreamReader(unittest.TestCase):
-    def test_bound_ends_the_stream_with_an_error(self):
-        # The client reads nothing for 2 s while the expert streams ~30 MB: past the
-        # bound the stream must end with an error event and a non-200 log line, never
-        # lose bytes and still end with [DONE] as if complete.
+    """A client that reads nothing for 2 s while the expert streams ~30 MB, against a
+    256 KiB bound: a remote expert is paused until the client catches up and every
+    event arrives; a backend that cannot pause (echo) is stopped at the bound and the
+    stream ends with an error event and a non-200 log line. Never bytes lost while the
+    stream ends with [DONE] as if complete."""
+
+    def slow_read(self, gw, body):
+        s = Stream(gw.port, body, timeout=30)
+        self.assertEqual(s.status, 200)
+        time.sleep(2)
+        events = [data for _, data in s.all()]
+        s.close()
+        return events
+
+    def test_backpressure_then_bound(self):
         with Upstream() as up:
             config = {"server": {"stream_buffer_bytes": 262144},
-                      "experts": {"up": remote(up, retries=0)}, "routes": {"auto": {"default": "up"}}}
+                      "experts": {"up": remote(up, retries=0, chunk_timeout_ms=1000), "echo": {"kind": "echo"}},
+                      "routes": {"auto": {"default": "up"}}}
             with Gateway(config) as gw:
-                s = Stream(gw.port, chat_body("fake: chunks=150000", stream=True), timeout=30)
-                self.assertEqual(s.status, 200)
-                time.sleep(2)
-                events = [data for _, data in s.all()]
-                s.close()
+                events = self.slow_read(gw, chat_body("fake: chunks=150000", stream=True))
+                self.assertEqual(events[-1], "[DONE]")
+                self.assertEqual(len(events), 150001)
+                self.assertNotIn("error", events[-2])
+                self.assertTrue(gw.wait_log(r"expert=up status=200"), gw.logs()[-2000:])
+                events = self.slow_read(gw, chat_body("w " * 120000, model="echo", stream=True))
                 self.assertEqual(events[-1], "[DONE]")
                 self.assertIn("client_too_slow", events[-2])
-                self.assertLess(len(events), 150000)
+                self.assertLess(len(events), 120000)
                 self.assertTrue(gw.wait_log(r"status=507"), gw.logs()[-2000:])
 
 
