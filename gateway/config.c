@@ -309,7 +309,7 @@ static void open_local(vctx *v, const char *path, coe_expert_cfg *e)
 static const char *const expert_keys[] = {
     "kind", "base_url", "model", "api_key_env", "headers", "connect_timeout_ms",
     "first_byte_timeout_ms", "chunk_timeout_ms", "stream_timeout_ms", "retries", "retry_backoff_ms",
-    "max_retry_after_ms", "max_concurrency", "max_tokens", "cost", "fallbacks", "delay_ms", "path", "threads",
+    "max_retry_after_ms", "breaker_failures", "breaker_cooldown_ms", "max_concurrency", "max_tokens", "cost", "fallbacks", "delay_ms", "path", "threads",
     "context", "max_batch", "max_queue", "chat_template", NULL};
 
 static void parse_headers(vctx *v, const cJSON *j, const char *path, coe_expert_cfg *e)
@@ -429,6 +429,8 @@ static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_c
     e->retry_backoff_ms = get_int(v, j, path, "retry_backoff_ms", 0, 60000, 100);
     e->max_retry_after_ms = get_int(v, j, path, "max_retry_after_ms", 0, 600000, 5000);
     e->max_concurrency = (int)get_int(v, j, path, "max_concurrency", 0, 1000000, 0);
+    e->breaker_failures = (int)get_int(v, j, path, "breaker_failures", 0, 1000, 5);
+    e->breaker_cooldown_ms = get_int(v, j, path, "breaker_cooldown_ms", 1, 3600000, 10000);
     e->max_tokens = get_int(v, j, path, "max_tokens", 0, 100000000, 0);
     e->cost = get_number(v, j, path, "cost", 0, 1e12, 1.0);
     e->delay_ms = get_int(v, j, path, "delay_ms", 0, 10000, 0);

@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 #include "common/buf.h"
+#include "gateway/breaker.h"
 
 #define COE_NAME_MAX 64
 
@@ -52,7 +53,10 @@ typedef struct coe_expert_cfg {
     double cost;                /* relative cost per request, for routing policies */
     int *fallbacks;             /* owned; indexes into coe_config.experts */
     int n_fallbacks;
+    int breaker_failures;       /* failed attempts in a row that open the circuit; 0: never */
+    long breaker_cooldown_ms;   /* how long an open circuit stays open before a trial */
     atomic_int inflight;        /* runtime: requests now being answered */
+    coe_breaker breaker;        /* runtime */
 } coe_expert_cfg;
 
 struct coe_router;

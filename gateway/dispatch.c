@@ -34,6 +34,7 @@ typedef struct dispatch {
     coe_sink sink;
     bool overflowed;    /* the client's backlog hit its bound: the stream ends with an error */
     coe_timer *overflow; /* ends it, outside the backend's callback */
+    bool trial;         /* this attempt is its expert's half-open circuit trial */
     bool paused;        /* the backend stopped taking in the answer: the client is slow */
     coe_timer *resume;  /* resumes it, outside the client's read */
 } dispatch;
@@ -61,6 +62,24 @@ void coe_failure_set(coe_failure *f, coe_failure_kind kind, int status, const ch
     va_start(ap, fmt);
     vsnprintf(f->message, sizeof f->message, fmt, ap);
     va_end(ap);
+}
+
+/* Circuit breakers guard remote experts: a local or echo expert's failures are its
+ * own load or the request's, not a dead upstream. */
+static bool guarded(const coe_expert_cfg *e)
+{
+    return e->kind == COE_EXPERT_REMOTE && e->breaker_failures > 0;
+}
+
+void coe_dispatch_metrics(coe_config *cfg, coe_buf *out)
+{
+    coe_buf_puts(out, "# HELP coegate_expert_circuit_open Per remote expert: 1 while its circuit breaker is open.\n"
+                      "# TYPE coegate_expert_circuit_open gauge\n");
+    long long now = coe_now_ms();
+    for (int i = 0; i < cfg->n_experts; i++)
+        if (guarded(&cfg->experts[i]))
+            coe_buf_printf(out, "coegate_expert_circuit_open{expert=\"%s\"} %d\n", cfg->experts[i].name,
+                           coe_breaker_is_open(&cfg->experts[i].breaker, now) ? 1 : 0);
 }
 
 const coe_backend_ops *coe_backend_for(const coe_expert_cfg *e)
@@ -204,9 +223,31 @@ static void fail_request(dispatch *d, const coe_failure *f)
 static const coe_sink_ops sink_ops;
 static void try_next(dispatch *d);
 
+static void record_failure(dispatch *d, const coe_failure *f)
+{
+    coe_expert_cfg *e = current_expert(d);
+    if (!guarded(e) || f->kind == COE_FAIL_FINAL)
+        return;
+    if (coe_breaker_failure(&e->breaker, d->trial, e->breaker_failures, e->breaker_cooldown_ms, coe_now_ms())) {
+        coe_log(COE_LOG_WARN, "expert '%s': circuit opened for %ld ms after %s", e->name, e->breaker_cooldown_ms,
+                d->trial ? "its trial request failed" : "failures in a row");
+        coe_metrics_expert(e->name, COE_EXPERT_CIRCUIT_OPENED, 1);
+    }
+    d->trial = false;
+}
+
 static void attempt_start(dispatch *d)
 {
     coe_expert_cfg *e = current_expert(d);
+    if (guarded(e) && !coe_breaker_allow(&e->breaker, coe_now_ms(), &d->trial)) {
+        /* A retry that finds the circuit open keeps the failure that caused it. */
+        if (d->attempt == 0)
+            coe_failure_set(&d->last, COE_FAIL_NEXT, 503, "expert '%s' is failing: its circuit is open", e->name);
+        coe_metrics_expert(e->name, COE_EXPERT_SHORT_CIRCUITED, 1);
+        d->attempt = e->retries + 1; /* no retry while it is open */
+        try_next(d);
+        return;
+    }
     if (e->max_concurrency > 0) {
         if (atomic_fetch_add(&e->inflight, 1) >= e->max_concurrency) {
             atomic_fetch_sub(&e->inflight, 1);
@@ -230,6 +271,7 @@ static void attempt_start(dispatch *d)
         coe_failure_set(&d->last, COE_FAIL_NEXT, 502, "expert '%s' could not start: %s", e->name,
                         coe_strerror(rc));
         coe_metrics_expert(e->name, COE_EXPERT_FAILED, 1);
+        record_failure(d, &d->last);
         try_next(d);
     }
 }
@@ -320,6 +362,9 @@ static void on_done(void *ctx)
         return;
     }
     const char *name = current_expert(d)->name;
+    if (guarded(current_expert(d)))
+        coe_breaker_success(&current_expert(d)->breaker, d->trial);
+    d->trial = false;
     coe_metrics_expert(name, COE_EXPERT_ANSWERED, 1);
     if (d->have_usage) {
         coe_metrics_expert(name, COE_EXPERT_PROMPT_TOKENS, d->usage.prompt_tokens);
@@ -354,6 +399,7 @@ static void on_fail(void *ctx, const coe_failure *f)
     }
     release_slot(d);
     coe_metrics_expert(current_expert(d)->name, COE_EXPERT_FAILED, 1);
+    record_failure(d, f);
     if (!d->committed) {
         d->last = *f;
         try_next(d);
@@ -420,6 +466,8 @@ void coe_dispatch_cancel(coe_exchange *ex)
     dispatch *d = ex->owner;
     if (!d)
         return;
+    if (d->trial) /* the client left before the trial ended: let another request try */
+        atomic_store(&current_expert(d)->breaker.trial, false);
     if (d->call)
         d->backend->cancel(d->loop, d->call);
     d->call = NULL;

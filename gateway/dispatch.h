@@ -21,4 +21,7 @@ void coe_dispatch_cancel(coe_exchange *ex);
 /* The OpenAI error type for an HTTP status. */
 const char *coe_error_type(int status);
 
+/* Appends the circuit breakers' gauge (Prometheus text) for cfg's experts. */
+void coe_dispatch_metrics(coe_config *cfg, coe_buf *out);
+
 #endif

@@ -13,8 +13,8 @@ static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 #define MAX_EXPERTS 1024
 
 static const char *const endpoint_names[] = {"chat_completions", "completions", "models", "health", "metrics", "other"};
-static const char *const event_names[] = {"answered", "failed", "retried", "fell_back", "prompt_tokens",
-                                          "completion_tokens"};
+static const char *const event_names[] = {"answered",        "failed",          "retried",      "fell_back",
+                                          "circuit_opened",  "short_circuited", "prompt_tokens", "completion_tokens"};
 
 static atomic_ullong requests[COE_METRIC_N_ENDPOINTS][N_STATUS + 1]; /* last: any other status */
 static atomic_ullong latency_le[COE_METRIC_N_ENDPOINTS][N_BUCKETS];  /* not cumulative; summed at render */

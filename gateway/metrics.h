@@ -16,6 +16,8 @@ typedef enum coe_expert_event {
     COE_EXPERT_FAILED,      /* an attempt failed (before or after the first byte) */
     COE_EXPERT_RETRIED,     /* a retry of this expert was scheduled */
     COE_EXPERT_FELL_BACK,   /* this expert gave up and a fallback was tried */
+    COE_EXPERT_CIRCUIT_OPENED, /* its circuit breaker opened */
+    COE_EXPERT_SHORT_CIRCUITED, /* an attempt skipped it: its circuit was open */
     COE_EXPERT_PROMPT_TOKENS,
     COE_EXPERT_COMPLETION_TOKENS,
     COE_EXPERT_N_EVENTS

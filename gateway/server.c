@@ -559,6 +559,7 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
         coe_buf b = COE_BUF_INIT;
         coe_metrics_render(&b, atomic_load(&s->inflight));
         coe_local_metrics(cx->cfg, &b);
+        coe_dispatch_metrics(cx->cfg, &b);
         enum MHD_Result r = send_body(conn, cx, 200, "text/plain; version=0.0.4", b.data, b.len, NULL, 0);
         coe_buf_free(&b);
         return r;
@@ -625,6 +626,68 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
     return send_exchange(conn, cx);
 }
 
+/* Lingering close (as nginx's): a socket closed with unread input answers the client
+ * with a reset, which can destroy the response it has not read yet. So after an early
+ * refusal a duplicate of the socket stays open, reading and dropping what still
+ * arrives, until the client closes, LINGER_MS pass or LINGER_BYTES were dropped. */
+#define LINGER_MS 2000
+#define LINGER_BYTES (4u << 20)
+
+typedef struct lingering {
+    worker *w;
+    int fd;
+    size_t dropped;
+    coe_watch *watch;
+    coe_timer *timer;
+} lingering;
+
+static void linger_end(lingering *l)
+{
+    if (l->watch)
+        coe_loop_unwatch(l->w->loop, l->watch);
+    if (l->timer)
+        coe_loop_cancel(l->w->loop, l->timer);
+    close(l->fd);
+    free(l);
+}
+
+static void linger_timeout(void *arg)
+{
+    lingering *l = arg;
+    l->timer = NULL; /* firing: the loop frees it */
+    linger_end(l);
+}
+
+static void linger_read(void *arg)
+{
+    lingering *l = arg;
+    char buf[16384];
+    for (;;) {
+        ssize_t n = recv(l->fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0 && (l->dropped += (size_t)n) < LINGER_BYTES)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        linger_end(l); /* the client closed, an error, or enough */
+        return;
+    }
+}
+
+static void linger_start(worker *w, int fd)
+{
+    lingering *l = fd >= 0 ? calloc(1, sizeof *l) : NULL;
+    if (!l) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    *l = (lingering){w, fd, 0, NULL, NULL};
+    l->watch = coe_loop_watch(w->loop, fd, linger_read, l);
+    l->timer = coe_loop_after(w->loop, LINGER_MS, linger_timeout, l);
+    if (!l->watch || !l->timer)
+        linger_end(l);
+}
+
 /* A body that crosses max_body_bytes while it arrives (a chunked body announces no
  * length): refused at once, since reading the rest only to refuse it would let a client
  * make the gateway read without end. libmicrohttpd 0.9.75 cannot queue a response
@@ -647,6 +710,7 @@ static enum MHD_Result refuse_upload(struct MHD_Connection *conn, conn_ctx *cx)
     if (ci && out.data) {
         (void)!send(ci->connect_fd, out.data, out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
         shutdown(ci->connect_fd, SHUT_WR);
+        linger_start(cx->w, dup(ci->connect_fd));
     }
     coe_buf_free(&body);
     coe_buf_free(&out);

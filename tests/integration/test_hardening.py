@@ -258,6 +258,50 @@ class SlowStreamReader(unittest.TestCase):
                 self.assertTrue(gw.wait_log(r"status=507"), gw.logs()[-2000:])
 
 
+class CircuitBreaker(unittest.TestCase):
+    def test_dead_upstream_is_not_hammered(self):
+        # 3 failed attempts in a row open the circuit for 1 s: then requests skip the
+        # expert (no upstream traffic, no retries) to its fallback or a 503; after the
+        # cooldown one trial goes through, and a success closes the circuit.
+        with Upstream() as up:
+            config = {"experts": {
+                "dead": remote(up, retries=2, breaker_failures=3, breaker_cooldown_ms=1000),
+                "guarded": remote(up, retries=0, breaker_failures=3, breaker_cooldown_ms=1000, fallbacks=["spare"]),
+                "spare": {"kind": "echo"}},
+                "routes": {"auto": {"default": "dead"}}}
+            with Gateway(config) as gw:
+                r = post(gw.port, chat_body("fake: key=dead status=500", model="dead"))
+                self.assertEqual(r.status, 502)
+                self.assertEqual(up.key("dead")["requests"], 3)  # the first try and 2 retries
+                for _ in range(5):
+                    r = post(gw.port, chat_body("fake: key=dead status=500", model="dead"))
+                    self.assertEqual(r.status, 503)
+                    self.assertIn("circuit is open", r.json()["error"]["message"])
+                self.assertEqual(up.key("dead")["requests"], 3)
+                m = request(gw.port, "GET", "/metrics").body.decode()
+                self.assertIn('coegate_expert_circuit_open{expert="dead"} 1', m)
+                self.assertIn('coegate_expert_circuit_opened_total{expert="dead"} 1', m)
+                self.assertIn('coegate_expert_short_circuited_total{expert="dead"} 5', m)
+                time.sleep(1.2)
+                # The trial fails: open again at once, without retries.
+                r = post(gw.port, chat_body("fake: key=dead status=500", model="dead"))
+                self.assertEqual(r.status, 502)
+                self.assertEqual(up.key("dead")["requests"], 4)
+                time.sleep(1.2)
+                # The trial succeeds: closed.
+                self.assertEqual(post(gw.port, chat_body("fake: key=dead", model="dead")).status, 200)
+                self.assertEqual(post(gw.port, chat_body("fake: key=dead", model="dead")).status, 200)
+                m = request(gw.port, "GET", "/metrics").body.decode()
+                self.assertIn('coegate_expert_circuit_open{expert="dead"} 0', m)
+                # An open circuit sends requests to the fallback at once.
+                for _ in range(3):
+                    post(gw.port, chat_body("fake: key=g status=500", model="guarded"))
+                r = post(gw.port, chat_body("fake: key=g status=500", model="guarded"))
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.headers["x-coegate-expert"], "spare")
+                self.assertEqual(up.key("g")["requests"], 3)
+
+
 class LocalOverContext(unittest.TestCase):
     """A prompt over a local expert's context, counted in tokens (past the byte-size
     pre-check), goes to the expert's fallbacks like every other thing it cannot serve;

@@ -13,14 +13,17 @@ class Resilience(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.up = Upstream()
+        # These experts fail on purpose, test after test: circuit breakers (tested in
+        # test_hardening.py) would open and hide the retries and fallbacks tested here.
+        nb = {"breaker_failures": 0}
         cls.gw = Gateway({
             "experts": {
                 "primary": remote(cls.up, model="primary-model", retries=2, fallbacks=["backup"],
-                                  max_retry_after_ms=2000),
-                "backup": remote(cls.up, model="backup-model", retries=0),
-                "lonely": remote(cls.up, retries=1),
-                "slow": remote(cls.up, retries=0, first_byte_timeout_ms=400, chunk_timeout_ms=400),
-                "gone": remote(cls.up, base_url="http://127.0.0.1:9/v1", retries=1, fallbacks=["backup"]),
+                                  max_retry_after_ms=2000, **nb),
+                "backup": remote(cls.up, model="backup-model", retries=0, **nb),
+                "lonely": remote(cls.up, retries=1, **nb),
+                "slow": remote(cls.up, retries=0, first_byte_timeout_ms=400, chunk_timeout_ms=400, **nb),
+                "gone": remote(cls.up, base_url="http://127.0.0.1:9/v1", retries=1, fallbacks=["backup"], **nb),
             },
             "routes": {"auto": {"default": "primary"}},
         })
