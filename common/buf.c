@@ -1,6 +1,8 @@
 #include "common/buf.h"
 
 #include <errno.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,19 +10,36 @@
 
 #include "common/err.h"
 
+static _Atomic long fail_countdown = -1;
+
+void coe_buf_fail_after(long n)
+{
+    fail_countdown = n;
+}
+
+static bool injected_failure(void)
+{
+    long n = fail_countdown;
+    while (n >= 0 && !atomic_compare_exchange_weak(&fail_countdown, &n, n - 1))
+        ;
+    return n == 0;
+}
+
 int coe_buf_reserve(coe_buf *b, size_t extra)
 {
+    if (b->err)
+        return b->err;
     if (b->len + extra + 1 <= b->cap)
         return 0;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < b->len + extra + 1) {
         if (cap > ((size_t)-1) / 2)
-            return COE_ENOMEM;
+            return b->err = COE_ENOMEM;
         cap *= 2;
     }
-    char *p = realloc(b->data, cap);
+    char *p = injected_failure() ? NULL : realloc(b->data, cap);
     if (!p)
-        return COE_ENOMEM;
+        return b->err = COE_ENOMEM;
     b->data = p;
     b->cap = cap;
     return 0;
@@ -170,6 +189,7 @@ void coe_buf_consume(coe_buf *b, size_t n)
 
 void coe_buf_reset(coe_buf *b)
 {
+    b->err = 0;
     b->len = 0;
     if (b->data)
         b->data[0] = '\0';
@@ -180,10 +200,15 @@ void coe_buf_free(coe_buf *b)
     free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
+    b->err = 0;
 }
 
 char *coe_buf_steal(coe_buf *b)
 {
+    if (b->err) {
+        coe_buf_free(b);
+        return NULL;
+    }
     if (!b->data && coe_buf_reserve(b, 0))
         return NULL;
     char *p = b->data;

@@ -32,7 +32,8 @@ typedef struct dispatch {
     coe_usage usage;
     bool have_usage;
     coe_sink sink;
-    bool overflowed;    /* the client's backlog hit its bound: the stream ends with an error */
+    bool overflowed;    /* the stream cannot go on (see end_overflowed): it ends with an error */
+    bool out_of_memory; /* why: memory ran out while writing it */
     coe_timer *overflow; /* ends it, outside the backend's callback */
     bool trial;         /* this attempt is its expert's half-open circuit trial */
     bool paused;        /* the backend stopped taking in the answer: the client is slow */
@@ -129,10 +130,17 @@ static void free_dispatch(dispatch *d)
     free(d);
 }
 
-/* The stream's end when the client's backlog hit its bound: an error event, [DONE],
- * and 507 in the access log; the expert is stopped. Nothing is dropped silently. */
+/* A stream that cannot go on (the client's backlog hit its bound, or memory ran out
+ * while writing it): an error event, [DONE], and a non-200 status in the access log
+ * (507, 500); the expert is stopped. Nothing is dropped silently. */
 static void end_overflowed(dispatch *d)
 {
+    if (d->out_of_memory) {
+        coe_log(COE_LOG_ERROR, "out of memory while streaming from expert '%s'; stream ended",
+                current_expert(d)->name);
+        coe_exchange_end_with_error(d->ex, coe_openai_oom_events, strlen(coe_openai_oom_events), 500);
+        return;
+    }
     coe_log(COE_LOG_WARN, "the client of a stream from expert '%s' read too slowly: over %zu bytes waited; stream "
             "ended", current_expert(d)->name, d->ex->max_pending);
     coe_api_error e;
@@ -141,7 +149,10 @@ static void end_overflowed(dispatch *d)
     coe_buf b = COE_BUF_INIT;
     coe_openai_error(&b, &e, true);
     coe_openai_done(&b);
-    coe_exchange_end_with_error(d->ex, b.data ? b.data : "", b.len, 507);
+    if (b.err)
+        coe_exchange_end_with_error(d->ex, coe_openai_oom_events, strlen(coe_openai_oom_events), 507);
+    else
+        coe_exchange_end_with_error(d->ex, b.data, b.len, 507);
     coe_buf_free(&b);
 }
 
@@ -179,7 +190,11 @@ static void on_drained(void *arg)
  * ends with an error. */
 static void send_buf(dispatch *d, coe_buf *b)
 {
-    if (b->len && !d->overflowed) {
+    if (b->err && !d->overflowed) {
+        /* A chunk with a piece missing must not go out: end the stream instead. */
+        d->out_of_memory = d->overflowed = true;
+        d->overflow = coe_loop_after(d->loop, 0, overflow_fire, d);
+    } else if (b->len && !d->overflowed) {
         if (coe_exchange_write(d->ex, b->data, b->len) == COE_ERANGE) {
             /* Stop the expert from the loop, not from within its own callback. */
             d->overflowed = true;
@@ -215,7 +230,11 @@ static void fail_request(dispatch *d, const coe_failure *f)
     coe_buf b = COE_BUF_INIT;
     coe_openai_error(&b, &e, false);
     long retry_after_s = f->status == 503 ? 1 : f->retry_after_ms > 0 ? (f->retry_after_ms + 999) / 1000 : 0;
-    coe_exchange_respond(d->ex, f->status, current_expert(d)->name, retry_after_s, b.data, b.len);
+    if (b.err)
+        coe_exchange_respond(d->ex, 503, current_expert(d)->name, 1, coe_openai_oom_body,
+                             strlen(coe_openai_oom_body));
+    else
+        coe_exchange_respond(d->ex, f->status, current_expert(d)->name, retry_after_s, b.data, b.len);
     coe_buf_free(&b);
     free_dispatch(d);
 }
@@ -377,12 +396,19 @@ static void on_done(void *ctx)
             coe_openai_usage_chunk(&b, &d->reply, &d->usage);
         coe_openai_done(&b);
         send_buf(d, &b);
-        coe_exchange_finish(d->ex);
+        if (d->overflowed)
+            end_overflowed(d);
+        else
+            coe_exchange_finish(d->ex);
     } else {
         commit(d);
         coe_openai_body(&b, &d->reply, d->choices.data ? d->choices.data : "[]", d->choices.len,
                         d->have_usage ? &d->usage : NULL);
-        coe_exchange_respond(d->ex, 200, current_expert(d)->name, 0, b.data, b.len);
+        if (b.err || d->choices.err)
+            coe_exchange_respond(d->ex, 503, current_expert(d)->name, 1, coe_openai_oom_body,
+                                 strlen(coe_openai_oom_body));
+        else
+            coe_exchange_respond(d->ex, 200, current_expert(d)->name, 0, b.data, b.len);
         coe_buf_free(&b);
     }
     free_dispatch(d);
@@ -416,7 +442,10 @@ static void on_fail(void *ctx, const coe_failure *f)
         coe_openai_done(&b);
     }
     send_buf(d, &b);
-    coe_exchange_finish(d->ex);
+    if (d->overflowed)
+        end_overflowed(d);
+    else
+        coe_exchange_finish(d->ex);
     free_dispatch(d);
 }
 

@@ -105,3 +105,8 @@ int coe_openai_error(coe_buf *b, const coe_api_error *e, bool event)
         coe_buf_puts(b, "null");
     return coe_buf_puts(b, event ? "}}\n\n" : "}}");
 }
+
+#define OOM_ERROR "{\"error\":{\"message\":\"the gateway is out of memory\",\"type\":\"server_error\",\"param\":null," \
+                  "\"code\":\"overloaded\"}}"
+const char coe_openai_oom_body[] = OOM_ERROR;
+const char coe_openai_oom_events[] = "data: " OOM_ERROR "\n\ndata: [DONE]\n\n";

@@ -27,4 +27,9 @@ int coe_openai_body(coe_buf *b, const coe_reply_ctx *c, const char *choices, siz
 /* {"error":{...}}; as an SSE event ("data: ...\n\n") when event is true. */
 int coe_openai_error(coe_buf *b, const coe_api_error *e, bool event);
 
+/* What to send when building the answer ran out of memory (no allocation needed): a
+ * 503 body, and for a stream whose head is out, an error event then [DONE]. */
+extern const char coe_openai_oom_body[];
+extern const char coe_openai_oom_events[];
+
 #endif

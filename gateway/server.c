@@ -306,12 +306,21 @@ static enum MHD_Result send_body(struct MHD_Connection *conn, conn_ctx *cx, int 
     return ret;
 }
 
+/* A body built in b, or a fixed 503 when building it ran out of memory. */
+static enum MHD_Result send_built(struct MHD_Connection *conn, conn_ctx *cx, int status, const char *ctype,
+                                  const coe_buf *b, long retry_after_s)
+{
+    if (b->err)
+        return send_body(conn, cx, 503, "application/json", coe_openai_oom_body, strlen(coe_openai_oom_body),
+                         NULL, 1);
+    return send_body(conn, cx, status, ctype, b->data ? b->data : "", b->len, NULL, retry_after_s);
+}
+
 static enum MHD_Result send_error(struct MHD_Connection *conn, conn_ctx *cx, const coe_api_error *e)
 {
     coe_buf b = COE_BUF_INIT;
     coe_openai_error(&b, e, false);
-    enum MHD_Result ret = send_body(conn, cx, e->status, "application/json", b.data, b.len, NULL,
-                                    e->status == 503 ? 1 : 0);
+    enum MHD_Result ret = send_built(conn, cx, e->status, "application/json", &b, e->status == 503 ? 1 : 0);
     coe_buf_free(&b);
     return ret;
 }
@@ -392,7 +401,7 @@ static enum MHD_Result send_models(struct MHD_Connection *conn, conn_ctx *cx)
                        now, route ? "route" : "expert");
     }
     coe_buf_puts(&b, "]}");
-    enum MHD_Result r = send_body(conn, cx, 200, "application/json", b.data, b.len, NULL, 0);
+    enum MHD_Result r = send_built(conn, cx, 200, "application/json", &b, 0);
     coe_buf_free(&b);
     return r;
 }
@@ -560,7 +569,7 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
         coe_metrics_render(&b, atomic_load(&s->inflight));
         coe_local_metrics(cx->cfg, &b);
         coe_dispatch_metrics(cx->cfg, &b);
-        enum MHD_Result r = send_body(conn, cx, 200, "text/plain; version=0.0.4", b.data, b.len, NULL, 0);
+        enum MHD_Result r = send_built(conn, cx, 200, "text/plain; version=0.0.4", &b, 0);
         coe_buf_free(&b);
         return r;
     }

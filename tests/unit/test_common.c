@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <cJSON.h>
 #include <pthread.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include "common/jsonx.h"
 #include "common/loop.h"
 #include "gateway/auth.h"
+#include "gateway/openai.h"
 
 static void escapes(const char *in, size_t n, const char *expect)
 {
@@ -134,10 +136,78 @@ static void test_loop_timers(void **state)
     assert_string_equal(o.seen, "abc");
 }
 
+/* A failed allocation is sticky: a later small append that would fit cannot slip in
+ * after a failed large one (the text would have a hole). */
+static void test_buf_sticky_error(void **state)
+{
+    (void)state;
+    coe_buf b = COE_BUF_INIT;
+    assert_int_equal(coe_buf_puts(&b, "{\"a\":"), 0);
+    char big[4096];
+    memset(big, 'x', sizeof big);
+    coe_buf_fail_after(0);
+    assert_int_not_equal(coe_buf_append(&b, big, sizeof big), 0);
+    coe_buf_fail_after(-1);
+    assert_int_not_equal(coe_buf_puts(&b, "1}"), 0);
+    assert_int_not_equal(b.err, 0);
+    assert_string_equal(b.data, "{\"a\":");
+    assert_null(coe_buf_steal(&b));
+    assert_int_equal(coe_buf_puts(&b, "ok"), 0); /* steal emptied it, error and all */
+    coe_buf_reset(&b);
+    assert_int_equal(b.err, 0);
+    assert_int_equal(coe_buf_puts(&b, "fine"), 0);
+    assert_string_equal(b.data, "fine");
+    coe_buf_free(&b);
+}
+
+/* The response writers with an allocation failing at each point in turn: the output is
+ * marked failed, or it is complete, valid JSON. Never a body with a piece missing. */
+static void test_response_writers_out_of_memory(void **state)
+{
+    (void)state;
+    coe_reply_ctx c = {.endpoint = COE_EP_CHAT, .id = "chatcmpl-1", .created = 1, .model = "m"};
+    char content[3000];
+    memset(content, 'w', sizeof content - 1);
+    content[sizeof content - 1] = '\0';
+    coe_delta d = {.content = content, .content_len = strlen(content), .finish_reason = "stop"};
+    coe_usage u = {5, 7, 12};
+    coe_api_error e;
+    coe_api_error_set(&e, 400, "invalid_request_error", NULL, "messages", "%s", content);
+    const char *choices = "[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\"}}]";
+    for (int writer = 0; writer < 3; writer++) {
+        int failed = 0;
+        for (long k = 0; k < 64; k++) {
+            coe_buf b = COE_BUF_INIT;
+            coe_buf_fail_after(k);
+            int rc = writer == 0   ? coe_openai_chunk(&b, &c, &d)
+                     : writer == 1 ? coe_openai_body(&b, &c, choices, strlen(choices), &u)
+                                   : coe_openai_error(&b, &e, false);
+            coe_buf_fail_after(-1);
+            if (b.err) {
+                assert_int_not_equal(rc, 0);
+                failed++;
+            } else {
+                const char *json = b.data;
+                if (writer == 0) {
+                    assert_memory_equal(json, "data: ", 6);
+                    json += 6;
+                }
+                cJSON *j = cJSON_Parse(json);
+                assert_non_null(j);
+                cJSON_Delete(j);
+            }
+            coe_buf_free(&b);
+        }
+        assert_true(failed > 0); /* the failures were really injected */
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_json_escaper),
+        cmocka_unit_test(test_buf_sticky_error),
+        cmocka_unit_test(test_response_writers_out_of_memory),
         cmocka_unit_test(test_json_depth),
         cmocka_unit_test(test_auth),
         cmocka_unit_test(test_loop_timers),
