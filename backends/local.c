@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <sys/stat.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,8 @@ struct coe_local {
     atomic_int n_active;
     atomic_long n_cancelled; /* sequences stopped because their client went away */
     atomic_int batch_max;    /* the most sequences one step has decoded together */
+    char *key;               /* owned: its registry key; NULL when not registered */
+    int refs;                /* registry references, under reg_mu */
     /* scheduler thread only */
     local_call **active;
     int32_t *tokens;
@@ -556,10 +559,97 @@ static void *scheduler(void *arg)
 
 /* ---- opening and closing ---- */
 
+/* ---- the runtime registry of started experts ---- */
+
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t reg_cv = PTHREAD_COND_INITIALIZER;
+static coe_local **reg;  /* started experts, under reg_mu */
+static int n_reg, cap_reg;
+static int n_closing;    /* being stopped on threads of their own */
+
+static void local_free(coe_local *L);
+
+/* The key: what a loaded expert depends on. NULL when the file cannot be read (the
+ * open then reports why). */
+static char *registry_key(const coe_local_opts *o)
+{
+    struct stat st;
+    if (stat(o->path, &st) != 0)
+        return NULL;
+    coe_buf k = COE_BUF_INIT;
+    coe_buf_printf(&k, "%s\n%llu:%llu:%lld:%lld.%09ld\n%d %d %d %d %s", o->name ? o->name : "",
+                   (unsigned long long)st.st_dev, (unsigned long long)st.st_ino, (long long)st.st_size,
+                   (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec, o->threads, o->context, o->max_batch,
+                   o->max_queue, o->chat_template ? o->chat_template : "-");
+    return coe_buf_steal(&k);
+}
+
+static coe_local *registry_take(const char *key)
+{
+    coe_local *found = NULL;
+    pthread_mutex_lock(&reg_mu);
+    for (int i = 0; i < n_reg && !found; i++)
+        if (strcmp(reg[i]->key, key) == 0) {
+            found = reg[i];
+            found->refs++;
+        }
+    pthread_mutex_unlock(&reg_mu);
+    return found;
+}
+
+static void registry_put(coe_local *L)
+{
+    pthread_mutex_lock(&reg_mu);
+    if (n_reg == cap_reg) {
+        int cap = cap_reg ? cap_reg * 2 : 8;
+        coe_local **r = realloc(reg, (size_t)cap * sizeof *r);
+        if (r) {
+            reg = r;
+            cap_reg = cap;
+        }
+    }
+    if (n_reg < cap_reg) {
+        L->refs = 1;
+        reg[n_reg++] = L;
+    } else {
+        free(L->key); /* not shared then, but still works */
+        L->key = NULL;
+    }
+    pthread_mutex_unlock(&reg_mu);
+}
+
+static void *close_thread(void *arg)
+{
+    local_free(arg);
+    pthread_mutex_lock(&reg_mu);
+    n_closing--;
+    pthread_cond_broadcast(&reg_cv);
+    pthread_mutex_unlock(&reg_mu);
+    return NULL;
+}
+
+void coe_local_wait_closed(void)
+{
+    pthread_mutex_lock(&reg_mu);
+    while (n_closing > 0)
+        pthread_cond_wait(&reg_cv, &reg_mu);
+    pthread_mutex_unlock(&reg_mu);
+}
+
 int coe_local_open(coe_local **out, const coe_local_opts *o, bool start, coe_buf *diag)
 {
     *out = NULL;
+    char *key = start ? registry_key(o) : NULL;
+    if (key && (*out = registry_take(key))) {
+        free(key);
+        coe_info("local expert '%s': unchanged, kept loaded", o->name ? o->name : o->path);
+        return 0;
+    }
     coe_local *L = calloc(1, sizeof *L);
+    if (!L) {
+        free(key);
+        return COE_ENOMEM;
+    }
     if (!L)
         return COE_ENOMEM;
     pthread_mutex_init(&L->mu, NULL);
@@ -612,8 +702,13 @@ int coe_local_open(coe_local **out, const coe_local_opts *o, bool start, coe_buf
             L->started = true;
     }
     if (rc) {
-        coe_local_close(&L);
+        free(key);
+        local_free(L);
         return rc;
+    }
+    if (key) {
+        L->key = key;
+        registry_put(L);
     }
     *out = L;
     return 0;
@@ -622,8 +717,38 @@ int coe_local_open(coe_local **out, const coe_local_opts *o, bool start, coe_buf
 void coe_local_close(coe_local **lp)
 {
     coe_local *L = *lp;
+    *lp = NULL;
     if (!L)
         return;
+    if (L->key) {
+        pthread_mutex_lock(&reg_mu);
+        bool last = --L->refs == 0;
+        if (last) {
+            for (int i = 0; i < n_reg; i++)
+                if (reg[i] == L) {
+                    reg[i] = reg[--n_reg];
+                    break;
+                }
+            n_closing++;
+        }
+        pthread_mutex_unlock(&reg_mu);
+        if (!last)
+            return;
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        bool spawned = pthread_create(&t, &attr, close_thread, L) == 0;
+        pthread_attr_destroy(&attr);
+        if (!spawned)
+            close_thread(L);
+        return;
+    }
+    local_free(L);
+}
+
+static void local_free(coe_local *L)
+{
     if (L->started) {
         pthread_mutex_lock(&L->mu);
         L->stop = true;
@@ -647,8 +772,8 @@ void coe_local_close(coe_local **lp)
     coe_model_close(&L->model);
     pthread_mutex_destroy(&L->mu);
     pthread_cond_destroy(&L->cv);
+    free(L->key);
     free(L);
-    *lp = NULL;
 }
 
 void coe_local_load(coe_local *L, int *active, int *queued)

@@ -293,7 +293,7 @@ static void open_local(vctx *v, const char *path, coe_expert_cfg *e)
 {
     char full[4096], p[512];
     resolve_path(v, e->path, full, sizeof full);
-    coe_local_opts o = {full, e->threads, e->context, e->max_batch, e->max_queue, e->chat_template};
+    coe_local_opts o = {e->name, full, e->threads, e->context, e->max_batch, e->max_queue, e->chat_template};
     coe_buf why = COE_BUF_INIT;
     if (coe_local_open(&e->local, &o, v->mode == COE_CONFIG_SERVE, &why)) {
         size_t n = why.len;

@@ -17,6 +17,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/gguf.h"
+#include "backends/local.h"
 #include "experts/model_info.h"
 #include "experts/nll.h"
 #include "gateway/config.h"
@@ -402,6 +403,7 @@ static int cmd_serve(int argc, char **argv)
     }
     coe_server_close(&srv);
     coe_config_unref(&cfg);
+    coe_local_wait_closed();
     curl_global_cleanup();
     coe_info("stopped");
     return 0;

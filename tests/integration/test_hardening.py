@@ -2,6 +2,7 @@
 on the code before its fix. Loopback only, bounded counts and times."""
 
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -300,6 +301,47 @@ class CircuitBreaker(unittest.TestCase):
                 self.assertEqual(r.status, 200)
                 self.assertEqual(r.headers["x-coegate-expert"], "spare")
                 self.assertEqual(up.key("g")["requests"], 3)
+
+
+class ReloadKeepsLoadedExperts(unittest.TestCase):
+    """A reload that leaves a local expert unchanged keeps it loaded: the file is not
+    mapped again and no thread is started; a changed expert is loaded anew, and the
+    old one stopped without holding up anyone."""
+
+    def mappings(self, gw, path):
+        with open(f"/proc/{gw.proc.pid}/maps") as f:
+            return sorted(line.split()[0] for line in f if line.rstrip().endswith(path))
+
+    def test_reload(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "m.gguf")
+            r = subprocess.run([COEGATE, "forge", "-o", path], capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            config = {"experts": {"m": {"kind": "local", "path": path, "threads": 1},
+                                  "n": {"kind": "local", "path": path, "threads": 1}},
+                      "routes": {"auto": {"default": "m"}}}
+            with Gateway(config) as gw:
+                before = self.mappings(gw, path)
+                self.assertEqual(len(before), 2)  # one per expert
+                threads = len(os.listdir(f"/proc/{gw.proc.pid}/task"))
+                config["routes"]["auto"]["default"] = "n"  # a change elsewhere
+                gw.write_config(config)
+                gw.signal(signal.SIGHUP)
+                self.assertTrue(gw.wait_log(r"reloaded \(2 experts"))
+                self.assertTrue(gw.wait_log(r"local expert 'm': unchanged, kept loaded"))
+                self.assertEqual(self.mappings(gw, path), before)
+                self.assertEqual(len(os.listdir(f"/proc/{gw.proc.pid}/task")), threads)
+                self.assertEqual(post(gw.port, chat_body("hi", model="m", max_tokens=2)).status, 200)
+                # A changed expert is loaded anew (context is one of its options).
+                config["experts"]["n"]["context"] = 512
+                gw.write_config(config)
+                gw.signal(signal.SIGHUP)
+                self.assertTrue(gw.wait_log(r"reloaded \(2 experts.*\n(.|\n)*reloaded \(2 experts"))
+                self.assertEqual(post(gw.port, chat_body("hi", model="n", max_tokens=2)).status, 200)
+                deadline = time.monotonic() + 5
+                while len(self.mappings(gw, path)) != 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                self.assertEqual(len(self.mappings(gw, path)), 2)
 
 
 class LocalOverContext(unittest.TestCase):
