@@ -3,7 +3,6 @@ serving as the remote expert of another."""
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -122,35 +121,22 @@ class CommandLine(unittest.TestCase):
         self.assertIn("unknown verb 'frobnicate'", r.stderr)
 
     def test_demo_configuration(self):
-        # What scripts/demo.sh does: train the demo router beside the demo config, serve it.
+        # What scripts/demo.sh does: train the demo router beside the demo config, check
+        # it. (Serving it, with the real experts of models/, is test_experts.py.)
         with tempfile.TemporaryDirectory() as d:
+            with open("configs/demo.json") as f:
+                demo = json.load(f)
+            for e in demo["experts"].values():
+                e["path"] = os.path.abspath(os.path.join("configs", e["path"]))
             config = os.path.join(d, "demo.json")
-            shutil.copy("configs/demo.json", config)
+            with open(config, "w") as f:
+                json.dump(demo, f)
             r = self.run_coegate("router", "train", "--data", "configs/demo-queries.jsonl", "--out",
                                  os.path.join(d, "demo-router.gguf"), "--buckets", "65536", "--dim", "32")
-            self.assertEqual(r.returncode, 0, r.stderr)
-            r = subprocess.run(["scripts/demo-models.sh", d, COEGATE], capture_output=True, text=True, timeout=120)
             self.assertEqual(r.returncode, 0, r.stderr)
             r = self.run_coegate("config", "check", config)
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertIn("ok (4 experts, 1 routes)", r.stdout)
-            with open(config) as f:
-                demo = json.load(f)
-            # The harness writes its own copy elsewhere: point it at the router by full path.
-            demo["routes"]["auto"]["router"] = os.path.join(d, "demo-router.gguf")
-            for name in ("coder", "writer"):
-                demo["experts"][name]["path"] = os.path.join(d, demo["experts"][name]["path"])
-            with Gateway(demo) as gw:
-                r = post(gw.port, chat_body("What is the integral of 1/(1+x^2)? Explain step by step."))
-                self.assertEqual(r.status, 200)
-                self.assertEqual(r.headers["x-coegate-expert"], "mathematician")
-                # The two local experts answer through the router too.
-                for text, expert in (("How do I parse a CSV file in Python without extra libraries?", "coder"),
-                                     ("Write a short poem about the sea at night.", "writer")):
-                    r = post(gw.port, chat_body(text, max_tokens=16))
-                    self.assertEqual(r.status, 200, r.body)
-                    self.assertEqual(r.headers["x-coegate-expert"], expert)
-                    self.assertLessEqual(r.json()["usage"]["completion_tokens"], 16)
 
     def test_config_check(self):
         r = self.run_coegate("config", "check", "configs/remote-example.json")
