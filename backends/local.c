@@ -557,8 +557,6 @@ static void *scheduler(void *arg)
     return NULL;
 }
 
-/* ---- opening and closing ---- */
-
 /* ---- the runtime registry of started experts ---- */
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -635,6 +633,8 @@ void coe_local_wait_closed(void)
         pthread_cond_wait(&reg_cv, &reg_mu);
     pthread_mutex_unlock(&reg_mu);
 }
+
+/* ---- opening and closing ---- */
 
 int coe_local_open(coe_local **out, const coe_local_opts *o, bool start, coe_buf *diag)
 {
