@@ -11,6 +11,7 @@
 
 #include "common/cli.h"
 #include "common/err.h"
+#include "experts/sample.h"
 
 /* Tokens one engine call takes at most: several windows share the weights' reads. */
 #define BATCH_TOKENS 2048
@@ -21,18 +22,6 @@ typedef struct window {
     int32_t *ids;  /* borrowed from the text's tokens */
     int len;
 } window;
-
-/* -log softmax(row)[target], summed in double as the training script does. */
-static double token_nll(const float *row, int n, int target)
-{
-    float max = row[0];
-    for (int i = 1; i < n; i++)
-        max = row[i] > max ? row[i] : max;
-    double sum = 0;
-    for (int i = 0; i < n; i++)
-        sum += exp((double)row[i] - max);
-    return log(sum) + max - (double)row[target];
-}
 
 static int run_windows(coe_engine *e, const window *w, int n_w, coe_nll *acc, float *logits, coe_buf *diag)
 {
@@ -62,7 +51,7 @@ static int run_windows(coe_engine *e, const window *w, int n_w, coe_nll *acc, fl
     }
     for (int i = 0, row = 0; !rc && i < n_w; i++)
         for (int k = 0; k + 1 < w[i].len; k++, row++) {
-            acc[w[i].text].sum += token_nll(logits + (size_t)row * (size_t)m->n_vocab, m->n_vocab, w[i].ids[k + 1]);
+            acc[w[i].text].sum -= coe_logprob_d(logits + (size_t)row * (size_t)m->n_vocab, m->n_vocab, w[i].ids[k + 1]);
             acc[w[i].text].tokens++;
         }
     for (int i = 0; kvs && i < n_w; i++)

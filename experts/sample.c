@@ -196,11 +196,16 @@ static double log_sum_exp(const float *x, int n, float *max_out)
     return log(sum);
 }
 
-float coe_logprob(const float *logits, int n, int id)
+double coe_logprob_d(const float *logits, int n, int id)
 {
     float max;
     double lse = log_sum_exp(logits, n, &max);
-    return (float)((double)logits[id] - max - lse);
+    return (double)logits[id] - max - lse;
+}
+
+float coe_logprob(const float *logits, int n, int id)
+{
+    return (float)coe_logprob_d(logits, n, id);
 }
 
 int coe_top_logprobs(const float *logits, int n_vocab, int n, int32_t *ids, float *logprobs)

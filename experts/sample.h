@@ -35,6 +35,8 @@ int coe_sample(coe_sampler *s, const float *logits);
 
 /* log softmax(logits)[id]. */
 float coe_logprob(const float *logits, int n, int id);
+/* The same in double: log softmax(logits)[id], the sum taken in double. */
+double coe_logprob_d(const float *logits, int n, int id);
 /* The n best tokens (n <= 20) with their log-probabilities, best first. */
 int coe_top_logprobs(const float *logits, int n_vocab, int n, int32_t *ids, float *logprobs);
 
