@@ -25,7 +25,10 @@ def count(log):
             case_failed = sum(map(int, re.findall(r"\[  FAILED  \] (\d+) test", out)))
         elif unittest:
             skip = sum(map(int, re.findall(r"skipped=(\d+)", out)))
-            case_failed = sum(map(int, re.findall(r"(?:failures|errors)=(\d+)", out)))
+            # "expected failures" are cases whose known failure happened (they pass);
+            # an unexpected success fails the run, as unittest itself says.
+            case_failed = sum(map(int, re.findall(r"(?<!expected )(?:failures|errors)=(\d+)", out)))
+            case_failed += sum(map(int, re.findall(r"unexpected successes=(\d+)", out)))
             passed += int(unittest.group(1)) - case_failed - skip
             skipped += skip
         elif result == "OK":
