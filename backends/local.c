@@ -8,11 +8,11 @@
 
 #include <math.h>
 #include <pthread.h>
-#include <sys/stat.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "backends/backend.h"
@@ -650,8 +650,6 @@ int coe_local_open(coe_local **out, const coe_local_opts *o, bool start, coe_buf
         free(key);
         return COE_ENOMEM;
     }
-    if (!L)
-        return COE_ENOMEM;
     pthread_mutex_init(&L->mu, NULL);
     pthread_cond_init(&L->cv, NULL);
     int rc = coe_model_open(&L->model, o->path, diag);
