@@ -716,8 +716,10 @@ static enum MHD_Result refuse_upload(struct MHD_Connection *conn, conn_ctx *cx)
                    body.len, cx->id);
     coe_buf_append(&out, body.data, body.len);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci && out.data) {
-        (void)!send(ci->connect_fd, out.data, out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (ci) {
+        /* Out of memory while building it: no answer rather than half of one. */
+        if (!body.err && !out.err)
+            (void)!send(ci->connect_fd, out.data, out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
         shutdown(ci->connect_fd, SHUT_WR);
         linger_start(cx->w, dup(ci->connect_fd));
     }
