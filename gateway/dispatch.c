@@ -32,9 +32,9 @@ typedef struct dispatch {
     coe_usage usage;
     bool have_usage;
     coe_sink sink;
-    bool overflowed;    /* the stream cannot go on (see end_overflowed): it ends with an error */
-    bool out_of_memory; /* why: memory ran out while writing it */
-    coe_timer *overflow; /* ends it, outside the backend's callback */
+    bool cut;           /* the stream cannot go on (see end_cut): it ends with an error */
+    bool cut_oom;       /* why: memory ran out while writing it (else the client was too slow) */
+    coe_timer *cut_timer; /* ends it, outside the backend's callback */
     bool trial;         /* this attempt is its expert's half-open circuit trial */
     bool paused;        /* the backend stopped taking in the answer: the client is slow */
     coe_timer *resume;  /* resumes it, outside the client's read */
@@ -117,8 +117,8 @@ static void free_dispatch(dispatch *d)
     release_slot(d);
     if (d->retry)
         coe_loop_cancel(d->loop, d->retry);
-    if (d->overflow)
-        coe_loop_cancel(d->loop, d->overflow);
+    if (d->cut_timer)
+        coe_loop_cancel(d->loop, d->cut_timer);
     if (d->resume)
         coe_loop_cancel(d->loop, d->resume);
     coe_exchange_on_drained(d->ex, NULL, NULL);
@@ -133,9 +133,9 @@ static void free_dispatch(dispatch *d)
 /* A stream that cannot go on (the client's backlog hit its bound, or memory ran out
  * while writing it): an error event, [DONE], and a non-200 status in the access log
  * (507, 500); the expert is stopped. Nothing is dropped silently. */
-static void end_overflowed(dispatch *d)
+static void end_cut(dispatch *d)
 {
-    if (d->out_of_memory) {
+    if (d->cut_oom) {
         coe_log(COE_LOG_ERROR, "out of memory while streaming from expert '%s'; stream ended",
                 current_expert(d)->name);
         coe_exchange_end_with_error(d->ex, coe_openai_oom_events, strlen(coe_openai_oom_events), 500);
@@ -156,14 +156,14 @@ static void end_overflowed(dispatch *d)
     coe_buf_free(&b);
 }
 
-static void overflow_fire(void *arg)
+static void cut_fire(void *arg)
 {
     dispatch *d = arg;
-    d->overflow = NULL;
+    d->cut_timer = NULL;
     if (d->call)
         d->backend->cancel(d->loop, d->call);
     d->call = NULL;
-    end_overflowed(d);
+    end_cut(d);
     free_dispatch(d);
 }
 
@@ -190,15 +190,15 @@ static void on_drained(void *arg)
  * ends with an error. */
 static void send_buf(dispatch *d, coe_buf *b)
 {
-    if (b->err && !d->overflowed) {
+    if (b->err && !d->cut) {
         /* A chunk with a piece missing must not go out: end the stream instead. */
-        d->out_of_memory = d->overflowed = true;
-        d->overflow = coe_loop_after(d->loop, 0, overflow_fire, d);
-    } else if (b->len && !d->overflowed) {
+        d->cut_oom = d->cut = true;
+        d->cut_timer = coe_loop_after(d->loop, 0, cut_fire, d);
+    } else if (b->len && !d->cut) {
         if (coe_exchange_write(d->ex, b->data, b->len) == COE_ERANGE) {
             /* Stop the expert from the loop, not from within its own callback. */
-            d->overflowed = true;
-            d->overflow = coe_loop_after(d->loop, 0, overflow_fire, d);
+            d->cut = true;
+            d->cut_timer = coe_loop_after(d->loop, 0, cut_fire, d);
         } else if (!d->paused && d->call && d->backend->pause &&
                    coe_exchange_backlog(d->ex) > d->ex->max_pending / 4) {
             d->paused = true;
@@ -222,6 +222,17 @@ static void commit(dispatch *d)
 }
 
 /* Ends the request with an error before anything was sent. */
+/* Answers (not streamed) with the body built in b, or with the fixed out-of-memory 503
+ * when building it failed (src marks a second buffer the body was made from). */
+static void respond_built(dispatch *d, int status, long retry_after_s, const coe_buf *b, const coe_buf *src)
+{
+    if (b->err || (src && src->err))
+        coe_exchange_respond(d->ex, 503, current_expert(d)->name, 1, coe_openai_oom_body,
+                             strlen(coe_openai_oom_body));
+    else
+        coe_exchange_respond(d->ex, status, current_expert(d)->name, retry_after_s, b->data, b->len);
+}
+
 static void fail_request(dispatch *d, const coe_failure *f)
 {
     coe_api_error e;
@@ -230,11 +241,7 @@ static void fail_request(dispatch *d, const coe_failure *f)
     coe_buf b = COE_BUF_INIT;
     coe_openai_error(&b, &e, false);
     long retry_after_s = f->status == 503 ? 1 : f->retry_after_ms > 0 ? (f->retry_after_ms + 999) / 1000 : 0;
-    if (b.err)
-        coe_exchange_respond(d->ex, 503, current_expert(d)->name, 1, coe_openai_oom_body,
-                             strlen(coe_openai_oom_body));
-    else
-        coe_exchange_respond(d->ex, f->status, current_expert(d)->name, retry_after_s, b.data, b.len);
+    respond_built(d, f->status, retry_after_s, &b, NULL);
     coe_buf_free(&b);
     free_dispatch(d);
 }
@@ -375,8 +382,8 @@ static void on_done(void *ctx)
 {
     dispatch *d = ctx;
     d->call = NULL;
-    if (d->overflowed) {
-        end_overflowed(d);
+    if (d->cut) {
+        end_cut(d);
         free_dispatch(d);
         return;
     }
@@ -396,19 +403,15 @@ static void on_done(void *ctx)
             coe_openai_usage_chunk(&b, &d->reply, &d->usage);
         coe_openai_done(&b);
         send_buf(d, &b);
-        if (d->overflowed)
-            end_overflowed(d);
+        if (d->cut)
+            end_cut(d);
         else
             coe_exchange_finish(d->ex);
     } else {
         commit(d);
         coe_openai_body(&b, &d->reply, d->choices.data ? d->choices.data : "[]", d->choices.len,
                         d->have_usage ? &d->usage : NULL);
-        if (b.err || d->choices.err)
-            coe_exchange_respond(d->ex, 503, current_expert(d)->name, 1, coe_openai_oom_body,
-                                 strlen(coe_openai_oom_body));
-        else
-            coe_exchange_respond(d->ex, 200, current_expert(d)->name, 0, b.data, b.len);
+        respond_built(d, 200, 0, &b, &d->choices);
         coe_buf_free(&b);
     }
     free_dispatch(d);
@@ -418,8 +421,8 @@ static void on_fail(void *ctx, const coe_failure *f)
 {
     dispatch *d = ctx;
     d->call = NULL;
-    if (d->overflowed) {
-        end_overflowed(d);
+    if (d->cut) {
+        end_cut(d);
         free_dispatch(d);
         return;
     }
@@ -442,8 +445,8 @@ static void on_fail(void *ctx, const coe_failure *f)
         coe_openai_done(&b);
     }
     send_buf(d, &b);
-    if (d->overflowed)
-        end_overflowed(d);
+    if (d->cut)
+        end_cut(d);
     else
         coe_exchange_finish(d->ex);
     free_dispatch(d);
