@@ -257,14 +257,13 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
     }
     if (c->failed)
         return CURL_WRITEFUNC_ERROR;
-    if (!c->sse)
-        c->last_content_ms = coe_now_ms();
-    if (c->sse) {
+    if (c->sse) { /* content is counted per event (on_event), not per byte */
         int rc = coe_sse_feed(&c->parser, p, len, on_event, c);
         if (rc == COE_ERANGE)
             stop_with(c, COE_FAIL_RETRY, 502, "expert '%s' sent a stream event over the size limit%s", "");
         return rc ? CURL_WRITEFUNC_ERROR : len;
     }
+    c->last_content_ms = coe_now_ms();
     size_t cap = c->status >= 300 ? MAX_ERROR_BODY : MAX_BODY_BYTES;
     if (c->in.len + len > cap) {
         if (c->status >= 300)
