@@ -16,12 +16,21 @@
 /* Tokens one engine call takes at most: several windows share the weights' reads. */
 #define BATCH_TOKENS 2048
 
-/* One window: tokens [start, start+len) of text i's token sequence. */
+/* One window: len tokens of text's token sequence, from ids on. */
 typedef struct window {
     size_t text;
     int32_t *ids;  /* borrowed from the text's tokens */
     int len;
 } window;
+
+/* Frees the tokens of texts [*from, to): no pending window refers to them any more. */
+static void release(int32_t **ids, size_t *from, size_t to)
+{
+    for (; *from < to; ++*from) {
+        free(ids[*from]);
+        ids[*from] = NULL;
+    }
+}
 
 static int run_windows(coe_engine *e, const window *w, int n_w, coe_nll *acc, float *logits, coe_buf *diag)
 {
@@ -77,6 +86,7 @@ int coe_nll_texts(coe_engine *e, const coe_vocab *v, const char *const *texts, s
     int32_t **ids = calloc(n ? n : 1, sizeof *ids);
     int rc = logits && w && ids ? 0 : COE_ENOMEM;
     int n_w = 0, batch = 0;
+    size_t live = 0; /* texts before it have no window pending */
     for (size_t i = 0; !rc && i < n; i++) {
         size_t n_ids = 0, cap = 0;
         if (v->add_bos && v->bos >= 0) {
@@ -97,14 +107,10 @@ int coe_nll_texts(coe_engine *e, const coe_vocab *v, const char *const *texts, s
             if (batch + len > BATCH_TOKENS) {
                 rc = run_windows(e, w, n_w, acc, logits, diag);
                 n_w = batch = 0;
+                release(ids, &live, i);
             }
             w[n_w++] = (window){i, ids[i] + start, len};
             batch += len;
-        }
-        /* Tokens of texts whose windows have all run are no longer needed. */
-        if (!rc && n_w == 0) {
-            free(ids[i]);
-            ids[i] = NULL;
         }
     }
     if (!rc && n_w)
