@@ -51,8 +51,39 @@
 
 #define TOL 1e-3
 
-static const char *models_dir, *corpora;
+static const char *models_dir;
 static cJSON *ref;
+
+/* The dev texts of each domain, grouped by row id (so names[group[i]] is row i's id),
+ * loaded once. */
+static const char *const domains[] = {"math", "code", "writing"};
+static coe_textset dev[3];
+
+static void load_dev(const char *corpora)
+{
+    for (int k = 0; k < 3; k++) {
+        char file[4096 + 32]; /* the folder (at most 4095) and a file name */
+        coe_buf d = COE_BUF_INIT;
+        snprintf(file, sizeof file, "%s/%s.dev.jsonl", corpora, domains[k]);
+        if (coe_textset_load(file, "id", 0, &dev[k], &d)) {
+            fprintf(stderr, "%s", d.data);
+            exit(1);
+        }
+        coe_buf_free(&d);
+    }
+}
+
+/* The text of dev row id of domain; fails the test when there is none. */
+static const char *dev_text(const char *domain, const char *id)
+{
+    for (int k = 0; k < 3; k++)
+        if (strcmp(domains[k], domain) == 0)
+            for (size_t i = 0; i < dev[k].n; i++)
+                if (strcmp(dev[k].names[dev[k].group[i]], id) == 0)
+                    return dev[k].texts[i];
+    fail_msg("../shared/corpora/%s.dev.jsonl has no row '%s'", domain, id);
+    return NULL;
+}
 
 static cJSON *load_json(const char *path)
 {
@@ -243,17 +274,8 @@ static void check_model(const char *name)
     const cJSON *texts = cJSON_GetObjectItem(ref, "texts");
     size_t expect = 0;
     for (const cJSON *t = texts->child; t; t = t->next) {
-        char file[4096];
-        snprintf(file, sizeof file, "%s/%s.dev.jsonl", corpora, cJSON_GetObjectItem(t, "domain")->valuestring);
-        coe_textset set;
-        if (coe_textset_load(file, "id", 0, &set, &d))
-            fail_msg("%s", d.data);
-        const char *id = cJSON_GetObjectItem(t, "id")->valuestring, *text = NULL;
-        for (size_t i = 0; i < set.n; i++)
-            if (strcmp(set.names[set.group[i]], id) == 0)
-                text = set.texts[i];
-        if (!text)
-            fail_msg("%s has no row '%s'", file, id);
+        const char *id = cJSON_GetObjectItem(t, "id")->valuestring;
+        const char *text = dev_text(cJSON_GetObjectItem(t, "domain")->valuestring, id);
         int32_t *ids = NULL;
         size_t n = 0, cap = 0;
         assert_int_equal(coe_tokenize_prompt(&v, text, strlen(text), &ids, &n, &cap), 0);
@@ -266,7 +288,6 @@ static void check_model(const char *name)
                          (int)cJSON_GetArrayItem(toks, i)->valuedouble);
         expect += (size_t)k * (size_t)m->n_vocab * sizeof(float);
         free(ids);
-        coe_textset_free(&set);
     }
     assert_int_equal(logits.len, expect);
     coe_vocab_free(&v);
@@ -302,29 +323,24 @@ static void llama_cpp_tokenization(void **state)
     if (coe_gguf_open(&g, path, &d) || coe_vocab_load(&v, g, &d))
         fail_msg("%s", d.data);
     snprintf(path, sizeof path, "%s/reference/llama-cpp-tokens.jsonl", models_dir);
-    coe_textset want;
     coe_buf raw = COE_BUF_INIT;
     assert_int_equal(coe_buf_read_file(&raw, path, 16u << 20, NULL), 0);
     int n_rows = 0, n_tokens = 0;
-    static const char *const domains[] = {"math", "code", "writing"};
     const char *line = raw.data;
     for (int k = 0; k < 3; k++) {
-        char file[4096];
-        snprintf(file, sizeof file, "%s/%s.dev.jsonl", corpora, domains[k]);
-        if (coe_textset_load(file, "id", 0, &want, &d))
-            fail_msg("%s", d.data);
-        for (size_t i = 0; i < want.n; i++, n_rows++) {
+        const coe_textset *want = &dev[k];
+        for (size_t i = 0; i < want->n; i++, n_rows++) {
             const char *end = line ? strchr(line, '\n') : NULL;
             if (!end)
-                fail_msg("%s ends before %s's row %zu", path, file, i + 1);
+                fail_msg("%s ends before %s.dev.jsonl's row %zu", path, domains[k], i + 1);
             cJSON *r = cJSON_ParseWithLength(line, (size_t)(end - line));
             line = end + 1;
-            const char *id = want.names[want.group[i]];
+            const char *id = want->names[want->group[i]];
             if (!r || strcmp(cJSON_GetObjectItem(r, "id")->valuestring, id) != 0)
                 fail_msg("%s: row %d is not %s", path, n_rows + 1, id);
             int32_t *ids = NULL;
             size_t n = 0, cap = 0;
-            assert_int_equal(coe_tokenize(&v, want.texts[i], strlen(want.texts[i]), &ids, &n, &cap), 0);
+            assert_int_equal(coe_tokenize(&v, want->texts[i], strlen(want->texts[i]), &ids, &n, &cap), 0);
             char hex[17];
             snprintf(hex, sizeof hex, "%016llx", (unsigned long long)coe_fnv1a64(COE_FNV_OFFSET, ids, n * sizeof *ids));
             int want_n = (int)cJSON_GetObjectItem(r, "n")->valuedouble;
@@ -335,7 +351,6 @@ static void llama_cpp_tokenization(void **state)
             free(ids);
             cJSON_Delete(r);
         }
-        coe_textset_free(&want);
     }
     print_message("%d dev texts, %d tokens: the same as llama.cpp's\n", n_rows, n_tokens);
     coe_buf_free(&raw);
@@ -370,9 +385,9 @@ static void generalist(void **state)
 
 int main(void)
 {
-    static char dir[4096];
+    char dir[4096];
     snprintf(dir, sizeof dir, "%s/corpora", shared_dir_or_skip("corpora"));
-    corpora = dir;
+    load_dev(dir);
     models_dir = getenv("COEGATE_MODELS");
     assert_non_null(models_dir);
     char path[4096];
@@ -387,5 +402,7 @@ int main(void)
     };
     int rc = cmocka_run_group_tests_name("experts-shared", tests, NULL, NULL);
     cJSON_Delete(ref);
+    for (int k = 0; k < 3; k++)
+        coe_textset_free(&dev[k]);
     return rc;
 }
