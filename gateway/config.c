@@ -237,9 +237,9 @@ static int split_keys(const char *s, char ***out)
 }
 
 static const char *const server_keys[] = {
-    "host", "port", "api_keys_env", "max_body_bytes", "stream_buffer_bytes", "max_json_depth", "connection_timeout_s",
-    "headers_timeout_s", "body_timeout_s", "max_connections", "max_connections_per_ip", "threads", "max_inflight", "shutdown_grace_ms",
-    "access_log", NULL};
+    "host", "port", "api_keys_env", "max_body_bytes", "stream_buffer_bytes", "max_json_depth",
+    "connection_timeout_s", "headers_timeout_s", "body_timeout_s", "max_connections", "max_connections_per_ip",
+    "threads", "max_inflight", "shutdown_grace_ms", "access_log", NULL};
 
 static void parse_server(vctx *v, const cJSON *j, coe_server_cfg *s)
 {
@@ -309,8 +309,8 @@ static void open_local(vctx *v, const char *path, coe_expert_cfg *e)
 static const char *const expert_keys[] = {
     "kind", "base_url", "model", "api_key_env", "headers", "connect_timeout_ms",
     "first_byte_timeout_ms", "chunk_timeout_ms", "stream_timeout_ms", "retries", "retry_backoff_ms",
-    "max_retry_after_ms", "breaker_failures", "breaker_cooldown_ms", "max_concurrency", "max_tokens", "cost", "fallbacks", "delay_ms", "path", "threads",
-    "context", "max_batch", "max_queue", "chat_template", NULL};
+    "max_retry_after_ms", "breaker_failures", "breaker_cooldown_ms", "max_concurrency", "max_tokens", "cost",
+    "fallbacks", "delay_ms", "path", "threads", "context", "max_batch", "max_queue", "chat_template", NULL};
 
 static void parse_headers(vctx *v, const cJSON *j, const char *path, coe_expert_cfg *e)
 {
