@@ -422,6 +422,25 @@ class GGUFWriter:
         return len(out)
 
 
+def tensor_names(s):
+    """Every tensor of a model of shape s, in file order: (GGUF name, PyTorch state key,
+    stored as Q8_0). Norms and the MoE router stay F32."""
+    layer = [("attn_norm.weight", "attn_norm", False), ("attn_q.weight", "wq.weight", True),
+             ("attn_k.weight", "wk.weight", True), ("attn_v.weight", "wv.weight", True),
+             ("attn_output.weight", "wo.weight", True), ("ffn_norm.weight", "ffn_norm", False)]
+    if s["n_expert"]:
+        layer += [("ffn_gate_inp.weight", "gate_inp.weight", False), ("ffn_gate_exps.weight", "gate", True),
+                  ("ffn_up_exps.weight", "up", True), ("ffn_down_exps.weight", "down", True)]
+    else:
+        layer += [("ffn_gate.weight", "w_gate.weight", True), ("ffn_up.weight", "w_up.weight", True),
+                  ("ffn_down.weight", "w_down.weight", True)]
+    names = [("token_embd.weight", "tok_embd.weight", True), ("output_norm.weight", "output_norm", False),
+             ("output.weight", "output.weight", True)]
+    for i in range(s["n_layer"]):
+        names += [(f"blk.{i}.{g}", f"layers.{i}.{k}", q) for g, k, q in layer]
+    return names
+
+
 def export(model, vocab, name, path, ctx, provenance):
     """Writes model as GGUF (matrices Q8_0, norms and the MoE router F32) and returns a
     copy of the model whose weights are exactly the file's (dequantized)."""
@@ -464,38 +483,16 @@ def export(model, vocab, name, path, ctx, provenance):
 
     exact = Model(s, n, ctx)
     state = {}
-
-    def mat(gname, t, key):
-        arr = t.detach().float().numpy()
-        raw, deq = q8_0(arr)
-        w.tensor(gname, GGML_Q8_0, list(reversed(arr.shape)), raw)
-        state[key] = torch.from_numpy(deq)
-
-    def vec(gname, t, key, dims=None):
-        arr = np.ascontiguousarray(t.detach().float().numpy())
-        w.tensor(gname, GGML_F32, dims or list(reversed(arr.shape)), arr.tobytes())
-        state[key] = torch.from_numpy(arr.copy())
-
-    mat("token_embd.weight", model.tok_embd.weight, "tok_embd.weight")
-    vec("output_norm.weight", model.output_norm, "output_norm")
-    mat("output.weight", model.output.weight, "output.weight")
-    for i, l in enumerate(model.layers):
-        p = f"blk.{i}."
-        vec(p + "attn_norm.weight", l.attn_norm, f"layers.{i}.attn_norm")
-        mat(p + "attn_q.weight", l.wq.weight, f"layers.{i}.wq.weight")
-        mat(p + "attn_k.weight", l.wk.weight, f"layers.{i}.wk.weight")
-        mat(p + "attn_v.weight", l.wv.weight, f"layers.{i}.wv.weight")
-        mat(p + "attn_output.weight", l.wo.weight, f"layers.{i}.wo.weight")
-        vec(p + "ffn_norm.weight", l.ffn_norm, f"layers.{i}.ffn_norm")
-        if s["n_expert"]:
-            vec(p + "ffn_gate_inp.weight", l.gate_inp.weight, f"layers.{i}.gate_inp.weight")
-            mat(p + "ffn_gate_exps.weight", l.gate, f"layers.{i}.gate")
-            mat(p + "ffn_up_exps.weight", l.up, f"layers.{i}.up")
-            mat(p + "ffn_down_exps.weight", l.down, f"layers.{i}.down")
+    weights = model.state_dict()
+    for gname, key, quantized in tensor_names(s):
+        arr = np.ascontiguousarray(weights[key].detach().float().numpy())
+        if quantized:
+            raw, deq = q8_0(arr)
+            w.tensor(gname, GGML_Q8_0, list(reversed(arr.shape)), raw)
+            state[key] = torch.from_numpy(deq)
         else:
-            mat(p + "ffn_gate.weight", l.w_gate.weight, f"layers.{i}.w_gate.weight")
-            mat(p + "ffn_up.weight", l.w_up.weight, f"layers.{i}.w_up.weight")
-            mat(p + "ffn_down.weight", l.w_down.weight, f"layers.{i}.w_down.weight")
+            w.tensor(gname, GGML_F32, list(reversed(arr.shape)), arr.tobytes())
+            state[key] = torch.from_numpy(arr.copy())
     exact.load_state_dict(state)
     exact.eval()
     return exact, w.save(path)
@@ -616,17 +613,7 @@ def model_from_gguf(path, shape, ctx, vocab):
     if tokens != [vocab.sp.id_to_piece(i) for i in range(vocab.sp.get_piece_size())]:
         sys.exit(f"{path}: its vocabulary is not the one this script learns: retrain the models")
     m = Model(SHAPES[shape], VOCAB_SIZE, ctx)
-    st = {"tok_embd.weight": t["token_embd.weight"], "output_norm": t["output_norm.weight"],
-          "output.weight": t["output.weight"]}
-    names = {"attn_norm": "attn_norm.weight", "wq.weight": "attn_q.weight", "wk.weight": "attn_k.weight",
-             "wv.weight": "attn_v.weight", "wo.weight": "attn_output.weight", "ffn_norm": "ffn_norm.weight",
-             "gate_inp.weight": "ffn_gate_inp.weight", "gate": "ffn_gate_exps.weight", "up": "ffn_up_exps.weight",
-             "down": "ffn_down_exps.weight", "w_gate.weight": "ffn_gate.weight", "w_up.weight": "ffn_up.weight",
-             "w_down.weight": "ffn_down.weight"}
-    for i in range(SHAPES[shape]["n_layer"]):
-        for k, g in names.items():
-            if f"blk.{i}.{g}" in t:
-                st[f"layers.{i}.{k}"] = t[f"blk.{i}.{g}"]
+    st = {key: t[gname] for gname, key, _ in tensor_names(SHAPES[shape])}
     m.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in st.items()})
     m.eval()
     return m
