@@ -182,6 +182,23 @@ def post(port, body, path="/v1/chat/completions", headers=None, timeout=20):
     return request(port, "POST", path, body, headers, timeout)
 
 
+def settled_metrics(port, answered, endpoint="chat_completions", timeout=5.0):
+    """GET /metrics once `answered` requests to `endpoint` are counted and none is in
+    flight. A request is counted when libmicrohttpd reports it complete, just after its
+    last byte left, so the client may have read the answer before then; a request
+    refused before dispatch never counts as in flight, so "nothing in flight" alone is
+    not enough. Waits at most `timeout` seconds, then returns what it last read."""
+    want = ('coegate_request_duration_seconds_count{endpoint="%s"} %d' % (endpoint, answered),
+            "coegate_inflight_requests 0")
+    deadline = time.monotonic() + timeout
+    while True:
+        m = request(port, "GET", "/metrics")
+        lines = set(m.body.decode().splitlines())
+        if all(w in lines for w in want) or time.monotonic() > deadline:
+            return m
+        time.sleep(0.01)
+
+
 class Stream:
     """A streamed response read event by event, with the arrival time of each."""
 

@@ -9,7 +9,7 @@ import tempfile
 import time
 import unittest
 
-from harness import COEGATE, Gateway, Stream, Upstream, chat_body, post, remote, request
+from harness import COEGATE, Gateway, Stream, Upstream, chat_body, post, remote, request, settled_metrics
 
 ECHO = {"experts": {"e": {"kind": "echo"}}, "routes": {"auto": {"default": "e"}}}
 
@@ -189,7 +189,7 @@ class EventStreamForJson(unittest.TestCase):
                 self.assertEqual(r.status, 200)
                 self.assertEqual(r.headers["x-coegate-expert"], "backup")
                 self.assertEqual(r.json()["choices"][0]["message"]["content"], "fake: sse=1")
-                m = request(gw.port, "GET", "/metrics").body.decode()
+                m = settled_metrics(gw.port, answered=3).body.decode()
                 self.assertRegex(m, r"(?m)^coegate_inflight_requests 0$")
 
 

@@ -6,7 +6,7 @@ import time
 import unittest
 
 from harness import (Gateway, Stream, Upstream, chat_body, content_of_stream, post, raw_stream_then_hangup,
-                     remote, request)
+                     remote, request, settled_metrics)
 
 
 class Resilience(unittest.TestCase):
@@ -154,18 +154,7 @@ class Metrics(unittest.TestCase):
             self.assertEqual(post(gw.port, chat_body("fake: key=m1 status=503 fail_times=2 chunks=3")).status, 200)
             self.assertEqual(post(gw.port, chat_body("fake: key=m2 chunks=4", model="b")).status, 200)
             self.assertEqual(post(gw.port, chat_body("x", model="nobody")).status, 404)
-            # A request is counted once libmicrohttpd reports it complete, just after
-            # its last byte left (the client may read it first); wait (bounded) until
-            # all three are counted. Requests refused before dispatch (the 404) never
-            # count as in flight, so "nothing in flight" is not enough.
-            deadline = time.monotonic() + 5
-            while True:
-                m = request(gw.port, "GET", "/metrics")
-                body = m.body.decode()
-                if ('coegate_request_duration_seconds_count{endpoint="chat_completions"} 3' in body
-                        and "coegate_inflight_requests 0" in body) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.01)
+            m = settled_metrics(gw.port, answered=3)
             self.assertEqual(m.status, 200)
             self.assertTrue(m.headers["content-type"].startswith("text/plain"))
             text = m.body.decode()
