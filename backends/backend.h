@@ -21,6 +21,7 @@ typedef struct coe_delta {
     const char *tool_calls;     /* delta.tool_calls as raw JSON text, or NULL */
     const char *logprobs;       /* the choice's logprobs as raw JSON text, or NULL */
     const char *finish_reason;  /* "stop", "length", "tool_calls", ... or NULL */
+    const char *extra;          /* more members of the choice as raw JSON ("k":v,...), or NULL */
 } coe_delta;
 
 typedef struct coe_usage {
@@ -54,6 +55,8 @@ typedef struct coe_sink_ops {
     void (*usage)(void *ctx, const coe_usage *u);
     void (*done)(void *ctx);
     void (*fail)(void *ctx, const coe_failure *f);
+    /* Optional: a response header for an answer that is not streamed, before result. */
+    void (*note)(void *ctx, const char *header, const char *value);
 } coe_sink_ops;
 
 typedef struct coe_sink {
@@ -77,6 +80,7 @@ typedef struct coe_backend_ops {
 extern const coe_backend_ops coe_remote_backend;
 extern const coe_backend_ops coe_echo_backend;
 extern const coe_backend_ops coe_local_backend;
+extern const coe_backend_ops coe_fusion_backend;
 
 /* The backend that serves experts of e's kind. */
 const coe_backend_ops *coe_backend_for(const coe_expert_cfg *e);

@@ -1,9 +1,14 @@
-/* Local experts: the scheduler (one thread per expert, continuous batching) and
- * the glue to the backend interface. A request is a `local_call` shared by three
- * parties, each holding a reference: its loop thread (until done, fail or cancel),
- * the scheduler (while the sequence is queued or decoding) and each posted
- * delivery. The scheduler hands results over through the call's outbox, under the
- * call's lock; a delivery task on the loop thread empties it into the sink. */
+/* Local experts and fusion groups: the programs that drive model sequences
+ * (experts/sched.h) for a request, and the glue to the backend interface.
+ *
+ * A request is a `local_call` shared by several parties, each holding a reference:
+ * its loop thread (until done, fail or cancel), every sequence it has open (until the
+ * scheduler lets go of it) and each posted delivery. A plain local expert's call
+ * drives one sequence; a fusion group's call drives its router's sequence and its
+ * experts' sequences, each on its own model's scheduler. The program runs in the
+ * sequences' callbacks, under the call's program lock; results go to the call's
+ * outbox, under the outbox lock, and a delivery task on the loop thread empties it
+ * into the sink. */
 #include "backends/local.h"
 
 #include <math.h>
@@ -19,16 +24,18 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "experts/chat.h"
-#include "experts/engine.h"
+#include "experts/fusion.h"
 #include "experts/sample.h"
+#include "experts/sched.h"
 #include "experts/tokenizer.h"
 #include "experts/unicode.h"
 
-#define PREFILL_PER_STEP 512 /* prompt tokens per step, so decoding sequences keep going */
 #define MAX_STOPS 4
+#define MAX_SEQS (1 + COE_FUSION_MAX_EXPERTS)
 
 typedef struct tok_rec {
     int32_t id;
+    int8_t expert;        /* fusion: the expert that produced it; -1 otherwise */
     float logprob;
     int n_top;
     int32_t top_id[20];
@@ -41,42 +48,41 @@ struct coe_local {
     coe_model *model;
     coe_vocab vocab;
     coe_chat_family chat;
-    coe_engine *engine;
+    coe_sched *sched;        /* NULL when not started */
     int n_ctx, max_batch, max_queue;
-    int max_token_bytes;   /* the longest token text, at least 1 */
-    bool started;
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool stop;
-    local_call **queue; /* waiting, oldest first */
-    int n_queued;
-    atomic_int n_active;
+    int max_token_bytes;     /* the longest token text, at least 1 */
     atomic_long n_cancelled; /* sequences stopped because their client went away */
-    atomic_int batch_max;    /* the most sequences one step has decoded together */
     char *key;               /* owned: its registry key; NULL when not registered */
     int refs;                /* registry references, under reg_mu */
-    /* scheduler thread only */
-    local_call **active;
-    int32_t *tokens;
-    coe_kv **seqs;
-    bool *want;
-    float *logits;
+};
+
+struct coe_fusion {
+    coe_fusion_mode mode;
+    float lambda;
+    int n;                        /* experts */
+    coe_local *experts[COE_FUSION_MAX_EXPERTS]; /* borrowed from the configuration */
+    const char *names[COE_FUSION_MAX_EXPERTS];  /* borrowed */
+    coe_local *router;            /* borrowed */
+    coe_selector *selector;       /* owned */
+    atomic_long tokens[COE_FUSION_MAX_EXPERTS]; /* tokens each expert produced */
+    atomic_long catchup;          /* tokens fed to experts to catch up, beyond the one decoded */
+    atomic_long steps;            /* decoding steps */
+    atomic_long cancelled;
 };
 
 struct local_call {
     atomic_int refs;
     atomic_bool cancelled;
-    coe_local *L;
+    coe_local *L;         /* the model that renders, tokenizes and detokenizes (a fusion's router) */
+    coe_fusion *F;        /* NULL for a plain local expert */
     /* the request, fixed at start */
     bool chat, stream;
-    bool logprobs;
+    bool logprobs, trace;
     int top_logprobs;
     long max_tokens;      /* -1: up to the context */
     char *stop[MAX_STOPS];
     int n_stop;
     coe_sampling sampling;
-    char *prompt;         /* rendered chat or the completion prompt */
     /* loop side */
     coe_loop *loop;
     coe_sink sink;
@@ -85,19 +91,28 @@ struct local_call {
     tok_rec *all_recs;    /* non-streamed: every token's record */
     int n_all, cap_all;
     size_t text_offset;   /* completions' text_offset of the next token */
-    /* scheduler side */
-    bool prepared;
-    int32_t *ids;
-    size_t n_prompt, cap_prompt;
-    size_t n_fed;
-    int next_token;
-    int batch_row;        /* row of logits in this step, -1 for none */
-    coe_kv *kv;
+    /* the program, under prog_mu */
+    pthread_mutex_t prog_mu;
+    bool ended;           /* sequences closed: nothing more runs */
+    coe_seq *seq[MAX_SEQS]; /* plain: [0] the model's; fusion: [0] the router's, [1 + k] expert k's */
+    int n_seq;
+    int32_t *ids;         /* the prompt, then every generated token */
+    size_t n_ids, cap_ids, n_prompt;
+    int fed[MAX_SEQS];    /* ids each sequence has been given */
     coe_sampler sampler;
     long n_gen;
+    int n_ctx;
     coe_buf gen;          /* generated bytes */
     size_t released;      /* of gen, handed to the outbox */
     tok_rec rec;          /* the token being decided */
+    /* fusion step state */
+    float *router_logits; /* n_vocab */
+    float *expert_logits; /* n_experts x n_vocab (mix), or unused */
+    float *fused;         /* n_vocab */
+    float probs[COE_FUSION_MAX_EXPERTS];
+    int selected;
+    int waiting;          /* expert callbacks the step still needs (mix) */
+    long counts[COE_FUSION_MAX_EXPERTS];
     /* outbox, under mu */
     pthread_mutex_t mu;
     coe_buf out_text;
@@ -107,6 +122,7 @@ struct local_call {
     bool failed;
     coe_failure failure;
     coe_usage usage;
+    long out_counts[COE_FUSION_MAX_EXPERTS];
     bool posted;
 };
 
@@ -116,16 +132,18 @@ static void call_unref(local_call *c)
         return;
     for (int i = 0; i < c->n_stop; i++)
         free(c->stop[i]);
-    free(c->prompt);
     coe_buf_free(&c->full);
     free(c->all_recs);
     free(c->ids);
-    coe_kv_free(&c->kv);
     coe_sampler_free(&c->sampler);
     coe_buf_free(&c->gen);
+    free(c->router_logits);
+    free(c->expert_logits);
+    free(c->fused);
     coe_buf_free(&c->out_text);
     free(c->out_recs);
     pthread_mutex_destroy(&c->mu);
+    pthread_mutex_destroy(&c->prog_mu);
     free(c);
 }
 
@@ -222,6 +240,44 @@ static void logprobs_json(local_call *c, coe_buf *b, const tok_rec *recs, int n)
     coe_buf_puts(b, "]}");
 }
 
+/* The fusion extension of a choice: "coegate_fusion":{"experts":{NAME:TOKENS,...}} and,
+ * when the request asked for a trace, "tokens":[NAME,...] for recs. */
+static void fusion_json(const local_call *c, coe_buf *b, const long *counts, const tok_rec *recs, int n)
+{
+    const coe_fusion *F = c->F;
+    coe_buf_puts(b, "\"coegate_fusion\":{");
+    const char *sep = "";
+    if (counts) {
+        coe_buf_puts(b, "\"experts\":{");
+        for (int k = 0; k < F->n; k++) {
+            coe_buf_printf(b, "%s", k ? "," : "");
+            coe_buf_json_string(b, F->names[k], strlen(F->names[k]));
+            coe_buf_printf(b, ":%ld", counts[k]);
+        }
+        coe_buf_puts(b, "}");
+        sep = ",";
+    }
+    if (c->trace && n > 0) {
+        coe_buf_printf(b, "%s\"tokens\":[", sep);
+        for (int i = 0; i < n; i++) {
+            const char *name = recs[i].expert >= 0 ? F->names[recs[i].expert] : "";
+            coe_buf_puts(b, i ? "," : "");
+            coe_buf_json_string(b, name, strlen(name));
+        }
+        coe_buf_puts(b, "]");
+    }
+    coe_buf_puts(b, "}");
+}
+
+/* "math=12,code=3,writing=0": the X-Coegate-Fusion header. */
+static void fusion_header(const local_call *c, const long *counts, char *out, size_t n)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (int k = 0; k < c->F->n && used < n; k++)
+        used += (size_t)snprintf(out + used, n - used, "%s%s=%ld", k ? "," : "", c->F->names[k], counts[k]);
+}
+
 static void loop_finished(local_call *c)
 {
     c->loop_done = true;
@@ -242,6 +298,8 @@ static void deliver(void *arg)
     bool failed = c->failed;
     coe_failure failure = c->failure;
     coe_usage usage = c->usage;
+    long counts[COE_FUSION_MAX_EXPERTS];
+    memcpy(counts, c->out_counts, sizeof counts);
     c->posted = false;
     pthread_mutex_unlock(&c->mu);
 
@@ -261,20 +319,31 @@ static void deliver(void *arg)
             c->role_sent = true;
             d.content = text.data ? text.data : "";
             d.content_len = text.len;
-            coe_buf lp = COE_BUF_INIT;
+            coe_buf lp = COE_BUF_INIT, ext = COE_BUF_INIT;
             if (c->logprobs && n_recs > 0) {
                 logprobs_json(c, &lp, recs, n_recs);
                 d.logprobs = lp.data;
             }
+            if (c->F && c->trace && n_recs > 0) {
+                fusion_json(c, &ext, NULL, recs, n_recs);
+                d.extra = ext.data;
+            }
             sink.ops->delta(sink.ctx, &d);
             coe_buf_free(&lp);
+            coe_buf_free(&ext);
         }
         if (finish) {
             coe_delta d = {0};
             if (!c->role_sent && c->chat)
                 d.role = "assistant";
             d.finish_reason = finish;
+            coe_buf ext = COE_BUF_INIT;
+            if (c->F) {
+                fusion_json(c, &ext, counts, NULL, 0);
+                d.extra = ext.data;
+            }
             sink.ops->delta(sink.ctx, &d);
+            coe_buf_free(&ext);
             sink.ops->usage(sink.ctx, &usage);
             loop_finished(c);
             sink.ops->done(sink.ctx);
@@ -304,7 +373,16 @@ static void deliver(void *arg)
             logprobs_json(c, &b, c->all_recs, c->n_all);
         else
             coe_buf_puts(&b, "null");
-        coe_buf_printf(&b, ",\"finish_reason\":\"%s\"}]", finish);
+        coe_buf_printf(&b, ",\"finish_reason\":\"%s\"", finish);
+        if (c->F) {
+            coe_buf_puts(&b, ",");
+            fusion_json(c, &b, counts, c->all_recs, c->n_all);
+            char header[512];
+            fusion_header(c, counts, header, sizeof header);
+            if (sink.ops->note)
+                sink.ops->note(sink.ctx, "X-Coegate-Fusion", header);
+        }
+        coe_buf_puts(&b, "}]");
         sink.ops->result(sink.ctx, b.data, b.len);
         coe_buf_free(&b);
         sink.ops->usage(sink.ctx, &usage);
@@ -355,35 +433,7 @@ static void fail_call(local_call *c, coe_failure_kind kind, int status, const ch
     pthread_mutex_unlock(&c->mu);
 }
 
-/* ---- the scheduler thread ---- */
-
-/* Tokenizes the prompt and gets the sequence ready; false when it cannot run. */
-static bool prepare(coe_local *L, local_call *c)
-{
-    c->prepared = true;
-    c->next_token = -1;
-    c->batch_row = -1;
-    if (coe_tokenize_prompt(&L->vocab, c->prompt, strlen(c->prompt), &c->ids, &c->n_prompt, &c->cap_prompt)) {
-        fail_call(c, COE_FAIL_RETRY, 503, NULL, "out of memory while tokenizing the prompt");
-        return false;
-    }
-    if (c->n_prompt == 0) {
-        fail_call(c, COE_FAIL_FINAL, 400, c->chat ? "messages" : "prompt", "the prompt is empty");
-        return false;
-    }
-    if ((int)c->n_prompt >= L->n_ctx) {
-        /* Another expert (a fallback) may have room for it. */
-        fail_call(c, COE_FAIL_NEXT, 400, c->chat ? "messages" : "prompt",
-                  "the prompt is %zu tokens, over this expert's context of %d", c->n_prompt, L->n_ctx);
-        return false;
-    }
-    c->kv = coe_kv_new(L->model);
-    if (!c->kv || coe_sampler_init(&c->sampler, &c->sampling, L->model->n_vocab)) {
-        fail_call(c, COE_FAIL_RETRY, 503, NULL, "out of memory for a new sequence");
-        return false;
-    }
-    return true;
-}
+/* ---- the program: sequence callbacks, under prog_mu ---- */
 
 /* The end of gen that may not go out yet: a cut UTF-8 character, or the start of a
  * stop sequence. */
@@ -409,7 +459,7 @@ static void release(local_call *c, size_t upto, const char *finish, bool with_re
         coe_buf_append(&c->out_text, c->gen.data + c->released, upto - c->released);
         c->released = upto;
     }
-    if (with_rec && c->logprobs) {
+    if (with_rec && (c->logprobs || c->trace)) {
         if (c->n_out == c->cap_out) {
             int cap = c->cap_out ? c->cap_out * 2 : 16;
             tok_rec *p = realloc(c->out_recs, (size_t)cap * sizeof *p);
@@ -421,6 +471,8 @@ static void release(local_call *c, size_t upto, const char *finish, bool with_re
         if (c->n_out < c->cap_out)
             c->out_recs[c->n_out++] = c->rec;
     }
+    if (c->F)
+        memcpy(c->out_counts, c->counts, sizeof c->counts);
     if (finish) {
         c->finish = finish;
         c->usage = (coe_usage){(long)c->n_prompt, c->n_gen, (long)c->n_prompt + c->n_gen};
@@ -430,12 +482,31 @@ static void release(local_call *c, size_t upto, const char *finish, bool with_re
     pthread_mutex_unlock(&c->mu);
 }
 
-/* A token was chosen for c: text, stop sequences, limits. False when c is done. */
-static bool take_token(coe_local *L, local_call *c, const float *logits)
+/* Under prog_mu: closes every sequence of the call, once. */
+static void end_locked(local_call *c)
 {
+    if (c->ended)
+        return;
+    c->ended = true;
+    for (int i = 0; i < c->n_seq; i++)
+        coe_seq_close(c->seq[i]);
+}
+
+static void fail_locked(local_call *c, const char *fmt, const char *why)
+{
+    fail_call(c, COE_FAIL_RETRY, 503, NULL, fmt, why);
+    end_locked(c);
+}
+
+/* A token is drawn from logits (the model's or the fused ones): text, stop sequences,
+ * limits. False when c is done. */
+static bool take_token(local_call *c, const float *logits, int expert)
+{
+    const coe_local *L = c->L;
     int tok = coe_sample(&c->sampler, logits);
+    c->rec.id = tok;
+    c->rec.expert = (int8_t)expert;
     if (c->logprobs) {
-        c->rec.id = tok;
         c->rec.logprob = coe_logprob(logits, L->model->n_vocab, tok);
         c->rec.n_top = c->top_logprobs > 0 ? coe_top_logprobs(logits, L->model->n_vocab, c->top_logprobs,
                                                               c->rec.top_id, c->rec.top_lp) : 0;
@@ -445,6 +516,21 @@ static bool take_token(coe_local *L, local_call *c, const float *logits)
         return false;
     }
     c->n_gen++;
+    if (expert >= 0) {
+        c->counts[expert]++;
+        atomic_fetch_add(&c->F->tokens[expert], 1);
+    }
+    if (c->n_ids == c->cap_ids) {
+        size_t cap = c->cap_ids * 2 + 16;
+        int32_t *p = realloc(c->ids, cap * sizeof *p);
+        if (!p) {
+            fail_call(c, COE_FAIL_RETRY, 503, NULL, "out of memory while decoding");
+            return false;
+        }
+        c->ids = p;
+        c->cap_ids = cap;
+    }
+    c->ids[c->n_ids++] = tok;
     size_t before = c->gen.len;
     coe_token_bytes(&L->vocab, tok, &c->gen);
     for (int s = 0; s < c->n_stop; s++) {
@@ -456,105 +542,124 @@ static bool take_token(coe_local *L, local_call *c, const float *logits)
             return false;
         }
     }
-    if ((c->max_tokens >= 0 && c->n_gen >= c->max_tokens) || c->kv->n_pos + 1 >= L->n_ctx) {
+    /* The next token would not fit in the context. */
+    if ((c->max_tokens >= 0 && c->n_gen >= c->max_tokens) || c->n_ids >= (size_t)c->n_ctx) {
         release(c, c->gen.len, "length", true);
         return false;
     }
-    c->next_token = tok;
     release(c, c->gen.len - holdback(c), NULL, true);
     return true;
 }
 
-/* Drops c from the scheduler: frees its cache now, not when the last reference goes. */
-static void drop(local_call *c)
+/* Gives sequence i the ids it has not seen (a prompt, a decoded token, or what an
+ * expert missed while others were selected: one batch). */
+static int catch_up(local_call *c, int i)
 {
-    coe_kv_free(&c->kv);
-    coe_sampler_free(&c->sampler);
-    call_unref(c);
+    int n = (int)c->n_ids - c->fed[i];
+    int rc = coe_seq_feed(c->seq[i], c->ids + c->fed[i], n);
+    if (!rc)
+        c->fed[i] = (int)c->n_ids;
+    return rc;
 }
 
-static void step(coe_local *L)
+static void on_release(void *ctx)
 {
-    int n_active = atomic_load(&L->n_active), n = 0, rows = 0, budget = PREFILL_PER_STEP;
-    for (int i = 0; i < n_active; i++) {
-        local_call *c = L->active[i];
-        c->batch_row = -1;
-        bool cancelled = atomic_load(&c->cancelled);
-        bool keep = !cancelled && (c->prepared || prepare(L, c));
-        if (cancelled)
-            atomic_fetch_add(&L->n_cancelled, 1);
-        if (!keep) {
-            drop(c);
-            L->active[i--] = L->active[--n_active];
-            continue;
-        }
-        if (c->n_fed < c->n_prompt) {
-            size_t k = c->n_prompt - c->n_fed;
-            if (k > (size_t)budget)
-                k = (size_t)budget;
-            for (size_t j = 0; j < k; j++) {
-                L->tokens[n] = c->ids[c->n_fed + j];
-                L->seqs[n] = c->kv;
-                L->want[n] = c->n_fed + j + 1 == c->n_prompt;
-                if (L->want[n])
-                    c->batch_row = rows++;
-                n++;
-            }
-            c->n_fed += k;
-            budget -= (int)k;
-        } else {
-            L->tokens[n] = c->next_token;
-            L->seqs[n] = c->kv;
-            L->want[n] = true;
-            c->batch_row = rows++;
-            n++;
-        }
-    }
-    atomic_store(&L->n_active, n_active);
-    if (n == 0)
+    call_unref(ctx);
+}
+
+/* A plain local expert: sample, feed the token back. */
+static void on_plain(void *ctx, coe_seq *q, const float *logits, const float *hidden, const char *error)
+{
+    (void)q, (void)hidden;
+    local_call *c = ctx;
+    pthread_mutex_lock(&c->prog_mu);
+    if (c->ended || atomic_load(&c->cancelled)) {
+        pthread_mutex_unlock(&c->prog_mu);
         return;
-    if (rows > atomic_load(&L->batch_max))
-        atomic_store(&L->batch_max, rows);
-    coe_batch b = {n, L->tokens, L->seqs, L->want};
-    coe_buf diag = COE_BUF_INIT;
-    int rc = coe_engine_forward(L->engine, &b, L->logits, &diag);
-    for (int i = 0; i < n_active; i++) {
-        local_call *c = L->active[i];
-        bool keep = true;
-        if (rc)
-            fail_call(c, COE_FAIL_RETRY, 503, NULL, "the model failed: %s", diag.data ? diag.data : coe_strerror(rc));
-        else if (c->batch_row >= 0)
-            keep = take_token(L, c, L->logits + (size_t)c->batch_row * (size_t)L->model->n_vocab);
-        if (rc || !keep) {
-            drop(c);
-            L->active[i--] = L->active[--n_active];
-        }
     }
-    atomic_store(&L->n_active, n_active);
-    coe_buf_free(&diag);
+    int rc = 0;
+    if (error)
+        fail_locked(c, "the model failed: %s", error);
+    else if (!take_token(c, logits, -1))
+        end_locked(c);
+    else if ((rc = catch_up(c, 0)))
+        fail_locked(c, "the model failed: %s", coe_strerror(rc));
+    pthread_mutex_unlock(&c->prog_mu);
 }
 
-static void *scheduler(void *arg)
+/* Fusion, step 1: the router has read the text; pick the expert(s) and feed them. */
+static void on_router(void *ctx, coe_seq *q, const float *logits, const float *hidden, const char *error)
 {
-    coe_local *L = arg;
-    pthread_mutex_lock(&L->mu);
-    while (!L->stop) {
-        int n_active = atomic_load(&L->n_active);
-        while (L->n_queued > 0 && n_active < L->max_batch) {
-            L->active[n_active++] = L->queue[0];
-            memmove(L->queue, L->queue + 1, (size_t)--L->n_queued * sizeof *L->queue);
-        }
-        atomic_store(&L->n_active, n_active);
-        if (n_active == 0) {
-            pthread_cond_wait(&L->cv, &L->mu);
-            continue;
-        }
-        pthread_mutex_unlock(&L->mu);
-        step(L);
-        pthread_mutex_lock(&L->mu);
+    (void)q;
+    local_call *c = ctx;
+    coe_fusion *F = c->F;
+    pthread_mutex_lock(&c->prog_mu);
+    if (c->ended || atomic_load(&c->cancelled)) {
+        pthread_mutex_unlock(&c->prog_mu);
+        return;
     }
-    pthread_mutex_unlock(&L->mu);
-    return NULL;
+    if (error) {
+        fail_locked(c, "the fusion router failed: %s", error);
+        pthread_mutex_unlock(&c->prog_mu);
+        return;
+    }
+    memcpy(c->router_logits, logits, (size_t)c->L->model->n_vocab * sizeof *logits);
+    c->selected = coe_selector_probs(F->selector, hidden, c->probs);
+    atomic_fetch_add(&F->steps, 1);
+    int first = F->mode == COE_FUSION_MIX ? 0 : c->selected, last = F->mode == COE_FUSION_MIX ? F->n - 1 : c->selected;
+    c->waiting = last - first + 1;
+    for (int k = first; k <= last; k++) {
+        int missed = (int)c->n_ids - c->fed[1 + k] - 1, rc = catch_up(c, 1 + k);
+        if (rc) {
+            fail_locked(c, "a fused expert failed: %s", coe_strerror(rc));
+            break;
+        }
+        if (missed > 0 && c->n_gen > 0)
+            atomic_fetch_add(&F->catchup, missed);
+    }
+    pthread_mutex_unlock(&c->prog_mu);
+}
+
+/* Fusion, step 2: an expert's logits; once the step has all it needs, fuse, sample and
+ * give the token to the router. */
+static void on_expert(void *ctx, coe_seq *q, const float *logits, const float *hidden, const char *error)
+{
+    (void)hidden;
+    local_call *c = ctx;
+    coe_fusion *F = c->F;
+    const int V = c->L->model->n_vocab;
+    pthread_mutex_lock(&c->prog_mu);
+    if (c->ended || atomic_load(&c->cancelled)) {
+        pthread_mutex_unlock(&c->prog_mu);
+        return;
+    }
+    if (error) {
+        fail_locked(c, "a fused expert failed: %s", error);
+        pthread_mutex_unlock(&c->prog_mu);
+        return;
+    }
+    int k = 0;
+    while (k < F->n && c->seq[1 + k] != q)
+        k++;
+    const float *rows[COE_FUSION_MAX_EXPERTS] = {0};
+    if (F->mode == COE_FUSION_MIX) {
+        memcpy(c->expert_logits + (size_t)k * (size_t)V, logits, (size_t)V * sizeof *logits);
+        if (--c->waiting > 0) {
+            pthread_mutex_unlock(&c->prog_mu);
+            return;
+        }
+        for (int j = 0; j < F->n; j++)
+            rows[j] = c->expert_logits + (size_t)j * (size_t)V;
+    } else {
+        rows[k] = logits;
+    }
+    coe_fusion_logits(F->mode, F->lambda, V, F->n, rows, c->probs, c->selected, c->router_logits, c->fused);
+    int rc = 0;
+    if (!take_token(c, c->fused, c->selected))
+        end_locked(c);
+    else if ((rc = catch_up(c, 0)))
+        fail_locked(c, "the fusion router failed: %s", coe_strerror(rc));
+    pthread_mutex_unlock(&c->prog_mu);
 }
 
 /* ---- the runtime registry of started experts ---- */
@@ -650,8 +755,6 @@ int coe_local_open(coe_local **out, const coe_local_opts *o, bool start, coe_buf
         free(key);
         return COE_ENOMEM;
     }
-    pthread_mutex_init(&L->mu, NULL);
-    pthread_cond_init(&L->cv, NULL);
     int rc = coe_model_open(&L->model, o->path, diag);
     if (!rc)
         rc = coe_vocab_load(&L->vocab, L->model->gguf, diag);
@@ -684,20 +787,8 @@ int coe_local_open(coe_local **out, const coe_local_opts *o, bool start, coe_buf
     L->max_batch = o->max_batch > 0 ? o->max_batch : 8;
     L->max_queue = o->max_queue >= 0 ? o->max_queue : 64;
     if (!rc && start) {
-        L->engine = coe_engine_new(L->model, o->threads, L->n_ctx);
-        int cap = L->max_batch + PREFILL_PER_STEP;
-        L->active = calloc((size_t)L->max_batch, sizeof *L->active);
-        L->queue = calloc((size_t)(L->max_queue + L->max_batch), sizeof *L->queue);
-        L->tokens = calloc((size_t)cap, sizeof *L->tokens);
-        L->seqs = calloc((size_t)cap, sizeof *L->seqs);
-        L->want = calloc((size_t)cap, sizeof *L->want);
-        L->logits = malloc((size_t)L->max_batch * (size_t)L->model->n_vocab * sizeof *L->logits);
-        if (!L->engine || !L->active || !L->queue || !L->tokens || !L->seqs || !L->want || !L->logits)
-            rc = COE_ENOMEM;
-        else if (pthread_create(&L->thread, NULL, scheduler, L) != 0)
-            rc = COE_ENOMEM;
-        else
-            L->started = true;
+        coe_sched_opts so = {o->threads, L->n_ctx, L->max_batch, L->max_queue};
+        rc = coe_sched_open(&L->sched, L->model, &so);
     }
     if (rc) {
         free(key);
@@ -747,71 +838,145 @@ void coe_local_close(coe_local **lp)
 
 static void local_free(coe_local *L)
 {
-    if (L->started) {
-        pthread_mutex_lock(&L->mu);
-        L->stop = true;
-        pthread_cond_broadcast(&L->cv);
-        pthread_mutex_unlock(&L->mu);
-        pthread_join(L->thread, NULL);
-    }
-    /* Requests hold the configuration, so only cancelled ones can be left here. */
-    for (int i = 0; i < L->n_queued; i++)
-        drop(L->queue[i]);
-    for (int i = 0; i < atomic_load(&L->n_active); i++)
-        drop(L->active[i]);
-    free(L->queue);
-    free(L->active);
-    free(L->tokens);
-    free(L->seqs);
-    free(L->want);
-    free(L->logits);
-    coe_engine_free(&L->engine);
+    /* Requests hold the configuration, so only cancelled ones can be left: closing the
+     * scheduler releases their sequences. */
+    coe_sched_close(&L->sched);
     coe_vocab_free(&L->vocab);
     coe_model_close(&L->model);
-    pthread_mutex_destroy(&L->mu);
-    pthread_cond_destroy(&L->cv);
     free(L->key);
     free(L);
 }
 
 void coe_local_load(coe_local *L, int *active, int *queued)
 {
-    pthread_mutex_lock(&L->mu);
-    *queued = L->n_queued;
-    pthread_mutex_unlock(&L->mu);
-    *active = atomic_load(&L->n_active);
+    coe_sched_stats st = {0};
+    if (L->sched)
+        coe_sched_stats_get(L->sched, &st);
+    *active = st.active;
+    *queued = st.queued;
 }
+
+/* ---- fusion groups ---- */
+
+int coe_fusion_open(coe_fusion **out, const coe_fusion_opts *o, coe_buf *diag)
+{
+    *out = NULL;
+    if (o->n_experts < 1 || o->n_experts > COE_FUSION_MAX_EXPERTS) {
+        coe_buf_printf(diag, "experts: a fusion group takes 1 to %d experts\n", COE_FUSION_MAX_EXPERTS);
+        return COE_EINVAL;
+    }
+    coe_fusion *F = calloc(1, sizeof *F);
+    if (!F)
+        return COE_ENOMEM;
+    F->mode = o->mode;
+    F->n = o->n_experts;
+    F->router = o->router;
+    int rc = 0;
+    for (int k = 0; k < F->n; k++) {
+        F->experts[k] = o->experts[k];
+        F->names[k] = o->names[k];
+        int d = coe_vocab_first_difference(&o->router->vocab, &o->experts[k]->vocab);
+        if (d >= 0 && !rc) {
+            coe_buf_printf(diag, "experts: the vocabulary of '%s' differs from the router '%s''s at token id %d\n",
+                           o->names[k], o->router_name, d);
+            rc = COE_EINVAL;
+        }
+    }
+    if (!rc && (rc = coe_selector_open(&F->selector, o->selector_path, diag)) != 0)
+        coe_buf_printf(diag, "selector: cannot load %s\n", o->selector_path);
+    if (!rc && F->selector->n_embd != o->router->model->n_embd) {
+        coe_buf_printf(diag, "selector: %s reads hidden states of width %d, but the router '%s''s are %d wide\n",
+                       o->selector_path, F->selector->n_embd, o->router_name, o->router->model->n_embd);
+        rc = COE_EINVAL;
+    }
+    if (!rc && F->selector->n_experts != F->n) {
+        coe_buf_printf(diag, "selector: %s was trained for %d experts, the group has %d\n", o->selector_path,
+                       F->selector->n_experts, F->n);
+        rc = COE_EINVAL;
+    }
+    for (int k = 0; !rc && k < F->n; k++)
+        if (strcmp(F->selector->experts[k], F->names[k]) != 0) {
+            coe_buf_printf(diag, "experts: expert %d is '%s' but %s was trained with '%s' there; retrain it with "
+                                 "coegate fusion train\n", k, F->names[k], o->selector_path, F->selector->experts[k]);
+            rc = COE_EINVAL;
+        }
+    if (rc) {
+        coe_fusion_close(&F);
+        return rc;
+    }
+    F->lambda = o->lambda_set ? o->lambda : F->selector->lambda;
+    *out = F;
+    return 0;
+}
+
+void coe_fusion_close(coe_fusion **fp)
+{
+    coe_fusion *F = *fp;
+    *fp = NULL;
+    if (!F)
+        return;
+    coe_selector_close(&F->selector);
+    free(F);
+}
+
+/* ---- metrics ---- */
 
 void coe_local_metrics(const coe_config *c, coe_buf *b)
 {
-    coe_buf active = COE_BUF_INIT, cancelled = COE_BUF_INIT, batch = COE_BUF_INIT;
+    coe_buf active = COE_BUF_INIT, cancelled = COE_BUF_INIT, batch = COE_BUF_INIT, fused = COE_BUF_INIT,
+            fsteps = COE_BUF_INIT, fcatch = COE_BUF_INIT;
     for (int i = 0; i < c->n_experts; i++) {
-        coe_local *L = c->experts[i].local;
-        if (!L || !L->started)
-            continue;
-        int n_active, n_queued;
-        coe_local_load(L, &n_active, &n_queued);
         const char *name = c->experts[i].name;
-        coe_buf_printf(&active, "coegate_local_sequences{expert=\"%s\",state=\"active\"} %d\n", name, n_active);
-        coe_buf_printf(&active, "coegate_local_sequences{expert=\"%s\",state=\"queued\"} %d\n", name, n_queued);
+        coe_fusion *F = c->experts[i].fusion;
+        if (F) {
+            for (int k = 0; k < F->n; k++)
+                coe_buf_printf(&fused, "coegate_fusion_tokens_total{fusion=\"%s\",expert=\"%s\"} %ld\n", name,
+                               F->names[k], atomic_load(&F->tokens[k]));
+            coe_buf_printf(&fsteps, "coegate_fusion_steps_total{fusion=\"%s\",mode=\"%s\"} %ld\n", name,
+                           coe_fusion_mode_name(F->mode), atomic_load(&F->steps));
+            coe_buf_printf(&fcatch, "coegate_fusion_catchup_tokens_total{fusion=\"%s\"} %ld\n", name,
+                           atomic_load(&F->catchup));
+            continue;
+        }
+        coe_local *L = c->experts[i].local;
+        if (!L || !L->sched)
+            continue;
+        coe_sched_stats st;
+        coe_sched_stats_get(L->sched, &st);
+        coe_buf_printf(&active, "coegate_local_sequences{expert=\"%s\",state=\"active\"} %d\n", name, st.active);
+        coe_buf_printf(&active, "coegate_local_sequences{expert=\"%s\",state=\"queued\"} %d\n", name, st.queued);
         coe_buf_printf(&cancelled, "coegate_local_cancelled_total{expert=\"%s\"} %ld\n", name,
                        atomic_load(&L->n_cancelled));
-        coe_buf_printf(&batch, "coegate_local_batch_max{expert=\"%s\"} %d\n", name, atomic_load(&L->batch_max));
+        coe_buf_printf(&batch, "coegate_local_batch_max{expert=\"%s\"} %d\n", name, st.batch_max);
     }
     if (active.len) {
-        coe_buf_puts(b, "# HELP coegate_local_sequences Sequences of local experts, decoding or waiting.\n"
-                        "# TYPE coegate_local_sequences gauge\n");
+        coe_buf_puts(b, "# HELP coegate_local_sequences Sequences of local models (experts, fusion members), "
+                        "decoding or waiting.\n# TYPE coegate_local_sequences gauge\n");
         coe_buf_append(b, active.data, active.len);
-        coe_buf_puts(b, "# HELP coegate_local_cancelled_total Sequences stopped because the client went away.\n"
+        coe_buf_puts(b, "# HELP coegate_local_cancelled_total Requests stopped because the client went away.\n"
                         "# TYPE coegate_local_cancelled_total counter\n");
         coe_buf_append(b, cancelled.data, cancelled.len);
         coe_buf_puts(b, "# HELP coegate_local_batch_max The most sequences one decoding step has run together.\n"
                         "# TYPE coegate_local_batch_max gauge\n");
         coe_buf_append(b, batch.data, batch.len);
     }
+    if (fused.len) {
+        coe_buf_puts(b, "# HELP coegate_fusion_tokens_total Tokens a fusion group generated, by the expert that "
+                        "produced them.\n# TYPE coegate_fusion_tokens_total counter\n");
+        coe_buf_append(b, fused.data, fused.len);
+        coe_buf_puts(b, "# HELP coegate_fusion_steps_total Decoding steps of a fusion group (router steps).\n"
+                        "# TYPE coegate_fusion_steps_total counter\n");
+        coe_buf_append(b, fsteps.data, fsteps.len);
+        coe_buf_puts(b, "# HELP coegate_fusion_catchup_tokens_total Tokens experts read late, in one batch, when "
+                        "next selected.\n# TYPE coegate_fusion_catchup_tokens_total counter\n");
+        coe_buf_append(b, fcatch.data, fcatch.len);
+    }
     coe_buf_free(&active);
     coe_buf_free(&cancelled);
     coe_buf_free(&batch);
+    coe_buf_free(&fused);
+    coe_buf_free(&fsteps);
+    coe_buf_free(&fcatch);
 }
 
 /* ---- the backend interface ---- */
@@ -830,11 +995,14 @@ static uint64_t fresh_seed(void)
     return (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (atomic_fetch_add(&counter, 1) * 0x9E3779B97F4A7C15ull);
 }
 
-/* Reads the request into c; false when a local model cannot answer it as asked, with
- * the reason in err and the field at fault in *param (an empty err: out of memory). */
+/* Reads the request into c and tokenizes its prompt with L's template and vocabulary;
+ * false when it cannot be answered as asked, with the reason in err, the field at
+ * fault in *param and how dispatch may go on in *kind (an empty err: out of memory).
+ * Over-long prompts go to the fallbacks, which may have room for them. */
 static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_request *req, char *err, size_t errlen,
-                         const char **param)
+                         const char **param, coe_failure_kind *kind)
 {
+    const coe_local *L = c->L;
     const cJSON *body = req->body;
     c->chat = req->endpoint == COE_EP_CHAT;
     *param = c->chat ? "messages" : "prompt";
@@ -869,6 +1037,7 @@ static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_reque
         c->logprobs = true;
         c->top_logprobs = (int)lp->valuedouble;
     }
+    c->trace = c->F && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(body, "coegate_fusion_trace"));
     const cJSON *stop = cJSON_GetObjectItemCaseSensitive(body, "stop");
     if (cJSON_IsString(stop) && *stop->valuestring) {
         c->stop[c->n_stop++] = strdup(stop->valuestring);
@@ -882,7 +1051,7 @@ static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_reque
             return false;
     coe_buf prompt = COE_BUF_INIT;
     if (c->chat) {
-        if (!coe_chat_render(e->local->chat, cJSON_GetObjectItemCaseSensitive(body, "messages"), &prompt, err, errlen)) {
+        if (!coe_chat_render(L->chat, cJSON_GetObjectItemCaseSensitive(body, "messages"), &prompt, err, errlen)) {
             coe_buf_free(&prompt);
             return false;
         }
@@ -895,53 +1064,160 @@ static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_reque
         coe_buf_puts(&prompt, p->valuestring);
     }
     /* No token covers more bytes than the vocabulary's longest: a prompt longer than
-     * the context times that is refused before the scheduler spends time on it. */
-    if (prompt.len / (size_t)e->local->max_token_bytes >= (size_t)e->local->n_ctx) {
-        snprintf(err, errlen, "the prompt is over this expert's context of %d tokens", e->local->n_ctx);
-        coe_buf_free(&prompt);
+     * the context times that is refused before any tokenizing. */
+    bool fits = prompt.len / (size_t)L->max_token_bytes < (size_t)c->n_ctx;
+    int rc = fits ? coe_tokenize_prompt(&L->vocab, prompt.data ? prompt.data : "", prompt.len, &c->ids, &c->n_ids,
+                                        &c->cap_ids) : 0;
+    coe_buf_free(&prompt);
+    if (rc)
+        return false;
+    c->n_prompt = c->n_ids;
+    if (!fits) {
+        snprintf(err, errlen, "the prompt is over this expert's context of %d tokens", c->n_ctx);
         return false;
     }
-    c->prompt = prompt.data ? coe_buf_steal(&prompt) : strdup("");
-    return c->prompt != NULL;
+    if (c->n_ids >= (size_t)c->n_ctx) {
+        snprintf(err, errlen, "the prompt is %zu tokens, over this expert's context of %d", c->n_ids, c->n_ctx);
+        return false;
+    }
+    if (c->n_ids == 0) {
+        snprintf(err, errlen, "the prompt is empty");
+        *kind = COE_FAIL_FINAL;
+        return false;
+    }
+    return true;
+}
+
+static void busy(local_call *c, const char *name, const coe_local *L)
+{
+    fail_call(c, COE_FAIL_RETRY, 503, NULL, "expert '%s' is busy: %d sequences decoding and %d waiting", name,
+              L->max_batch, L->max_queue);
+}
+
+/* Opens the call's sequences and feeds the prompt to the first (the model, or the
+ * fusion's router); experts catch up when first selected. */
+static void begin(local_call *c, const char *const *names, coe_local *const *models, coe_seq_fn const *fns, int n)
+{
+    pthread_mutex_lock(&c->prog_mu);
+    for (int i = 0; i < n; i++) {
+        atomic_fetch_add(&c->refs, 1); /* the sequence's */
+        int rc = coe_seq_open(models[i]->sched, &c->seq[i], fns[i], on_release, c);
+        if (rc) {
+            atomic_fetch_sub(&c->refs, 1);
+            if (rc == COE_EBUSY)
+                busy(c, names[i], models[i]);
+            else
+                fail_call(c, COE_FAIL_RETRY, 503, NULL, "out of memory for a new sequence");
+            end_locked(c);
+            pthread_mutex_unlock(&c->prog_mu);
+            return;
+        }
+        c->n_seq++;
+    }
+    int rc = catch_up(c, 0);
+    if (rc)
+        fail_locked(c, "cannot start decoding: %s", coe_strerror(rc));
+    pthread_mutex_unlock(&c->prog_mu);
+}
+
+static local_call *new_call(coe_loop *loop, coe_local *L, coe_fusion *F, const coe_sink *sink)
+{
+    local_call *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    atomic_init(&c->refs, 1);
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_mutex_init(&c->prog_mu, NULL);
+    c->L = L;
+    c->F = F;
+    c->loop = loop;
+    c->sink = *sink;
+    c->rec.expert = -1;
+    c->n_ctx = L->n_ctx;
+    for (int k = 0; F && k < F->n; k++)
+        c->n_ctx = F->experts[k]->n_ctx < c->n_ctx ? F->experts[k]->n_ctx : c->n_ctx;
+    return c;
+}
+
+/* After new_call: reads the request and prepares sampling. False when the call has
+ * already been answered (a failure is posted) or memory ran out (*oom). */
+static bool prepare(local_call *c, const coe_expert_cfg *e, const coe_request *req, bool *oom)
+{
+    char err[256] = "";
+    const char *param = NULL;
+    coe_failure_kind kind = COE_FAIL_NEXT; /* what this expert cannot do another may */
+    *oom = false;
+    if (!read_request(c, e, req, err, sizeof err, &param, &kind)) {
+        if (!*err) {
+            *oom = true;
+            return false;
+        }
+        fail_call(c, kind, 400, param, "%s", err);
+        return false;
+    }
+    if (coe_sampler_init(&c->sampler, &c->sampling, c->L->model->n_vocab)) {
+        *oom = true;
+        return false;
+    }
+    return true;
 }
 
 static int local_start(coe_loop *loop, const coe_expert_cfg *e, const coe_request *req, const coe_sink *sink,
                        void **out)
 {
     coe_local *L = e->local;
-    if (!L || !L->started)
+    if (!L || !L->sched)
         return COE_EINVAL;
-    local_call *c = calloc(1, sizeof *c);
+    local_call *c = new_call(loop, L, NULL, sink);
     if (!c)
         return COE_ENOMEM;
-    atomic_init(&c->refs, 1);
-    pthread_mutex_init(&c->mu, NULL);
-    c->L = L;
-    c->loop = loop;
-    c->sink = *sink;
     *out = c;
-    char err[256] = "";
-    const char *param = NULL;
-    if (!read_request(c, e, req, err, sizeof err, &param)) {
-        if (!*err) {
+    bool oom;
+    if (!prepare(c, e, req, &oom)) {
+        if (oom) {
             call_unref(c);
             return COE_ENOMEM;
         }
-        /* What this expert cannot do another may: its fallbacks get the chance. */
-        fail_call(c, COE_FAIL_NEXT, 400, param, "%s", err);
         return 0;
     }
-    pthread_mutex_lock(&L->mu);
-    bool room = L->n_queued + atomic_load(&L->n_active) < L->max_batch + L->max_queue;
-    if (room) {
-        atomic_fetch_add(&c->refs, 1); /* the scheduler's */
-        L->queue[L->n_queued++] = c;
-        pthread_cond_signal(&L->cv);
+    const char *names[1] = {e->name};
+    coe_local *models[1] = {L};
+    coe_seq_fn fns[1] = {on_plain};
+    begin(c, names, models, fns, 1);
+    return 0;
+}
+
+static int fusion_start(coe_loop *loop, const coe_expert_cfg *e, const coe_request *req, const coe_sink *sink,
+                        void **out)
+{
+    coe_fusion *F = e->fusion;
+    if (!F || !F->router->sched)
+        return COE_EINVAL;
+    local_call *c = new_call(loop, F->router, F, sink);
+    if (!c)
+        return COE_ENOMEM;
+    *out = c;
+    const size_t V = (size_t)F->router->model->n_vocab;
+    c->router_logits = malloc(V * sizeof(float));
+    c->fused = malloc(V * sizeof(float));
+    c->expert_logits = F->mode == COE_FUSION_MIX ? malloc((size_t)F->n * V * sizeof(float)) : NULL;
+    bool oom = !c->router_logits || !c->fused || (F->mode == COE_FUSION_MIX && !c->expert_logits);
+    if (oom || !prepare(c, e, req, &oom)) {
+        if (oom) {
+            call_unref(c);
+            return COE_ENOMEM;
+        }
+        return 0;
     }
-    pthread_mutex_unlock(&L->mu);
-    if (!room)
-        fail_call(c, COE_FAIL_RETRY, 503, NULL, "expert '%s' is busy: %d sequences decoding and %d waiting", e->name,
-                  L->max_batch, L->max_queue);
+    const char *names[MAX_SEQS] = {e->name};
+    coe_local *models[MAX_SEQS] = {F->router};
+    coe_seq_fn fns[MAX_SEQS] = {on_router};
+    for (int k = 0; k < F->n; k++) {
+        names[1 + k] = F->names[k];
+        models[1 + k] = F->experts[k];
+        fns[1 + k] = on_expert;
+    }
+    begin(c, names, models, fns, 1 + F->n);
     return 0;
 }
 
@@ -949,12 +1225,21 @@ static void local_cancel(coe_loop *loop, void *call)
 {
     (void)loop;
     local_call *c = call;
-    /* Under the outbox lock: once this returns, the scheduler posts nothing more. It
-     * sees the flag before its next step and frees the sequence. */
+    /* Under the outbox lock: once this returns, nothing more is posted. */
     pthread_mutex_lock(&c->mu);
     atomic_store(&c->cancelled, true);
     pthread_mutex_unlock(&c->mu);
+    pthread_mutex_lock(&c->prog_mu);
+    if (!c->ended) {
+        if (c->F)
+            atomic_fetch_add(&c->F->cancelled, 1);
+        else
+            atomic_fetch_add(&c->L->n_cancelled, 1);
+    }
+    end_locked(c);
+    pthread_mutex_unlock(&c->prog_mu);
     loop_finished(c);
 }
 
 const coe_backend_ops coe_local_backend = {"local", local_start, local_cancel, NULL};
+const coe_backend_ops coe_fusion_backend = {"fusion", fusion_start, local_cancel, NULL};

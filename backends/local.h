@@ -1,15 +1,17 @@
-/* Local experts: a GGUF model run inside the gateway (experts/engine.h), behind the
- * same backend interface as remote servers. Each local expert has one scheduler
- * thread that decodes all its active requests together (continuous batching: new
- * requests join between steps, each step reads every weight once for the whole
- * batch) on the engine's thread team; results go back to the requests' own loop
- * threads. See docs/design-notes.md. */
+/* Local experts and fusion groups, behind the same backend interface as remote
+ * servers. Each local expert's model has one scheduler (experts/sched.h) that decodes
+ * the sequences of all its callers together (continuous batching: sequences join
+ * between steps, each step reads every weight once for the whole batch). A plain
+ * request drives one sequence; a fusion group's request drives its router's and its
+ * experts' sequences on their models' schedulers (experts/fusion.h). Results go back
+ * to the requests' own loop threads. See docs/design-notes.md. */
 #ifndef COE_LOCAL_H
 #define COE_LOCAL_H
 
 #include <stdbool.h>
 
 #include "common/buf.h"
+#include "experts/fusion.h"
 
 typedef struct coe_local coe_local;
 
@@ -36,6 +38,27 @@ int coe_local_open(coe_local **out, const coe_local_opts *o, bool start, coe_buf
 void coe_local_close(coe_local **l);
 /* Waits until experts being stopped are gone (before the process exits). */
 void coe_local_wait_closed(void);
+
+/* A fusion group over started local experts (all borrowed: they must outlive it). */
+typedef struct coe_fusion coe_fusion;
+
+typedef struct coe_fusion_opts {
+    coe_local *const *experts;
+    const char *const *names;  /* the experts' names, as the selector was trained with them */
+    int n_experts;
+    coe_local *router;
+    const char *router_name;
+    const char *selector_path;
+    coe_fusion_mode mode;
+    float lambda;              /* with lambda_set; else the selector file's */
+    bool lambda_set;
+} coe_fusion_opts;
+
+/* Loads the selector and checks that every vocabulary is the router's (else the error
+ * names the first token id that differs) and that the selector fits the group. Errors
+ * start with the field at fault ("experts: ", "selector: "). */
+int coe_fusion_open(coe_fusion **out, const coe_fusion_opts *o, coe_buf *diag);
+void coe_fusion_close(coe_fusion **f);
 
 /* Sequences now decoding and waiting, for tests and metrics. */
 void coe_local_load(coe_local *l, int *active, int *queued);

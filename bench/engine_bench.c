@@ -118,7 +118,7 @@ static int32_t random_token(int n_vocab)
 
 static void run(coe_engine *e, int n, const int32_t *tok, coe_kv *const *seq, const bool *want, float *logits)
 {
-    coe_batch b = {n, tok, seq, want};
+    coe_batch b = {n, tok, seq, want, NULL};
     coe_buf d = COE_BUF_INIT;
     if (coe_engine_forward(e, &b, logits, &d)) {
         fprintf(stderr, "engine-bench: %s", d.data);

@@ -125,7 +125,7 @@ coe_engine *coe_engine_new(const coe_model *m, int n_threads, int n_ctx)
         return NULL;
     e->m = m;
     e->n_ctx = n_ctx > 0 ? n_ctx : m->n_ctx_train;
-    e->team = coe_threads_new(n_threads);
+    e->team = coe_threads_shared(n_threads);
     e->cap_items = 2 * (m->n_expert > 0 ? m->n_expert : 1) + 8;
     e->items = calloc((size_t)e->cap_items, sizeof *e->items);
     if (!e->team || !e->items)
@@ -658,6 +658,8 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
     for (int t = 0; t < T; t++)
         if (b->want[t])
             rms_norm(e->x + (size_t)t * (size_t)E, m->output_norm, e->cur + (size_t)(n_out++) * (size_t)E, E, m->eps);
+    if (b->hidden)
+        memcpy(b->hidden, e->cur, (size_t)n_out * (size_t)E * sizeof *b->hidden);
     matmul(e, &m->output, 0, e->cur, n_out, logits);
 
     for (int t = 0; t < T; t++)

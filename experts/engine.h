@@ -42,6 +42,8 @@ typedef struct coe_batch {
     const int32_t *tokens;
     coe_kv *const *seq;     /* per token: the sequence it extends, at its next position */
     const bool *want;       /* per token: compute its logits */
+    float *hidden;          /* NULL, or one row of n_embd per wanted token: the final
+                               hidden state (after the output norm) the logits come from */
 } coe_batch;
 
 /* Runs the batch. Tokens of one sequence must appear in order; each takes the next

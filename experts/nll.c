@@ -55,7 +55,7 @@ static int run_windows(coe_engine *e, const window *w, int n_w, coe_nll *acc, fl
         }
     }
     if (!rc) {
-        coe_batch b = {T, tokens, seq, want};
+        coe_batch b = {T, tokens, seq, want, NULL};
         rc = coe_engine_forward(e, &b, logits, diag);
     }
     for (int i = 0, row = 0; !rc && i < n_w; i++)

@@ -13,6 +13,9 @@
 
 struct coe_threads {
     int n;
+    int refs;              /* shared teams: holders, under shared_mu */
+    bool shared;
+    pthread_mutex_t run_mu; /* one job at a time: callers of a shared team take turns */
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -74,6 +77,8 @@ coe_threads *coe_threads_new(int n_threads)
     if (!p)
         return NULL;
     p->n = n_threads;
+    p->refs = 1;
+    pthread_mutex_init(&p->run_mu, NULL);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
@@ -107,6 +112,7 @@ void coe_threads_run(coe_threads *p, coe_threads_fn fn, void *ctx)
         fn(ctx, 0, 1);
         return;
     }
+    pthread_mutex_lock(&p->run_mu);
     p->fn = fn;
     p->ctx = ctx;
     atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
@@ -121,13 +127,50 @@ void coe_threads_run(coe_threads *p, coe_threads_fn fn, void *ctx)
         else
             sched_yield();
     }
+    pthread_mutex_unlock(&p->run_mu);
+}
+
+static pthread_mutex_t shared_mu = PTHREAD_MUTEX_INITIALIZER;
+static coe_threads *shared_teams[16];
+static int n_shared;
+
+coe_threads *coe_threads_shared(int n_threads)
+{
+    if (n_threads <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = c > 0 ? (int)c : 1;
+    }
+    coe_threads *p = NULL;
+    pthread_mutex_lock(&shared_mu);
+    for (int i = 0; i < n_shared && !p; i++)
+        if (shared_teams[i]->n == n_threads) {
+            p = shared_teams[i];
+            p->refs++;
+        }
+    if (!p && (p = coe_threads_new(n_threads)) && n_shared < 16) {
+        p->shared = true;
+        shared_teams[n_shared++] = p;
+    }
+    pthread_mutex_unlock(&shared_mu);
+    return p;
 }
 
 void coe_threads_free(coe_threads **pp)
 {
     coe_threads *p = *pp;
+    *pp = NULL;
     if (!p)
         return;
+    if (p->shared) {
+        pthread_mutex_lock(&shared_mu);
+        bool last = --p->refs == 0;
+        for (int i = 0; last && i < n_shared; i++)
+            if (shared_teams[i] == p)
+                shared_teams[i] = shared_teams[--n_shared];
+        pthread_mutex_unlock(&shared_mu);
+        if (!last)
+            return;
+    }
     pthread_mutex_lock(&p->mu);
     atomic_store_explicit(&p->stop, true, memory_order_release);
     pthread_cond_broadcast(&p->cv);
@@ -135,6 +178,7 @@ void coe_threads_free(coe_threads **pp)
     for (int i = 1; i < p->n; i++)
         pthread_join(p->threads[i], NULL);
     pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->run_mu);
     pthread_cond_destroy(&p->cv);
     free(p->threads);
     free(p);

@@ -494,6 +494,116 @@ static void resolve_fallbacks(vctx *v, const cJSON *experts, coe_config *c)
     }
 }
 
+static const char *const fusion_keys[] = {"experts", "router", "selector", "mode", "lambda", "max_tokens",
+                                          "max_concurrency", "cost", NULL};
+
+/* The local expert named by string j (at path p), or -1 (reported). */
+static int local_member(vctx *v, const coe_config *c, const cJSON *j, const char *p)
+{
+    if (!cJSON_IsString(j)) {
+        verr(v, p, "expected the name of a local expert, found %s", type_name(j));
+        return -1;
+    }
+    int idx = coe_config_find_expert(c, j->valuestring);
+    if (idx < 0)
+        verr(v, p, "no expert named \"%s\"", j->valuestring);
+    else if (c->experts[idx].kind != COE_EXPERT_LOCAL)
+        verr(v, p, "\"%s\" is not a local expert: fusion runs local models in step", j->valuestring);
+    return idx >= 0 && c->experts[idx].kind == COE_EXPERT_LOCAL ? idx : -1;
+}
+
+/* A fusion group, served as an expert of kind fusion under its name. */
+static void parse_fusion(vctx *v, const cJSON *j, const char *path, coe_config *c, coe_expert_cfg *e)
+{
+    e->kind = COE_EXPERT_FUSION;
+    e->router_expert = -1;
+    if (!named_entry(v, j, path, "a fusion group", e->name, fusion_keys))
+        return;
+    if (coe_config_find_expert(c, e->name) >= 0)
+        verr(v, path, "an expert or fusion group has this name already");
+    char p[512], q[640];
+    int errors = v->errors;
+    child_path(p, sizeof p, path, "experts");
+    const cJSON *ex = get(j, "experts");
+    int n = cJSON_IsArray(ex) ? cJSON_GetArraySize(ex) : 0;
+    if (n < 1 || n > COE_FUSION_MAX_EXPERTS) {
+        verr(v, p, "expected an array of 1 to %d local expert names", COE_FUSION_MAX_EXPERTS);
+    } else if ((e->members = calloc((size_t)n, sizeof *e->members))) {
+        int i = 0;
+        for (const cJSON *m = ex->child; m; m = m->next, i++) {
+            snprintf(q, sizeof q, "%s[%d]", p, i);
+            int idx = local_member(v, c, m, q);
+            for (int k = 0; idx >= 0 && k < e->n_members; k++)
+                if (e->members[k] == idx) {
+                    verr(v, q, "\"%s\" is listed twice", m->valuestring);
+                    idx = -1;
+                }
+            if (idx >= 0)
+                e->members[e->n_members++] = idx;
+        }
+    }
+    child_path(p, sizeof p, path, "router");
+    const cJSON *router = get(j, "router");
+    if (!router)
+        verr(v, p, "missing: the local expert whose model routes (its hidden state feeds the selector)");
+    else
+        e->router_expert = local_member(v, c, router, p);
+    char *sel = get_string(v, j, path, "selector", true, NULL);
+    if (sel) {
+        char full[4096];
+        resolve_path(v, sel, full, sizeof full);
+        e->selector_path = strdup(full);
+        free(sel);
+    }
+    char *mode = get_string(v, j, path, "mode", false, "fusionroute");
+    coe_fusion_mode fm = COE_FUSION_ROUTE;
+    if (mode && !coe_fusion_mode_from_name(mode, &fm)) {
+        child_path(p, sizeof p, path, "mode");
+        verr(v, p, "unknown mode \"%s\" (expected \"fusionroute\", \"select\" or \"mix\")", mode);
+    }
+    free(mode);
+    e->fusion_mode = (int)fm;
+    e->lambda_set = get(j, "lambda") != NULL;
+    e->lambda = get_number(v, j, path, "lambda", 0, 100, 0);
+    e->max_tokens = get_int(v, j, path, "max_tokens", 0, 100000000, 0);
+    e->max_concurrency = (int)get_int(v, j, path, "max_concurrency", 0, 1000000, 0);
+    e->cost = get_number(v, j, path, "cost", 0, 1e12, 1.0);
+    if (v->errors != errors || !e->selector_path || e->router_expert < 0)
+        return;
+    coe_local *members[COE_FUSION_MAX_EXPERTS];
+    const char *names[COE_FUSION_MAX_EXPERTS];
+    for (int k = 0; k < e->n_members; k++) {
+        members[k] = c->experts[e->members[k]].local;
+        names[k] = c->experts[e->members[k]].name;
+        if (!members[k])
+            return; /* its model did not load: reported there */
+    }
+    const coe_expert_cfg *r = &c->experts[e->router_expert];
+    if (!r->local)
+        return;
+    coe_fusion_opts o = {members, names, e->n_members, r->local, r->name, e->selector_path, fm, (float)e->lambda,
+                         e->lambda_set};
+    coe_buf why = COE_BUF_INIT;
+    if (coe_fusion_open(&e->fusion, &o, &why)) {
+        /* "experts: ..." or "selector: ...": the field, then what is wrong with it. */
+        char *msg = why.data ? why.data : "unknown error";
+        char *colon = strstr(msg, ": ");
+        size_t n_msg = strlen(msg);
+        while (n_msg > 0 && msg[n_msg - 1] == '\n')
+            msg[--n_msg] = '\0';
+        for (char *nl = strchr(msg, '\n'); nl; nl = strchr(nl, '\n'))
+            *nl = ' ';
+        if (colon && (strncmp(msg, "experts", 7) == 0 || strncmp(msg, "selector", 8) == 0)) {
+            *colon = '\0';
+            child_path(p, sizeof p, path, msg);
+            verr(v, p, "%s", colon + 2);
+        } else {
+            verr(v, path, "%s", msg);
+        }
+    }
+    coe_buf_free(&why);
+}
+
 static const char *const category_keys[] = {"experts", NULL};
 
 static void parse_category(vctx *v, const cJSON *j, const char *path, coe_config *c, coe_category_cfg *cat)
@@ -596,7 +706,7 @@ static void parse_route(vctx *v, const cJSON *j, const char *path, coe_config *c
                          "goes to the default expert", r->router->n_classes);
 }
 
-static const char *const top_keys[] = {"server", "experts", "categories", "routes", NULL};
+static const char *const top_keys[] = {"server", "experts", "fusions", "categories", "routes", NULL};
 
 int coe_config_parse(const char *text, size_t len, const char *name, coe_config_mode mode,
                      coe_config **out, coe_buf *d)
@@ -640,7 +750,9 @@ int coe_config_parse(const char *text, size_t len, const char *name, coe_config_
         verr(&v, "experts", "empty: at least one expert is required");
     } else {
         c->n_experts = cJSON_GetArraySize(experts);
-        c->experts = calloc((size_t)c->n_experts, sizeof *c->experts);
+        const cJSON *fusions = get(root, "fusions");
+        int n_fusions = cJSON_IsObject(fusions) ? cJSON_GetArraySize(fusions) : 0;
+        c->experts = calloc((size_t)(c->n_experts + n_fusions), sizeof *c->experts);
         if (!c->experts) {
             c->n_experts = 0;
             verr(&v, "experts", "out of memory");
@@ -654,6 +766,16 @@ int coe_config_parse(const char *text, size_t len, const char *name, coe_config_
             parse_expert(&v, j, path, &c->experts[i]);
         }
         resolve_fallbacks(&v, experts, c);
+        if (fusions && !cJSON_IsObject(fusions))
+            verr(&v, "fusions", "expected an object of group names to fusion groups, found %s", type_name(fusions));
+        else if (fusions)
+            check_keys(&v, fusions, "fusions", NULL);
+        for (const cJSON *j = n_fusions ? fusions->child : NULL; j; j = j->next) {
+            char path[512];
+            child_path(path, sizeof path, "fusions", j->string);
+            parse_fusion(&v, j, path, c, &c->experts[c->n_experts]);
+            c->n_experts++;
+        }
     }
 
     const cJSON *cats = get(root, "categories");
@@ -725,6 +847,12 @@ void coe_config_unref(coe_config **cp)
     *cp = NULL;
     if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
         return;
+    /* Fusion groups first: they borrow the local experts' models. */
+    for (int i = 0; i < c->n_experts; i++) {
+        coe_fusion_close(&c->experts[i].fusion);
+        free(c->experts[i].members);
+        free(c->experts[i].selector_path);
+    }
     for (int i = 0; i < c->n_experts; i++) {
         coe_expert_cfg *e = &c->experts[i];
         free(e->base_url);

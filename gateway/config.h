@@ -16,9 +16,11 @@ typedef enum coe_expert_kind {
     COE_EXPERT_REMOTE, /* an OpenAI-compatible server, over libcurl */
     COE_EXPERT_ECHO,   /* answers with the last user message; for demos and health checks */
     COE_EXPERT_LOCAL,  /* a GGUF model run in-process (backends/local.h) */
+    COE_EXPERT_FUSION, /* a fusion group over local experts, from "fusions" (experts/fusion.h) */
 } coe_expert_kind;
 
 struct coe_local;
+struct coe_fusion;
 
 typedef struct coe_expert_cfg {
     char name[COE_NAME_MAX + 1];
@@ -47,6 +49,15 @@ typedef struct coe_expert_cfg {
     int max_queue;              /* requests waiting beyond max_batch */
     char *chat_template;        /* owned; a family name overriding the model's template, or NULL */
     struct coe_local *local;    /* owned; the loaded model (and, to serve, its scheduler) */
+    /* fusion: a group in "fusions", served like an expert under its name */
+    int *members;               /* owned; indexes of its local experts */
+    int n_members;
+    int router_expert;          /* index of the local expert whose model routes */
+    char *selector_path;        /* owned */
+    int fusion_mode;            /* coe_fusion_mode */
+    double lambda;              /* with lambda_set; else the selector's */
+    bool lambda_set;
+    struct coe_fusion *fusion;  /* owned; NULL for config check */
     /* all kinds */
     int max_concurrency;        /* 0: unlimited */
     long max_tokens;            /* cap on max_tokens; 0: none */
@@ -105,7 +116,7 @@ typedef struct coe_config {
     atomic_int refs;
     char *path;                 /* owned; "<built-in demo>" for the built-in one */
     coe_server_cfg server;
-    coe_expert_cfg *experts;    /* owned, n_experts */
+    coe_expert_cfg *experts;    /* owned, n_experts: the experts, then the fusion groups */
     int n_experts;
     coe_route_cfg *routes;      /* owned, n_routes */
     int n_routes;

@@ -88,6 +88,7 @@ const coe_backend_ops *coe_backend_for(const coe_expert_cfg *e)
     switch (e->kind) {
     case COE_EXPERT_REMOTE: return &coe_remote_backend;
     case COE_EXPERT_LOCAL: return &coe_local_backend;
+    case COE_EXPERT_FUSION: return &coe_fusion_backend;
     default: return &coe_echo_backend;
     }
 }
@@ -452,7 +453,14 @@ static void on_fail(void *ctx, const coe_failure *f)
     free_dispatch(d);
 }
 
-static const coe_sink_ops sink_ops = {on_delta, on_result, on_usage, on_done, on_fail};
+static void on_note(void *ctx, const char *header, const char *value)
+{
+    dispatch *d = ctx;
+    if (strcmp(header, "X-Coegate-Fusion") == 0)
+        coe_exchange_set_fusion(d->ex, value);
+}
+
+static const coe_sink_ops sink_ops = {on_delta, on_result, on_usage, on_done, on_fail, on_note};
 
 static void start_task(void *arg)
 {

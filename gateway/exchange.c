@@ -206,3 +206,10 @@ bool coe_exchange_detach(coe_exchange *ex)
     pthread_mutex_unlock(&ex->mu);
     return early;
 }
+
+void coe_exchange_set_fusion(coe_exchange *ex, const char *value)
+{
+    pthread_mutex_lock(&ex->mu);
+    snprintf(ex->fusion, sizeof ex->fusion, "%s", value);
+    pthread_mutex_unlock(&ex->mu);
+}

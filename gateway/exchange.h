@@ -30,6 +30,7 @@ typedef struct coe_exchange {
     bool sse;                    /* the body is an event stream */
     long retry_after_s;          /* > 0: send Retry-After */
     char expert[COE_NAME_MAX + 1];
+    char fusion[256];            /* X-Coegate-Fusion for an answer that is not streamed, "" for none */
     /* body, under mu */
     coe_buf out;
     bool finished;
@@ -75,6 +76,8 @@ void coe_exchange_respond(coe_exchange *ex, int status, const char *expert, long
  * that libmicrohttpd closes it, and never suspend it again. */
 void coe_exchange_abort(coe_exchange *ex);
 void coe_exchange_set_usage(coe_exchange *ex, const coe_usage *u);
+/* The X-Coegate-Fusion header of an answer not yet sent (truncated to fit). */
+void coe_exchange_set_fusion(coe_exchange *ex, const char *value);
 
 /* HTTP side, from within a libmicrohttpd callback of the connection. */
 /* True when the head is ready (or the exchange was aborted); otherwise suspends the

@@ -19,6 +19,7 @@
 #include "common/gguf.h"
 #include "backends/local.h"
 #include "experts/model_info.h"
+#include "experts/fusion_cli.h"
 #include "experts/nll.h"
 #include "gateway/config.h"
 #include "gateway/server.h"
@@ -41,6 +42,8 @@ static const char usage_main[] =
     "  route          show which expert a route picks for a text, and why\n"
     "  router train   learn the category router from labeled queries\n"
     "  router eval    measure a router on labeled queries\n"
+    "  fusion train   learn a fusion group's selector (which expert writes each token)\n"
+    "  fusion eval    measure token-level fusion against its experts and routing\n"
     "  version        print the version and build features\n"
     "\n"
     "Run 'coegate VERB --help' for a verb's options.\n";
@@ -424,6 +427,8 @@ int main(int argc, char **argv)
         return cmd_model(argc - 2, argv + 2);
     if (strcmp(verb, "router") == 0)
         return coe_router_cli(argc - 2, argv + 2);
+    if (strcmp(verb, "fusion") == 0)
+        return coe_fusion_main(argc - 2, argv + 2);
     if (strcmp(verb, "forge") == 0)
         return coe_forge_main(argc - 2, argv + 2);
     if (strcmp(verb, "route") == 0)

@@ -52,6 +52,8 @@ int coe_openai_chunk(coe_buf *b, const coe_reply_ctx *c, const coe_delta *d)
         coe_buf_json_string(b, d->finish_reason, strlen(d->finish_reason));
     else
         coe_buf_puts(b, "null");
+    if (d->extra)
+        coe_buf_printf(b, ",%s", d->extra);
     coe_buf_puts(b, "}]");
     if (c->include_usage)
         coe_buf_puts(b, ",\"usage\":null");

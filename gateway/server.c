@@ -281,14 +281,18 @@ static void common_headers(struct MHD_Response *r, const conn_ctx *cx, const cha
     }
 }
 
+/* fusion: the X-Coegate-Fusion header's value, or NULL. */
 static enum MHD_Result send_body(struct MHD_Connection *conn, conn_ctx *cx, int status, const char *ctype,
-                                 const char *body, size_t len, const char *expert, long retry_after_s)
+                                 const char *body, size_t len, const char *expert, long retry_after_s,
+                                 const char *fusion)
 {
     struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (!r)
         return MHD_NO;
     MHD_add_response_header(r, "Content-Type", ctype);
     common_headers(r, cx, expert);
+    if (fusion && *fusion)
+        MHD_add_response_header(r, "X-Coegate-Fusion", fusion);
     if (retry_after_s > 0) {
         char v[24];
         snprintf(v, sizeof v, "%ld", retry_after_s);
@@ -312,8 +316,8 @@ static enum MHD_Result send_built(struct MHD_Connection *conn, conn_ctx *cx, int
 {
     if (b->err)
         return send_body(conn, cx, 503, "application/json", coe_openai_oom_body, strlen(coe_openai_oom_body),
-                         NULL, 1);
-    return send_body(conn, cx, status, ctype, b->data ? b->data : "", b->len, NULL, retry_after_s);
+                         NULL, 1, NULL);
+    return send_body(conn, cx, status, ctype, b->data ? b->data : "", b->len, NULL, retry_after_s, NULL);
 }
 
 static enum MHD_Result send_error(struct MHD_Connection *conn, conn_ctx *cx, const coe_api_error *e)
@@ -354,8 +358,9 @@ static enum MHD_Result send_exchange(struct MHD_Connection *conn, conn_ctx *cx)
     bool sse = ex->sse;
     int status = ex->status;
     long retry_after = ex->retry_after_s;
-    char expert[COE_NAME_MAX + 1];
+    char expert[COE_NAME_MAX + 1], fusion[sizeof ex->fusion];
     snprintf(expert, sizeof expert, "%s", ex->expert);
+    snprintf(fusion, sizeof fusion, "%s", ex->fusion);
     coe_buf body = COE_BUF_INIT;
     if (!sse && !gone) {
         body = ex->out; /* the whole body: ex is finished, nothing writes any more */
@@ -366,7 +371,7 @@ static enum MHD_Result send_exchange(struct MHD_Connection *conn, conn_ctx *cx)
         return MHD_NO;
     if (!sse) {
         enum MHD_Result r = send_body(conn, cx, status, "application/json", body.data ? body.data : "", body.len,
-                                      expert, retry_after);
+                                      expert, retry_after, fusion);
         coe_buf_free(&body);
         return r;
     }
@@ -398,7 +403,7 @@ static enum MHD_Result send_models(struct MHD_Connection *conn, conn_ctx *cx)
         coe_buf_printf(&b, "%s{\"id\":", i ? "," : "");
         coe_buf_json_string(&b, name, strlen(name));
         coe_buf_printf(&b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"coegate\",\"coegate_type\":\"%s\"}",
-                       now, route ? "route" : "expert");
+                       now, route ? "route" : c->experts[i - c->n_routes].kind == COE_EXPERT_FUSION ? "fusion" : "expert");
     }
     coe_buf_puts(&b, "]}");
     enum MHD_Result r = send_built(conn, cx, 200, "application/json", &b, 0);
@@ -561,7 +566,7 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
     if (cx->out_of_memory)
         return fail(conn, cx, 503, "overloaded", NULL, "the gateway is out of memory");
     if (cx->ep == EP_HEALTH)
-        return send_body(conn, cx, 200, "application/json", "{\"status\":\"ok\"}", 15, NULL, 0);
+        return send_body(conn, cx, 200, "application/json", "{\"status\":\"ok\"}", 15, NULL, 0, NULL);
     if (cx->ep == EP_MODELS)
         return send_models(conn, cx);
     if (cx->ep == EP_METRICS) {

@@ -113,7 +113,7 @@ static float *run_prompt(fixture *f, coe_kv *kv, const int32_t *ids, int n)
         seq[i] = kv;
         want[i] = true;
     }
-    coe_batch b = {n, ids, seq, want};
+    coe_batch b = {n, ids, seq, want, NULL};
     coe_buf d = COE_BUF_INIT;
     if (coe_engine_forward(f->e, &b, logits, &d))
         fail_msg("%s", d.data);
@@ -239,7 +239,7 @@ static void check_p2(const char *name, double tol)
         }
         coe_kv *seq[1] = {kv};
         bool yes = true;
-        coe_batch b = {1, &want, seq, &yes};
+        coe_batch b = {1, &want, seq, &yes, NULL};
         coe_buf d = COE_BUF_INIT;
         if (coe_engine_forward(f.e, &b, step, &d))
             fail_msg("%s", d.data);

@@ -183,7 +183,7 @@ static void compare(const char *name, const char *kind, coe_model *m, const floa
             seq[i] = kv;
             all[i] = true;
         }
-        coe_batch b = {n, ids, seq, all};
+        coe_batch b = {n, ids, seq, all, NULL};
         coe_buf d = COE_BUF_INIT;
         if (coe_engine_forward(e, &b, got, &d))
             fail_msg("%s", d.data);

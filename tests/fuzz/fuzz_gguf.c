@@ -50,7 +50,7 @@ static void try_model(coe_gguf *g)
     float *logits = malloc((size_t)m->n_vocab * sizeof *logits);
     int32_t tok = 0;
     bool want = true;
-    coe_batch b = {1, &tok, &kv, &want};
+    coe_batch b = {1, &tok, &kv, &want, NULL};
     if (e && kv && logits)
         coe_engine_forward(e, &b, logits, &diag);
     free(logits);

@@ -264,7 +264,7 @@ static coe_model *open_forged(coe_arch arch, uint32_t type)
 
 static void forward(coe_engine *e, coe_kv **seqs, const int32_t *toks, const bool *want, int n, float *out)
 {
-    coe_batch b = {n, toks, seqs, want};
+    coe_batch b = {n, toks, seqs, want, NULL};
     coe_buf d = COE_BUF_INIT;
     if (coe_engine_forward(e, &b, out, &d))
         fail_msg("%s", d.data);
@@ -306,7 +306,7 @@ static void check_batching(coe_arch arch, uint32_t type)
         assert_true(isfinite(two[V + i]));
     /* A token outside the vocabulary is refused without touching the cache. */
     int32_t bad = V;
-    coe_batch bb = {1, &bad, &c, all};
+    coe_batch bb = {1, &bad, &c, all, NULL};
     coe_buf diag = COE_BUF_INIT;
     assert_int_not_equal(coe_engine_forward(e, &bb, two, &diag), 0);
     assert_non_null(strstr(diag.data, "outside the vocabulary"));
@@ -361,7 +361,7 @@ static void test_context_limit(void **state)
     coe_kv *seq[5] = {kv, kv, kv, kv, kv};
     bool want[5] = {0, 0, 0, 0, 1};
     float *out = malloc((size_t)m->n_vocab * sizeof(float));
-    coe_batch b = {5, toks, seq, want};
+    coe_batch b = {5, toks, seq, want, NULL};
     coe_buf d = COE_BUF_INIT;
     assert_int_not_equal(coe_engine_forward(e, &b, out, &d), 0);
     assert_non_null(strstr(d.data, "context of 4"));
