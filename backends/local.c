@@ -924,7 +924,7 @@ void coe_fusion_close(coe_fusion **fp)
 void coe_local_metrics(const coe_config *c, coe_buf *b)
 {
     coe_buf active = COE_BUF_INIT, cancelled = COE_BUF_INIT, batch = COE_BUF_INIT, fused = COE_BUF_INIT,
-            fsteps = COE_BUF_INIT, fcatch = COE_BUF_INIT;
+            fsteps = COE_BUF_INIT, fcatch = COE_BUF_INIT, fcancel = COE_BUF_INIT;
     for (int i = 0; i < c->n_experts; i++) {
         const char *name = c->experts[i].name;
         coe_fusion *F = c->experts[i].fusion;
@@ -936,6 +936,8 @@ void coe_local_metrics(const coe_config *c, coe_buf *b)
                            coe_fusion_mode_name(F->mode), atomic_load(&F->steps));
             coe_buf_printf(&fcatch, "coegate_fusion_catchup_tokens_total{fusion=\"%s\"} %ld\n", name,
                            atomic_load(&F->catchup));
+            coe_buf_printf(&fcancel, "coegate_fusion_cancelled_total{fusion=\"%s\"} %ld\n", name,
+                           atomic_load(&F->cancelled));
             continue;
         }
         coe_local *L = c->experts[i].local;
@@ -970,6 +972,9 @@ void coe_local_metrics(const coe_config *c, coe_buf *b)
         coe_buf_puts(b, "# HELP coegate_fusion_catchup_tokens_total Tokens experts read late, in one batch, when "
                         "next selected.\n# TYPE coegate_fusion_catchup_tokens_total counter\n");
         coe_buf_append(b, fcatch.data, fcatch.len);
+        coe_buf_puts(b, "# HELP coegate_fusion_cancelled_total Fused requests stopped because the client went away.\n"
+                        "# TYPE coegate_fusion_cancelled_total counter\n");
+        coe_buf_append(b, fcancel.data, fcancel.len);
     }
     coe_buf_free(&active);
     coe_buf_free(&cancelled);
@@ -977,6 +982,7 @@ void coe_local_metrics(const coe_config *c, coe_buf *b)
     coe_buf_free(&fused);
     coe_buf_free(&fsteps);
     coe_buf_free(&fcatch);
+    coe_buf_free(&fcancel);
 }
 
 /* ---- the backend interface ---- */

@@ -210,7 +210,7 @@ static double lp_fused(const float *a, const float *b, float lambda, int V, int 
 }
 
 /* Runs every model over window ids[0..len) and appends its len - 1 positions. */
-static int run_window(group_models *g, const int32_t *ids, int len, int32_t text, const double *lambdas,
+static int run_window(group_models *g, const int32_t *ids, int len, int32_t text, const double *lambdas, bool fuse,
                       positions *p, float **logits, float *hidden, coe_buf *diag)
 {
     const int V = g->m[0]->n_vocab, E = g->m[0]->n_embd, K = g->K, T = len - 1;
@@ -242,7 +242,7 @@ static int run_window(group_models *g, const int32_t *ids, int len, int32_t text
             p->lp_expert[n * (size_t)K + (size_t)k] = (float)lp_of(zk, V, y);
             for (int l = 0; l < p->L; l++)
                 p->lp_route[(n * (size_t)K + (size_t)k) * (size_t)p->L + (size_t)l] =
-                    (float)lp_fused(zk, zr, (float)lambdas[l], V, y);
+                    fuse ? (float)lp_fused(zk, zr, (float)lambdas[l], V, y) : 0;
         }
         p->text[n] = text;
         p->token[n] = y;
@@ -250,9 +250,10 @@ static int run_window(group_models *g, const int32_t *ids, int len, int32_t text
     return 0;
 }
 
-/* Positions of texts[0..n) (with lambdas[0..L) fused; L 0 for none). */
+/* Positions of texts[0..n), with lambdas[0..L) fused for the texts where fuse is set
+ * (NULL: all); the fused values cost a pass over the vocabulary per expert and lambda. */
 static int collect(group_models *g, char *const *texts, size_t n, int ctx, const double *lambdas, int L,
-                   positions *p, const char *what, coe_buf *diag)
+                   const bool *fuse, positions *p, const char *what, coe_buf *diag)
 {
     memset(p, 0, sizeof *p);
     p->K = g->K;
@@ -285,7 +286,7 @@ static int collect(group_models *g, char *const *texts, size_t n, int ctx, const
         }
         for (size_t start = 0; !rc && start + 1 < n_ids; start += (size_t)ctx - 1) {
             int len = (int)(n_ids - start < (size_t)ctx ? n_ids - start : (size_t)ctx);
-            rc = run_window(g, ids + start, len, (int32_t)i, lambdas, p, logits, hidden, diag);
+            rc = run_window(g, ids + start, len, (int32_t)i, lambdas, !fuse || fuse[i], p, logits, hidden, diag);
         }
         free(ids);
         if (time(NULL) - last >= 5 || i + 1 == n) {
@@ -592,29 +593,29 @@ static int cmd_train(int argc, char **argv)
     size_t *tr = NULL, *ho = NULL;
     rc = load_corpus(&o, &c, &diag);
     bool have_models = !rc && !(rc = open_models(&o, &g, &diag));
-    if (!rc)
-        rc = collect(&g, c.texts, c.n, o.ctx, o.lambdas, o.n_lambdas, &p, "reading", &diag);
-    if (!rc)
-        rc = coe_selector_new(&s, (char *const *)o.names, o.n_experts, p.E);
     /* The held-out share: every text whose seeded draw falls under it, so that held-out
      * positions come from whole texts. */
+    bool *held = !rc ? calloc(c.n, sizeof *held) : NULL;
+    if (!rc && !held)
+        rc = COE_ENOMEM;
+    uint64_t rng = o.seed ^ 0x5eed;
+    for (size_t i = 0; held && i < c.n; i++)
+        held[i] = (double)(coe_splitmix64(&rng) >> 11) / 9007199254740992.0 < o.holdout;
+    if (!rc)
+        rc = collect(&g, c.texts, c.n, o.ctx, o.lambdas, o.n_lambdas, held, &p, "reading", &diag);
+    if (!rc)
+        rc = coe_selector_new(&s, (char *const *)o.names, o.n_experts, p.E);
     size_t n_tr = 0, n_ho = 0;
     if (!rc && (!(tr = malloc(p.n * sizeof *tr)) || !(ho = malloc(p.n * sizeof *ho))))
         rc = COE_ENOMEM;
     if (!rc) {
-        bool *held = calloc(c.n, sizeof *held);
-        uint64_t rng = o.seed ^ 0x5eed;
-        for (size_t i = 0; held && i < c.n; i++)
-            held[i] = (double)(coe_splitmix64(&rng) >> 11) / 9007199254740992.0 < o.holdout;
-        for (size_t i = 0; held && i < p.n; i++) {
+        for (size_t i = 0; i < p.n; i++) {
             if (held[p.text[i]])
                 ho[n_ho++] = i;
             else
                 tr[n_tr++] = i;
         }
-        rc = held ? 0 : COE_ENOMEM;
-        free(held);
-        if (!rc && (!n_tr || !n_ho)) {
+        if (!n_tr || !n_ho) {
             coe_buf_printf(&diag, "too few texts: %zu positions to train on and %zu held out\n", n_tr, n_ho);
             rc = COE_EINVAL;
         }
@@ -661,6 +662,7 @@ static int cmd_train(int argc, char **argv)
     if (rc && !diag.len)
         fputc('\n', stderr);
     coe_selector_close(&s);
+    free(held);
     free(tr);
     free(ho);
     free_positions(&p);
@@ -840,7 +842,7 @@ static int cmd_eval(int argc, char **argv)
         }
     }
     if (!rc)
-        rc = collect(&g, c.texts, c.n, o.ctx, &lambda, 1, &p, "reading", &diag);
+        rc = collect(&g, c.texts, c.n, o.ctx, &lambda, 1, NULL, &p, "reading", &diag);
     if (!rc && !(t = calloc((size_t)c.n_groups + 1, sizeof *t)))
         rc = COE_ENOMEM;
     const int K = o.n_experts;
