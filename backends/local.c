@@ -882,8 +882,12 @@ int coe_fusion_open(coe_fusion **out, const coe_fusion_opts *o, coe_buf *diag)
             rc = COE_EINVAL;
         }
     }
-    if (!rc && (rc = coe_selector_open(&F->selector, o->selector_path, diag)) != 0)
-        coe_buf_printf(diag, "selector: cannot load %s\n", o->selector_path);
+    if (!rc) {
+        coe_buf why = COE_BUF_INIT;
+        if ((rc = coe_selector_open(&F->selector, o->selector_path, &why)) != 0)
+            coe_buf_printf(diag, "selector: %s", why.data ? why.data : coe_strerror(rc));
+        coe_buf_free(&why);
+    }
     if (!rc && F->selector->n_embd != o->router->model->n_embd) {
         coe_buf_printf(diag, "selector: %s reads hidden states of width %d, but the router '%s''s are %d wide\n",
                        o->selector_path, F->selector->n_embd, o->router_name, o->router->model->n_embd);

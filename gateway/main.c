@@ -109,7 +109,14 @@ static int cmd_config(int argc, char **argv)
         fprintf(stderr, "%s: invalid\n", argv[1]);
         return 1;
     }
-    printf("%s: ok (%d experts, %d routes)\n", argv[1], cfg->n_experts, cfg->n_routes);
+    int n_fusions = 0;
+    for (int i = 0; i < cfg->n_experts; i++)
+        n_fusions += cfg->experts[i].kind == COE_EXPERT_FUSION;
+    if (n_fusions)
+        printf("%s: ok (%d experts, %d fusion groups, %d routes)\n", argv[1], cfg->n_experts - n_fusions, n_fusions,
+               cfg->n_routes);
+    else
+        printf("%s: ok (%d experts, %d routes)\n", argv[1], cfg->n_experts, cfg->n_routes);
     coe_config_unref(&cfg);
     return 0;
 }

@@ -36,6 +36,8 @@ class RealExperts(unittest.TestCase):
         for e in config["experts"].values():
             e["path"] = os.path.normpath(os.path.join(ROOT, "configs", e["path"]))
             e["threads"] = 1
+        for g in config["fusions"].values():
+            g["selector"] = os.path.normpath(os.path.join(ROOT, "configs", g["selector"]))
         config["routes"]["auto"]["router"] = router
         cls.config = config
         cls.gw = Gateway(config)

@@ -128,6 +128,8 @@ class CommandLine(unittest.TestCase):
                 demo = json.load(f)
             for e in demo["experts"].values():
                 e["path"] = os.path.abspath(os.path.join("configs", e["path"]))
+            for g in demo["fusions"].values():
+                g["selector"] = os.path.abspath(os.path.join("configs", g["selector"]))
             config = os.path.join(d, "demo.json")
             with open(config, "w") as f:
                 json.dump(demo, f)
@@ -136,7 +138,7 @@ class CommandLine(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             r = self.run_coegate("config", "check", config)
             self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertIn("ok (4 experts, 1 routes)", r.stdout)
+            self.assertIn("ok (4 experts, 1 fusion groups, 1 routes)", r.stdout)
 
     def test_config_check(self):
         r = self.run_coegate("config", "check", "configs/remote-example.json")
