@@ -925,6 +925,16 @@ void coe_fusion_close(coe_fusion **fp)
 
 /* ---- metrics ---- */
 
+/* One metric family: its HELP and TYPE lines, then rows (freed), when there are any. */
+static void family(coe_buf *b, const char *name, const char *type, const char *help, coe_buf *rows)
+{
+    if (rows->len) {
+        coe_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+        coe_buf_append(b, rows->data, rows->len);
+    }
+    coe_buf_free(rows);
+}
+
 void coe_local_metrics(const coe_config *c, coe_buf *b)
 {
     coe_buf active = COE_BUF_INIT, cancelled = COE_BUF_INIT, batch = COE_BUF_INIT, fused = COE_BUF_INIT,
@@ -955,38 +965,18 @@ void coe_local_metrics(const coe_config *c, coe_buf *b)
                        atomic_load(&L->n_cancelled));
         coe_buf_printf(&batch, "coegate_local_batch_max{expert=\"%s\"} %d\n", name, st.batch_max);
     }
-    if (active.len) {
-        coe_buf_puts(b, "# HELP coegate_local_sequences Sequences of local models (experts, fusion members), "
-                        "decoding or waiting.\n# TYPE coegate_local_sequences gauge\n");
-        coe_buf_append(b, active.data, active.len);
-        coe_buf_puts(b, "# HELP coegate_local_cancelled_total Requests stopped because the client went away.\n"
-                        "# TYPE coegate_local_cancelled_total counter\n");
-        coe_buf_append(b, cancelled.data, cancelled.len);
-        coe_buf_puts(b, "# HELP coegate_local_batch_max The most sequences one decoding step has run together.\n"
-                        "# TYPE coegate_local_batch_max gauge\n");
-        coe_buf_append(b, batch.data, batch.len);
-    }
-    if (fused.len) {
-        coe_buf_puts(b, "# HELP coegate_fusion_tokens_total Tokens a fusion group generated, by the expert that "
-                        "produced them.\n# TYPE coegate_fusion_tokens_total counter\n");
-        coe_buf_append(b, fused.data, fused.len);
-        coe_buf_puts(b, "# HELP coegate_fusion_steps_total Decoding steps of a fusion group (router steps).\n"
-                        "# TYPE coegate_fusion_steps_total counter\n");
-        coe_buf_append(b, fsteps.data, fsteps.len);
-        coe_buf_puts(b, "# HELP coegate_fusion_catchup_tokens_total Tokens experts read late, in one batch, when "
-                        "next selected.\n# TYPE coegate_fusion_catchup_tokens_total counter\n");
-        coe_buf_append(b, fcatch.data, fcatch.len);
-        coe_buf_puts(b, "# HELP coegate_fusion_cancelled_total Fused requests stopped because the client went away.\n"
-                        "# TYPE coegate_fusion_cancelled_total counter\n");
-        coe_buf_append(b, fcancel.data, fcancel.len);
-    }
-    coe_buf_free(&active);
-    coe_buf_free(&cancelled);
-    coe_buf_free(&batch);
-    coe_buf_free(&fused);
-    coe_buf_free(&fsteps);
-    coe_buf_free(&fcatch);
-    coe_buf_free(&fcancel);
+    family(b, "coegate_local_sequences", "gauge",
+           "Sequences of local models (experts, fusion members), decoding or waiting.", &active);
+    family(b, "coegate_local_cancelled_total", "counter", "Requests stopped because the client went away.",
+           &cancelled);
+    family(b, "coegate_local_batch_max", "gauge", "The most sequences one decoding step has run together.", &batch);
+    family(b, "coegate_fusion_tokens_total", "counter",
+           "Tokens a fusion group generated, by the expert that produced them.", &fused);
+    family(b, "coegate_fusion_steps_total", "counter", "Decoding steps of a fusion group (router steps).", &fsteps);
+    family(b, "coegate_fusion_catchup_tokens_total", "counter",
+           "Tokens experts read late, in one batch, when next selected.", &fcatch);
+    family(b, "coegate_fusion_cancelled_total", "counter", "Fused requests stopped because the client went away.",
+           &fcancel);
 }
 
 /* ---- the backend interface ---- */
