@@ -270,16 +270,7 @@ static int collect(group_models *g, char *const *texts, size_t n, int ctx, const
     for (size_t i = 0; !rc && i < n; i++) {
         int32_t *ids = NULL;
         size_t n_ids = 0, cap = 0;
-        if (g->vocab.add_bos && g->vocab.bos >= 0) {
-            ids = malloc(16 * sizeof *ids);
-            if (!ids) {
-                rc = COE_ENOMEM;
-                break;
-            }
-            cap = 16;
-            ids[n_ids++] = g->vocab.bos;
-        }
-        if ((rc = coe_tokenize(&g->vocab, texts[i], strlen(texts[i]), &ids, &n_ids, &cap))) {
+        if ((rc = coe_nll_tokens(&g->vocab, texts[i], &ids, &n_ids, &cap))) {
             coe_buf_printf(diag, "%s text %zu: cannot tokenize: %s\n", what, i + 1, coe_strerror(rc));
             free(ids);
             break;

@@ -72,6 +72,22 @@ static int run_windows(coe_engine *e, const window *w, int n_w, coe_nll *acc, fl
     return rc;
 }
 
+int coe_nll_tokens(const coe_vocab *v, const char *text, int32_t **ids, size_t *n, size_t *cap)
+{
+    if (v->add_bos && v->bos >= 0) {
+        if (*n == *cap) {
+            size_t c = *cap ? *cap * 2 : 16;
+            int32_t *p = realloc(*ids, c * sizeof *p);
+            if (!p)
+                return COE_ENOMEM;
+            *ids = p;
+            *cap = c;
+        }
+        (*ids)[(*n)++] = v->bos;
+    }
+    return coe_tokenize(v, text, strlen(text), ids, n, cap);
+}
+
 int coe_nll_texts(coe_engine *e, const coe_vocab *v, const char *const *texts, size_t n, int ctx, coe_nll *acc,
                   coe_buf *diag)
 {
@@ -89,16 +105,7 @@ int coe_nll_texts(coe_engine *e, const coe_vocab *v, const char *const *texts, s
     size_t live = 0; /* texts before it have no window pending */
     for (size_t i = 0; !rc && i < n; i++) {
         size_t n_ids = 0, cap = 0;
-        if (v->add_bos && v->bos >= 0) {
-            ids[i] = malloc(16 * sizeof *ids[i]);
-            if (!ids[i]) {
-                rc = COE_ENOMEM;
-                break;
-            }
-            cap = 16;
-            ids[i][n_ids++] = v->bos;
-        }
-        if ((rc = coe_tokenize(v, texts[i], strlen(texts[i]), &ids[i], &n_ids, &cap))) {
+        if ((rc = coe_nll_tokens(v, texts[i], &ids[i], &n_ids, &cap))) {
             coe_buf_printf(diag, "text %zu: cannot tokenize: %s\n", i + 1, coe_strerror(rc));
             break;
         }

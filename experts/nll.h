@@ -21,6 +21,10 @@ typedef struct coe_nll {
     long long tokens;   /* predicted tokens */
 } coe_nll;
 
+/* The protocol's tokens of text (NUL-terminated): BOS where the vocabulary asks for it,
+ * then the text as plain text; appended to *ids (n, cap grown). */
+int coe_nll_tokens(const coe_vocab *v, const char *text, int32_t **ids, size_t *n, size_t *cap);
+
 /* Scores texts[0..n) (NUL-terminated, borrowed) with engine e and vocabulary v in
  * windows of ctx tokens (2 to the engine's n_ctx), adding text i's totals to
  * acc[i]. Windows of several texts share an engine call. Errors name the text. */
