@@ -1,6 +1,11 @@
-/* Continuous batching over sequences: see experts/sched.h. The lock guards the lists
- * and each sequence's pending tokens; the engine call and the callbacks run without it,
- * so callers (on their own threads or in callbacks) can feed while a step runs. */
+/* Continuous batching over sequences: see experts/sched.h. The schedulers whose
+ * engines share a thread team (experts/threads.h) share one driver thread: their steps
+ * could not overlap anyway, and one thread stepping them in turn keeps a fusion group
+ * in step (the router's batch of every fused sequence, then each expert's batch of the
+ * sequences that selected it) where separate threads would each wake for whichever
+ * sequence came back first. The driver's lock guards the lists and each sequence's
+ * pending tokens; the engine call and the callbacks run without it, so callers (on their
+ * own threads or in callbacks) can feed while a step runs. */
 #include "experts/sched.h"
 
 #include <pthread.h>
@@ -10,8 +15,23 @@
 
 #include "common/err.h"
 #include "experts/engine.h"
+#include "experts/threads.h"
 
 #define PREFILL_PER_STEP 512 /* prompt tokens per step, so decoding sequences keep going */
+
+typedef struct driver {
+    int threads;          /* the team size it serves; under drivers_mu with refs */
+    int refs;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;    /* work or stop */
+    pthread_cond_t idle;  /* a step has ended (closers wait for theirs) */
+    bool stop;
+    coe_sched **list;     /* under mu */
+    int n, cap;
+    int next;             /* under mu: where the next search for work starts */
+    coe_sched *running;   /* under mu: the scheduler whose step is under way */
+} driver;
 
 struct coe_seq {
     coe_sched *s;
@@ -21,11 +41,11 @@ struct coe_seq {
     void *ctx;
     atomic_bool closed;
     atomic_int len;       /* positions held or fed */
-    /* under s->mu */
+    /* under the driver's mu */
     int32_t *pending;
     int n_pending, cap_pending;
     bool busy;            /* a feed has not had its callback yet */
-    /* scheduler thread only */
+    /* driver thread only */
     int row;              /* logits row in this step, -1 for none */
     bool in_step;
 };
@@ -33,12 +53,8 @@ struct coe_seq {
 struct coe_sched {
     const coe_model *m;
     coe_engine *engine;
+    driver *d;
     int n_ctx, max_batch, max_queue;
-    pthread_t thread;
-    bool started;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool stop;
     coe_seq **admitted;   /* under mu: decoding */
     int n_admitted;
     coe_seq **waiting;    /* under mu: oldest first */
@@ -46,7 +62,7 @@ struct coe_sched {
     int next_first;       /* under mu: where the next step starts taking prompt tokens */
     atomic_int batch_max;
     atomic_long steps;
-    /* scheduler thread only */
+    /* driver thread only */
     int32_t *tokens;
     coe_kv **kvs;
     bool *want;
@@ -124,50 +140,169 @@ static int build_batch(coe_sched *s, int *n_seq)
     return n;
 }
 
-static void *scheduler(void *arg)
+/* Driver thread, without the lock: frees what take_closed gathered and runs the step
+ * build_batch made, then the callbacks of the sequences whose feeds are complete. */
+static void step(coe_sched *s, int n, int n_seq, int n_free)
 {
-    coe_sched *s = arg;
     const int V = s->m->n_vocab, E = s->m->n_embd;
-    pthread_mutex_lock(&s->mu);
-    while (!s->stop) {
-        int n_free = take_closed(s), n_seq = 0;
-        int n = build_batch(s, &n_seq);
-        if (n == 0 && n_free == 0) {
-            pthread_cond_wait(&s->cv, &s->mu);
+    for (int i = 0; i < n_free; i++)
+        seq_free(s->freeing[i]);
+    if (n == 0)
+        return;
+    if (n_seq > atomic_load(&s->batch_max))
+        atomic_store(&s->batch_max, n_seq);
+    atomic_fetch_add(&s->steps, 1);
+    coe_batch b = {n, s->tokens, s->kvs, s->want, s->hidden};
+    coe_buf diag = COE_BUF_INIT;
+    int rc = coe_engine_forward(s->engine, &b, s->logits, &diag);
+    for (int i = 0; i < n_seq; i++) {
+        coe_seq *q = s->in_batch[i];
+        if (q->row < 0 && !rc)
+            continue; /* a prompt that goes on in the next step */
+        pthread_mutex_lock(&s->d->mu);
+        q->busy = false;
+        q->n_pending = 0;
+        pthread_mutex_unlock(&s->d->mu);
+        if (atomic_load(&q->closed))
+            continue;
+        if (rc)
+            q->fn(q->ctx, q, NULL, NULL, diag.data ? diag.data : coe_strerror(rc));
+        else
+            q->fn(q->ctx, q, s->logits + (size_t)q->row * (size_t)V, s->hidden + (size_t)q->row * (size_t)E, NULL);
+    }
+    coe_buf_free(&diag);
+}
+
+/* Steps the driver's schedulers in turn, each one step at a time, so that sequences
+ * fed by another scheduler's callbacks join the next step of theirs together. */
+static void *drive(void *arg)
+{
+    driver *d = arg;
+    pthread_mutex_lock(&d->mu);
+    while (!d->stop) {
+        coe_sched *s = NULL;
+        int n = 0, n_seq = 0, n_free = 0;
+        for (int k = 0; k < d->n && !s; k++) {
+            int i = (d->next + k) % d->n;
+            n_free = take_closed(d->list[i]);
+            n = build_batch(d->list[i], &n_seq);
+            if (n > 0 || n_free > 0) {
+                s = d->list[i];
+                d->next = (i + 1) % d->n;
+            }
+        }
+        if (!s) {
+            pthread_cond_wait(&d->cv, &d->mu);
             continue;
         }
-        pthread_mutex_unlock(&s->mu);
-        for (int i = 0; i < n_free; i++)
-            seq_free(s->freeing[i]);
-        if (n > 0) {
-            if (n_seq > atomic_load(&s->batch_max))
-                atomic_store(&s->batch_max, n_seq);
-            atomic_fetch_add(&s->steps, 1);
-            coe_batch b = {n, s->tokens, s->kvs, s->want, s->hidden};
-            coe_buf diag = COE_BUF_INIT;
-            int rc = coe_engine_forward(s->engine, &b, s->logits, &diag);
-            for (int i = 0; i < n_seq; i++) {
-                coe_seq *q = s->in_batch[i];
-                if (q->row < 0 && !rc)
-                    continue; /* a prompt that goes on in the next step */
-                pthread_mutex_lock(&s->mu);
-                q->busy = false;
-                q->n_pending = 0;
-                pthread_mutex_unlock(&s->mu);
-                if (atomic_load(&q->closed))
-                    continue;
-                if (rc)
-                    q->fn(q->ctx, q, NULL, NULL, diag.data ? diag.data : coe_strerror(rc));
-                else
-                    q->fn(q->ctx, q, s->logits + (size_t)q->row * (size_t)V, s->hidden + (size_t)q->row * (size_t)E,
-                          NULL);
-            }
-            coe_buf_free(&diag);
-        }
-        pthread_mutex_lock(&s->mu);
+        d->running = s;
+        pthread_mutex_unlock(&d->mu);
+        step(s, n, n_seq, n_free);
+        pthread_mutex_lock(&d->mu);
+        d->running = NULL;
+        pthread_cond_broadcast(&d->idle);
     }
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&d->mu);
     return NULL;
+}
+
+static pthread_mutex_t drivers_mu = PTHREAD_MUTEX_INITIALIZER;
+static driver **drivers;
+static int n_drivers;
+
+static void driver_free(driver *d)
+{
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cv);
+    pthread_cond_destroy(&d->idle);
+    free(d->list);
+    free(d);
+}
+
+/* Adds s to the driver of its team size, starting one if there is none. */
+static int driver_join(coe_sched *s, int threads)
+{
+    int rc = 0;
+    pthread_mutex_lock(&drivers_mu);
+    driver *d = NULL;
+    for (int i = 0; i < n_drivers && !d; i++)
+        if (drivers[i]->threads == threads)
+            d = drivers[i];
+    if (!d) {
+        driver **grown = realloc(drivers, (size_t)(n_drivers + 1) * sizeof *drivers);
+        if (grown)
+            drivers = grown;
+        if (!grown || !(d = calloc(1, sizeof *d)) || !(d->list = malloc(4 * sizeof *d->list))) {
+            free(d);
+            pthread_mutex_unlock(&drivers_mu);
+            return COE_ENOMEM;
+        }
+        d->cap = 4; /* so that a new driver always takes its first scheduler */
+        d->threads = threads;
+        pthread_mutex_init(&d->mu, NULL);
+        pthread_cond_init(&d->cv, NULL);
+        pthread_cond_init(&d->idle, NULL);
+        if (pthread_create(&d->thread, NULL, drive, d) != 0) {
+            driver_free(d);
+            pthread_mutex_unlock(&drivers_mu);
+            return COE_ENOMEM;
+        }
+        drivers[n_drivers++] = d;
+    }
+    pthread_mutex_lock(&d->mu);
+    if (d->n == d->cap) {
+        int cap = 2 * d->cap;
+        coe_sched **l = realloc(d->list, (size_t)cap * sizeof *l);
+        if (l) {
+            d->list = l;
+            d->cap = cap;
+        } else {
+            rc = COE_ENOMEM;
+        }
+    }
+    if (!rc)
+        d->list[d->n++] = s;
+    pthread_mutex_unlock(&d->mu);
+    if (!rc) {
+        d->refs++;
+        s->d = d;
+    }
+    pthread_mutex_unlock(&drivers_mu);
+    return rc;
+}
+
+/* Takes s off its driver once no step of s is under way; the last one out stops it. */
+static void driver_leave(coe_sched *s)
+{
+    driver *d = s->d;
+    pthread_mutex_lock(&drivers_mu);
+    pthread_mutex_lock(&d->mu);
+    for (int i = 0; i < d->n; i++)
+        if (d->list[i] == s) {
+            memmove(d->list + i, d->list + i + 1, (size_t)(d->n - i - 1) * sizeof *d->list);
+            d->n--;
+            break;
+        }
+    d->next = 0;
+    while (d->running == s)
+        pthread_cond_wait(&d->idle, &d->mu);
+    bool last = --d->refs == 0;
+    if (last) {
+        d->stop = true;
+        pthread_cond_broadcast(&d->cv);
+        for (int i = 0; i < n_drivers; i++)
+            if (drivers[i] == d) {
+                drivers[i] = drivers[--n_drivers];
+                break;
+            }
+    }
+    pthread_mutex_unlock(&d->mu);
+    pthread_mutex_unlock(&drivers_mu);
+    if (last) {
+        pthread_join(d->thread, NULL);
+        driver_free(d);
+    }
+    s->d = NULL;
 }
 
 int coe_sched_open(coe_sched **out, const coe_model *m, const coe_sched_opts *o)
@@ -180,8 +315,6 @@ int coe_sched_open(coe_sched **out, const coe_model *m, const coe_sched_opts *o)
     s->n_ctx = o->n_ctx;
     s->max_batch = o->max_batch > 0 ? o->max_batch : 8;
     s->max_queue = o->max_queue >= 0 ? o->max_queue : 64;
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, NULL);
     int cap = s->max_batch + PREFILL_PER_STEP, all = s->max_batch + s->max_queue;
     s->engine = coe_engine_new(m, o->threads, o->n_ctx);
     s->admitted = calloc((size_t)s->max_batch, sizeof *s->admitted);
@@ -194,11 +327,10 @@ int coe_sched_open(coe_sched **out, const coe_model *m, const coe_sched_opts *o)
     s->in_batch = calloc((size_t)s->max_batch, sizeof *s->in_batch);
     s->freeing = calloc((size_t)all, sizeof *s->freeing);
     if (!s->engine || !s->admitted || !s->waiting || !s->tokens || !s->kvs || !s->want || !s->logits || !s->hidden ||
-        !s->in_batch || !s->freeing || pthread_create(&s->thread, NULL, scheduler, s) != 0) {
+        !s->in_batch || !s->freeing || driver_join(s, coe_threads_resolve(o->threads)) != 0) {
         coe_sched_close(&s);
         return COE_ENOMEM;
     }
-    s->started = true;
     *out = s;
     return 0;
 }
@@ -209,13 +341,8 @@ void coe_sched_close(coe_sched **sp)
     *sp = NULL;
     if (!s)
         return;
-    if (s->started) {
-        pthread_mutex_lock(&s->mu);
-        s->stop = true;
-        pthread_cond_broadcast(&s->cv);
-        pthread_mutex_unlock(&s->mu);
-        pthread_join(s->thread, NULL);
-    }
+    if (s->d)
+        driver_leave(s);
     for (int i = 0; i < s->n_admitted; i++)
         seq_free(s->admitted[i]);
     for (int i = 0; i < s->n_waiting; i++)
@@ -230,8 +357,6 @@ void coe_sched_close(coe_sched **sp)
     free(s->hidden);
     free(s->in_batch);
     free(s->freeing);
-    pthread_mutex_destroy(&s->mu);
-    pthread_cond_destroy(&s->cv);
     free(s);
 }
 
@@ -263,14 +388,14 @@ int coe_seq_open(coe_sched *s, coe_seq **out, coe_seq_fn fn, coe_seq_release_fn 
         return COE_ENOMEM;
     }
     int rc = 0;
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->d->mu);
     if (s->n_admitted < s->max_batch && s->n_waiting == 0)
         s->admitted[s->n_admitted++] = q;
     else if (s->n_waiting < s->max_queue)
         s->waiting[s->n_waiting++] = q;
     else
         rc = COE_EBUSY;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->d->mu);
     if (rc) {
         q->release = NULL;
         seq_free(q);
@@ -286,7 +411,7 @@ int coe_seq_feed(coe_seq *q, const int32_t *tokens, int n)
     if (n <= 0)
         return COE_EINVAL;
     int rc = 0;
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->d->mu);
     if (q->busy) {
         rc = COE_EBUSY;
     } else if (atomic_load(&q->len) + n > s->n_ctx) {
@@ -306,9 +431,9 @@ int coe_seq_feed(coe_seq *q, const int32_t *tokens, int n)
         q->n_pending += n;
         q->busy = true;
         atomic_fetch_add(&q->len, n);
-        pthread_cond_signal(&s->cv);
+        pthread_cond_signal(&s->d->cv);
     }
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->d->mu);
     return rc;
 }
 
@@ -322,18 +447,18 @@ void coe_seq_close(coe_seq *q)
     if (!q)
         return;
     coe_sched *s = q->s;
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->d->mu);
     atomic_store(&q->closed, true);
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
+    pthread_cond_signal(&s->d->cv);
+    pthread_mutex_unlock(&s->d->mu);
 }
 
 void coe_sched_stats_get(coe_sched *s, coe_sched_stats *out)
 {
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->d->mu);
     out->active = s->n_admitted;
     out->queued = s->n_waiting;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->d->mu);
     out->batch_max = atomic_load(&s->batch_max);
     out->steps = atomic_load(&s->steps);
 }

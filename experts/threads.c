@@ -69,10 +69,7 @@ static void *helper(void *arg)
 
 coe_threads *coe_threads_new(int n_threads)
 {
-    if (n_threads <= 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = c > 0 ? (int)c : 1;
-    }
+    n_threads = coe_threads_resolve(n_threads);
     coe_threads *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
@@ -134,12 +131,17 @@ static pthread_mutex_t shared_mu = PTHREAD_MUTEX_INITIALIZER;
 static coe_threads *shared_teams[16];
 static int n_shared;
 
+int coe_threads_resolve(int n_threads)
+{
+    if (n_threads > 0)
+        return n_threads;
+    long c = sysconf(_SC_NPROCESSORS_ONLN);
+    return c > 0 ? (int)c : 1;
+}
+
 coe_threads *coe_threads_shared(int n_threads)
 {
-    if (n_threads <= 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = c > 0 ? (int)c : 1;
-    }
+    n_threads = coe_threads_resolve(n_threads);
     coe_threads *p = NULL;
     pthread_mutex_lock(&shared_mu);
     for (int i = 0; i < n_shared && !p; i++)

@@ -14,6 +14,8 @@ coe_threads *coe_threads_new(int n_threads);
  * engines of one process then take turns job by job on the same threads instead of
  * spinning against each other's. Freed by the last coe_threads_free. */
 coe_threads *coe_threads_shared(int n_threads);
+/* The team size a request for n_threads gets (0: one per online CPU). */
+int coe_threads_resolve(int n_threads);
 /* Sets *p to NULL. */
 void coe_threads_free(coe_threads **p);
 int coe_threads_count(const coe_threads *p);
