@@ -13,6 +13,7 @@
 
 #include <cJSON.h>
 
+#include "common/adamw.h"
 #include "common/err.h"
 #include "common/rand.h"
 #include "experts/engine.h"
@@ -312,19 +313,11 @@ static double accuracy(const coe_selector *s, const positions *p, const size_t *
     return n ? (double)right / (double)n : 0;
 }
 
-/* AdamW on one parameter with its moments (the router trainer's rule, router/train.c). */
-static inline void adamw(float *w, float *m, float *v, float g, float lr, float wd, float c1, float c2)
-{
-    const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
-    *m = b1 * *m + (1 - b1) * g;
-    *v = b2 * *v + (1 - b2) * g * g;
-    *w -= lr * ((*m / c1) / (sqrtf(*v / c2) + eps) + wd * *w);
-}
-
 static int train_selector(const opts *o, const positions *p, const size_t *tr, size_t n_tr, const size_t *ho,
                           size_t n_ho, coe_selector *s)
 {
     const int K = p->K, E = p->E;
+    const coe_adamw weights = {0.9f, 0.999f, 1e-8f, 1e-4f}, biases = {0.9f, 0.999f, 1e-8f, 0};
     size_t n_par = (size_t)K * (size_t)(E + 1);
     float *mom = calloc(n_par, sizeof *mom), *vel = calloc(n_par, sizeof *vel), *grad = malloc(n_par * sizeof *grad);
     float *best = malloc(n_par * sizeof *best);
@@ -367,10 +360,10 @@ static int train_selector(const opts *o, const positions *p, const size_t *tr, s
             step++;
             float c1 = 1 - powf(0.9f, (float)step), c2 = 1 - powf(0.999f, (float)step);
             for (size_t i = 0; i < (size_t)K * (size_t)E; i++)
-                adamw(&s->w[i], &mom[i], &vel[i], grad[i], (float)o->lr, 1e-4f, c1, c2);
+                coe_adamw_step(&weights, &s->w[i], &mom[i], &vel[i], grad[i], (float)o->lr, c1, c2);
             for (int k = 0; k < K; k++) {
                 size_t i = (size_t)K * (size_t)E + (size_t)k;
-                adamw(&s->b[k], &mom[i], &vel[i], grad[i], (float)o->lr, 0, c1, c2);
+                coe_adamw_step(&biases, &s->b[k], &mom[i], &vel[i], grad[i], (float)o->lr, c1, c2);
             }
         }
         double acc = accuracy(s, p, ho, n_ho);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/adamw.h"
 #include "common/rand.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -79,16 +80,6 @@ static double accuracy(const coe_router *m, const featurized *f, const coe_datas
     free(probs);
     *loss /= (double)d->n;
     return (double)right / (double)d->n;
-}
-
-/* AdamW on one parameter with its moments. */
-static inline void adamw(float *p, float *mo, float *ve, float g, float lr, const coe_train_params *tp, float c1,
-                         float c2)
-{
-    *mo = tp->beta1 * *mo + (1 - tp->beta1) * g;
-    *ve = tp->beta2 * *ve + (1 - tp->beta2) * g * g;
-    float mhat = *mo / c1, vhat = *ve / c2;
-    *p -= lr * (mhat / (sqrtf(vhat) + tp->eps) + tp->weight_decay * *p);
 }
 
 int coe_router_train(const coe_dataset *train, const coe_dataset *dev, const coe_train_params *tp,
@@ -268,13 +259,14 @@ int coe_router_train(const coe_dataset *train, const coe_dataset *dev, const coe
             step++;
             float lr = tp->lr * (1.0f - (float)(step - 1) / (float)steps_total);
             float c1 = 1.0f - powf(tp->beta1, (float)step), c2 = 1.0f - powf(tp->beta2, (float)step);
+            const coe_adamw opt = {tp->beta1, tp->beta2, tp->eps, tp->weight_decay};
             for (size_t i = 0; i < n_dense; i++)
-                adamw(&dense[i], &mom[n_embd + i], &vel[n_embd + i], gdense[i], lr, tp, c1, c2);
+                coe_adamw_step(&opt, &dense[i], &mom[n_embd + i], &vel[n_embd + i], gdense[i], lr, c1, c2);
             for (size_t t = 0; t < n_touched; t++) {
                 size_t base = (size_t)touched[t] * (size_t)d;
                 for (int k = 0; k < d; k++) {
-                    adamw(&m->embd[base + (size_t)k], &mom[base + (size_t)k], &vel[base + (size_t)k],
-                          gembd[base + (size_t)k], lr, tp, c1, c2);
+                    coe_adamw_step(&opt, &m->embd[base + (size_t)k], &mom[base + (size_t)k], &vel[base + (size_t)k],
+                                   gembd[base + (size_t)k], lr, c1, c2);
                     gembd[base + (size_t)k] = 0;
                 }
                 is_touched[touched[t]] = 0;
