@@ -32,6 +32,7 @@
 
 #define MAX_STOPS 4
 #define MAX_SEQS (1 + COE_FUSION_MAX_EXPERTS)
+#define OUTBOX_TOKENS 8 /* tokens a call takes ahead of its deliveries before it waits */
 
 typedef struct tok_rec {
     int32_t id;
@@ -94,6 +95,8 @@ struct local_call {
     /* the program, under prog_mu */
     pthread_mutex_t prog_mu;
     bool ended;           /* sequences closed: nothing more runs */
+    bool paused;          /* the client is behind: take no next step (backpressure) */
+    bool parked;          /* a token waits to be fed until the client catches up */
     coe_seq *seq[MAX_SEQS]; /* plain: [0] the model's; fusion: [0] the router's, [1 + k] expert k's */
     int n_seq;
     int32_t *ids;         /* the prompt, then every generated token */
@@ -123,6 +126,7 @@ struct local_call {
     coe_failure failure;
     coe_usage usage;
     long out_counts[COE_FUSION_MAX_EXPERTS];
+    int out_tokens;       /* taken since the last delivery */
     bool posted;
 };
 
@@ -146,6 +150,8 @@ static void call_unref(local_call *c)
     pthread_mutex_destroy(&c->prog_mu);
     free(c);
 }
+
+static void unpark(local_call *c);
 
 /* ---- delivery: loop thread ---- */
 
@@ -301,6 +307,7 @@ static void deliver(void *arg)
     long counts[COE_FUSION_MAX_EXPERTS];
     memcpy(counts, c->out_counts, sizeof counts);
     c->posted = false;
+    c->out_tokens = 0;
     pthread_mutex_unlock(&c->mu);
 
     if (atomic_load(&c->cancelled) || c->loop_done)
@@ -392,6 +399,7 @@ static void deliver(void *arg)
 out:
     coe_buf_free(&text);
     free(recs);
+    unpark(c);
     call_unref(c);
 }
 
@@ -459,6 +467,8 @@ static void release(local_call *c, size_t upto, const char *finish, bool with_re
         coe_buf_append(&c->out_text, c->gen.data + c->released, upto - c->released);
         c->released = upto;
     }
+    if (with_rec)
+        c->out_tokens++;
     if (with_rec && (c->logprobs || c->trace)) {
         if (c->n_out == c->cap_out) {
             int cap = c->cap_out ? c->cap_out * 2 : 16;
@@ -562,6 +572,30 @@ static int catch_up(local_call *c, int i)
     return rc;
 }
 
+/* Feeds the token just taken to sequence 0 (the model's, or a fusion's router): the
+ * next step of the call. It waits (parked) while the client is behind (local_pause)
+ * or while OUTBOX_TOKENS tokens wait for the loop thread (the next delivery unparks
+ * it), so that what one delivery writes stays small against the client's bound. */
+static void feed_next(local_call *c)
+{
+    pthread_mutex_lock(&c->mu);
+    bool behind = c->out_tokens >= OUTBOX_TOKENS;
+    pthread_mutex_unlock(&c->mu);
+    int rc;
+    c->parked = c->paused || behind;
+    if (!c->parked && (rc = catch_up(c, 0)))
+        fail_locked(c, c->F ? "the fusion router failed: %s" : "the model failed: %s", coe_strerror(rc));
+}
+
+/* Any thread but the program's: goes on with a parked call if it may. */
+static void unpark(local_call *c)
+{
+    pthread_mutex_lock(&c->prog_mu);
+    if (c->parked && !c->ended && !atomic_load(&c->cancelled))
+        feed_next(c);
+    pthread_mutex_unlock(&c->prog_mu);
+}
+
 static void on_release(void *ctx)
 {
     call_unref(ctx);
@@ -577,13 +611,12 @@ static void on_plain(void *ctx, coe_seq *q, const float *logits, const float *hi
         pthread_mutex_unlock(&c->prog_mu);
         return;
     }
-    int rc = 0;
     if (error)
         fail_locked(c, "the model failed: %s", error);
     else if (!take_token(c, logits, -1))
         end_locked(c);
-    else if ((rc = catch_up(c, 0)))
-        fail_locked(c, "the model failed: %s", coe_strerror(rc));
+    else
+        feed_next(c);
     pthread_mutex_unlock(&c->prog_mu);
 }
 
@@ -654,11 +687,10 @@ static void on_expert(void *ctx, coe_seq *q, const float *logits, const float *h
         rows[k] = logits;
     }
     coe_fusion_logits(F->mode, F->lambda, V, F->n, rows, c->probs, c->selected, c->router_logits, c->fused);
-    int rc = 0;
     if (!take_token(c, c->fused, c->selected))
         end_locked(c);
-    else if ((rc = catch_up(c, 0)))
-        fail_locked(c, "the fusion router failed: %s", coe_strerror(rc));
+    else
+        feed_next(c);
     pthread_mutex_unlock(&c->prog_mu);
 }
 
@@ -1241,5 +1273,18 @@ static void local_cancel(coe_loop *loop, void *call)
     loop_finished(c);
 }
 
-const coe_backend_ops coe_local_backend = {"local", local_start, local_cancel, NULL};
-const coe_backend_ops coe_fusion_backend = {"fusion", fusion_start, local_cancel, NULL};
+/* Backpressure: while paused, the call takes no next step once the current one has
+ * given its token; resuming feeds the token that waits. */
+static void local_pause(coe_loop *loop, void *call, bool paused)
+{
+    (void)loop;
+    local_call *c = call;
+    pthread_mutex_lock(&c->prog_mu);
+    c->paused = paused;
+    pthread_mutex_unlock(&c->prog_mu);
+    if (!paused)
+        unpark(c);
+}
+
+const coe_backend_ops coe_local_backend = {"local", local_start, local_cancel, local_pause};
+const coe_backend_ops coe_fusion_backend = {"fusion", fusion_start, local_cancel, local_pause};

@@ -231,7 +231,9 @@ class SlowStreamReader(unittest.TestCase):
     256 KiB bound: a remote expert is paused until the client catches up and every
     event arrives; a backend that cannot pause (echo) is stopped at the bound and the
     stream ends with an error event and a non-200 log line. Never bytes lost while the
-    stream ends with [DONE] as if complete."""
+    stream ends with [DONE] as if complete. A local expert stops stepping its sequence
+    while the client is behind (8.5 MB of tokens with their top-20 logprobs, against a
+    64 KiB bound; without the pause it ends with 507 after what the sockets hold)."""
 
     def slow_read(self, gw, body):
         s = Stream(gw.port, body, timeout=30)
@@ -257,6 +259,24 @@ class SlowStreamReader(unittest.TestCase):
                 self.assertIn("client_too_slow", events[-2])
                 self.assertLess(len(events), 120000)
                 self.assertTrue(gw.wait_log(r"status=507"), gw.logs()[-2000:])
+
+    def test_local_expert_waits_for_the_client(self):
+        with tempfile.TemporaryDirectory(prefix="coegate-slow-") as d:
+            model = os.path.join(d, "tiny.gguf")
+            # Seed 1: greedy decoding of this model does not reach an end token in 6000.
+            r = subprocess.run([COEGATE, "forge", "-o", model, "--context", "8192", "--seed", "1"],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            config = {"server": {"stream_buffer_bytes": 65536},
+                      "experts": {"tiny": {"kind": "local", "path": model, "context": 8192, "threads": 1}},
+                      "routes": {"auto": {"default": "tiny"}}}
+            with Gateway(config) as gw:
+                events = self.slow_read(gw, chat_body("hello", model="tiny", stream=True, max_tokens=6000,
+                                                      temperature=0, logprobs=True, top_logprobs=20))
+                self.assertEqual(events[-1], "[DONE]")
+                self.assertNotIn("error", events[-2])
+                self.assertGreater(sum(map(len, events)), 8 << 20)
+                self.assertTrue(gw.wait_log(r"expert=tiny status=200 .*completion_tokens=6000"), gw.logs()[-2000:])
 
 
 class CircuitBreaker(unittest.TestCase):
