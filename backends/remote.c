@@ -75,8 +75,11 @@ static void scrub_key(const coe_expert_cfg *e, char *msg)
     }
 }
 
-/* The request body for the upstream: the client's, with the upstream model name,
- * the capped max_tokens, and usage asked for on streams. */
+/* The request body for the upstream: the client's, with the upstream model name, the
+ * limit on generated tokens (the smallest of the request's and the expert's) under the
+ * one name the upstream reads (max_tokens, which every OpenAI-compatible server
+ * reads, unless the expert names max_completion_tokens), and usage asked for on
+ * streams. */
 static char *upstream_body(const coe_expert_cfg *e, const coe_request *req)
 {
     cJSON *b = cJSON_Duplicate(req->body, 1);
@@ -85,11 +88,10 @@ static char *upstream_body(const coe_expert_cfg *e, const coe_request *req)
     cJSON_DeleteItemFromObjectCaseSensitive(b, "model");
     cJSON_AddStringToObject(b, "model", e->model);
     long mt = coe_effective_max_tokens(e, req);
-    if (mt > 0 && mt != req->max_tokens) {
-        const char *key = cJSON_HasObjectItem(b, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-        cJSON_DeleteItemFromObjectCaseSensitive(b, key);
-        cJSON_AddNumberToObject(b, key, (double)mt);
-    }
+    cJSON_DeleteItemFromObjectCaseSensitive(b, "max_tokens");
+    cJSON_DeleteItemFromObjectCaseSensitive(b, "max_completion_tokens");
+    if (mt > 0)
+        cJSON_AddNumberToObject(b, e->send_max_completion_tokens ? "max_completion_tokens" : "max_tokens", (double)mt);
     if (req->stream) {
         cJSON *so = cJSON_GetObjectItemCaseSensitive(b, "stream_options");
         if (!cJSON_IsObject(so)) {

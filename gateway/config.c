@@ -310,7 +310,8 @@ static const char *const expert_keys[] = {
     "kind", "base_url", "model", "api_key_env", "headers", "connect_timeout_ms",
     "first_byte_timeout_ms", "chunk_timeout_ms", "stream_timeout_ms", "retries", "retry_backoff_ms",
     "max_retry_after_ms", "breaker_failures", "breaker_cooldown_ms", "max_concurrency", "max_tokens", "cost",
-    "fallbacks", "delay_ms", "path", "threads", "context", "max_batch", "max_queue", "chat_template", NULL};
+    "fallbacks", "delay_ms", "path", "threads", "context", "max_batch", "max_queue", "chat_template",
+    "max_tokens_field", NULL};
 
 static void parse_headers(vctx *v, const cJSON *j, const char *path, coe_expert_cfg *e)
 {
@@ -432,6 +433,14 @@ static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_c
     e->breaker_failures = (int)get_int(v, j, path, "breaker_failures", 0, 1000, 5);
     e->breaker_cooldown_ms = get_int(v, j, path, "breaker_cooldown_ms", 1, 3600000, 10000);
     e->max_tokens = get_int(v, j, path, "max_tokens", 0, 100000000, 0);
+    char *field = get_string(v, j, path, "max_tokens_field", false, "max_tokens");
+    if (field && strcmp(field, "max_tokens") != 0 && strcmp(field, "max_completion_tokens") != 0) {
+        char p[512];
+        child_path(p, sizeof p, path, "max_tokens_field");
+        verr(v, p, "unknown field \"%s\" (expected \"max_tokens\" or \"max_completion_tokens\")", field);
+    }
+    e->send_max_completion_tokens = field && strcmp(field, "max_completion_tokens") == 0;
+    free(field);
     e->cost = get_number(v, j, path, "cost", 0, 1e12, 1.0);
     e->delay_ms = get_int(v, j, path, "delay_ms", 0, 10000, 0);
     bool local = e->kind == COE_EXPERT_LOCAL;
@@ -441,7 +450,7 @@ static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_c
     e->max_batch = (int)get_int(v, j, path, "max_batch", 1, 256, 8);
     e->max_queue = (int)get_int(v, j, path, "max_queue", 0, 100000, 64);
     e->chat_template = get_string(v, j, path, "chat_template", false, NULL);
-    static const char *const remote_only[] = {"base_url", "api_key_env", "headers", NULL};
+    static const char *const remote_only[] = {"base_url", "api_key_env", "headers", "max_tokens_field", NULL};
     static const char *const local_only[] = {"path", "threads", "context", "max_batch", "max_queue", "chat_template",
                                              NULL};
     for (const char *const *k = remote_only; known && !remote && *k; k++)

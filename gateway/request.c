@@ -192,10 +192,15 @@ int coe_request_parse(const char *text, size_t len, coe_endpoint ep, int max_dep
     r->model = cJSON_IsString(model) ? model->valuestring : "auto";
     r->stream = cJSON_IsTrue(field(body, "stream"));
     r->include_usage = r->stream && so && cJSON_IsTrue(field(so, "include_usage"));
-    const cJSON *mt = field(body, "max_completion_tokens");
-    if (!cJSON_IsNumber(mt))
-        mt = field(body, "max_tokens");
-    r->max_tokens = cJSON_IsNumber(mt) ? (long)mt->valuedouble : -1;
+    /* Newer clients send max_completion_tokens (OpenAI's name since o1), older ones
+     * max_tokens; with both, the smaller wins. */
+    r->max_tokens = -1;
+    const char *const limits[] = {"max_tokens", "max_completion_tokens"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *mt = field(body, limits[i]);
+        if (cJSON_IsNumber(mt) && (r->max_tokens < 0 || (long)mt->valuedouble < r->max_tokens))
+            r->max_tokens = (long)mt->valuedouble;
+    }
     *out = r;
     return 0;
 fail:

@@ -20,6 +20,7 @@ class Api(unittest.TestCase):
                 "fake": remote(cls.up, model="upstream-model", api_key_env="COE_TEST_UPSTREAM_KEY",
                                headers={"X-Team": "integration"}),
                 "capped": remote(cls.up, max_tokens=16),
+                "newer": remote(cls.up, max_tokens_field="max_completion_tokens"),
                 "narrow": remote(cls.up, max_concurrency=1, retries=0),
                 "echo": {"kind": "echo"},
             },
@@ -119,7 +120,7 @@ class Api(unittest.TestCase):
         r = request(self.gw.port, "GET", "/v1/models", headers=self.auth)
         self.assertEqual(r.status, 200)
         ids = {m["id"] for m in r.json()["data"]}
-        self.assertEqual(ids, {"auto", "fake", "capped", "narrow", "echo"})
+        self.assertEqual(ids, {"auto", "fake", "capped", "newer", "narrow", "echo"})
         self.assertEqual(r.json()["object"], "list")
         h = request(self.gw.port, "GET", "/health")  # no key needed
         self.assertEqual((h.status, h.json()), (200, {"status": "ok"}))
@@ -176,6 +177,25 @@ class Api(unittest.TestCase):
         self.assertEqual(json.loads(self.up.key("cap2")["last_body"])["max_tokens"], 16)
         self.post(chat_body("fake: key=cap3", model="capped", max_tokens=3))
         self.assertEqual(json.loads(self.up.key("cap3")["last_body"])["max_tokens"], 3)
+
+    def test_max_completion_tokens(self):
+        """The newer name is honoured: the upstream gets one limit, the smallest of the
+        request's two and the expert's cap, under the name the expert reads."""
+        def sent(key, model, **limits):
+            self.assertEqual(self.post(chat_body(f"fake: key={key}", model=model, **limits)).status, 200)
+            body = json.loads(self.up.key(key)["last_body"])
+            return {k: body[k] for k in ("max_tokens", "max_completion_tokens") if k in body}
+
+        self.assertEqual(sent("mct1", "fake", max_completion_tokens=4), {"max_tokens": 4})
+        self.assertEqual(sent("mct2", "fake", max_completion_tokens=9, max_tokens=5), {"max_tokens": 5})
+        self.assertEqual(sent("mct3", "fake", max_completion_tokens=5, max_tokens=9), {"max_tokens": 5})
+        self.assertEqual(sent("mct4", "capped", max_completion_tokens=1000), {"max_tokens": 16})
+        self.assertEqual(sent("mct5", "fake"), {})
+        self.assertEqual(sent("mct6", "newer", max_tokens=7), {"max_completion_tokens": 7})
+        # The echo expert answers one word per token: the limit holds for built-in experts too.
+        r = self.post(chat_body("one two three four five six", model="echo", max_completion_tokens=2))
+        self.assertEqual(r.json()["usage"]["completion_tokens"], 2)
+        self.assertEqual(r.json()["choices"][0]["finish_reason"], "length")
 
     def test_request_cannot_choose_the_upstream(self):
         # Fields that look like routing hints are passed on as data, never used as a URL.

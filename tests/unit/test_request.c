@@ -65,7 +65,11 @@ static void test_defaults(void **state)
     assert_string_equal(r->model, "auto");
     assert_false(r->stream);
     assert_false(r->include_usage);
-    assert_int_equal(r->max_tokens, 7); /* the newer field wins */
+    assert_int_equal(r->max_tokens, 7); /* the smaller wins, whichever name it has */
+    coe_request_free(&r);
+    r = ok(COE_EP_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                        "\"max_completion_tokens\":9,\"max_tokens\":7}");
+    assert_int_equal(r->max_tokens, 7);
     coe_request_free(&r);
     r = ok(COE_EP_COMPLETIONS, "{\"model\":\"m\",\"prompt\":\"once upon\",\"logprobs\":2}");
     assert_string_equal(coe_request_last_user_text(r), "once upon");
