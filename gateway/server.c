@@ -68,7 +68,7 @@ struct coe_server {
 };
 
 /* In the order of coe_metric_endpoint, so that one indexes the other. */
-typedef enum { EP_CHAT, EP_COMPLETIONS, EP_MODELS, EP_HEALTH, EP_METRICS, EP_UNKNOWN } endpoint;
+typedef enum { EP_CHAT, EP_COMPLETIONS, EP_MODELS, EP_MODEL, EP_HEALTH, EP_METRICS, EP_UNKNOWN } endpoint;
 
 /* What one HTTP request carries between libmicrohttpd's calls. */
 typedef struct conn_ctx {
@@ -90,6 +90,7 @@ typedef struct conn_ctx {
     bool close;               /* answer with Connection: close (the framing cannot be trusted) */
     const char *method;
     char path[64];
+    char model_id[COE_NAME_MAX + 2]; /* GET /v1/models/{id}: the id, cut past the longest name */
 } conn_ctx;
 
 static void set_stage(struct MHD_Connection *conn, conn_stage stage)
@@ -391,6 +392,17 @@ static enum MHD_Result send_exchange(struct MHD_Connection *conn, conn_ctx *cx)
     return ret;
 }
 
+/* One entry of /v1/models: route or expert i (routes first). */
+static void model_json(coe_buf *b, const coe_config *c, int i, long long now)
+{
+    bool route = i < c->n_routes;
+    const char *name = route ? c->routes[i].name : c->experts[i - c->n_routes].name;
+    coe_buf_puts(b, "{\"id\":");
+    coe_buf_json_string(b, name, strlen(name));
+    coe_buf_printf(b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"coegate\",\"coegate_type\":\"%s\"}", now,
+                   route ? "route" : c->experts[i - c->n_routes].kind == COE_EXPERT_FUSION ? "fusion" : "expert");
+}
+
 static enum MHD_Result send_models(struct MHD_Connection *conn, conn_ctx *cx)
 {
     const coe_config *c = cx->cfg;
@@ -398,17 +410,31 @@ static enum MHD_Result send_models(struct MHD_Connection *conn, conn_ctx *cx)
     long long now = coe_wall_s();
     coe_buf_puts(&b, "{\"object\":\"list\",\"data\":[");
     for (int i = 0; i < c->n_routes + c->n_experts; i++) {
-        bool route = i < c->n_routes;
-        const char *name = route ? c->routes[i].name : c->experts[i - c->n_routes].name;
-        coe_buf_printf(&b, "%s{\"id\":", i ? "," : "");
-        coe_buf_json_string(&b, name, strlen(name));
-        coe_buf_printf(&b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"coegate\",\"coegate_type\":\"%s\"}",
-                       now, route ? "route" : c->experts[i - c->n_routes].kind == COE_EXPERT_FUSION ? "fusion" : "expert");
+        if (i)
+            coe_buf_puts(&b, ",");
+        model_json(&b, c, i, now);
     }
     coe_buf_puts(&b, "]}");
     enum MHD_Result r = send_built(conn, cx, 200, "application/json", &b, 0);
     coe_buf_free(&b);
     return r;
+}
+
+/* GET /v1/models/{id}: what the list says of one route or expert. */
+static enum MHD_Result send_model(struct MHD_Connection *conn, conn_ctx *cx)
+{
+    const coe_config *c = cx->cfg;
+    for (int i = 0; i < c->n_routes + c->n_experts; i++)
+        if (strcmp(cx->model_id, i < c->n_routes ? c->routes[i].name : c->experts[i - c->n_routes].name) == 0) {
+            coe_buf b = COE_BUF_INIT;
+            model_json(&b, c, i, coe_wall_s());
+            enum MHD_Result r = send_built(conn, cx, 200, "application/json", &b, 0);
+            coe_buf_free(&b);
+            return r;
+        }
+    char msg[160];
+    snprintf(msg, sizeof msg, "the model '%.64s' is neither an expert nor a route; see GET /v1/models", cx->model_id);
+    return fail(conn, cx, 404, "model_not_found", "model", msg);
 }
 
 /* ---- request handling ---- */
@@ -421,6 +447,8 @@ static endpoint classify(const char *url)
         return EP_COMPLETIONS;
     if (strcmp(url, "/v1/models") == 0)
         return EP_MODELS;
+    if (strncmp(url, "/v1/models/", 11) == 0 && url[11])
+        return EP_MODEL;
     if (strcmp(url, "/health") == 0)
         return EP_HEALTH;
     if (strcmp(url, "/metrics") == 0)
@@ -453,6 +481,8 @@ static conn_ctx *new_ctx(worker *w, struct MHD_Connection *conn, const char *url
     cx->start_us = coe_now_us();
     cx->method = strcmp(method, "GET") == 0 ? "GET" : strcmp(method, "POST") == 0 ? "POST" : "OTHER";
     snprintf(cx->path, sizeof cx->path, "%s", cx->ep == EP_UNKNOWN ? "-" : url);
+    if (cx->ep == EP_MODEL)
+        snprintf(cx->model_id, sizeof cx->model_id, "%s", url + 11);
     const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
     if (rid && valid_request_id(rid))
         snprintf(cx->id, sizeof cx->id, "%s", rid);
@@ -569,6 +599,8 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
         return send_body(conn, cx, 200, "application/json", "{\"status\":\"ok\"}", 15, NULL, 0, NULL);
     if (cx->ep == EP_MODELS)
         return send_models(conn, cx);
+    if (cx->ep == EP_MODEL)
+        return send_model(conn, cx);
     if (cx->ep == EP_METRICS) {
         coe_buf b = COE_BUF_INIT;
         coe_metrics_render(&b, atomic_load(&s->inflight));

@@ -122,6 +122,15 @@ class Api(unittest.TestCase):
         ids = {m["id"] for m in r.json()["data"]}
         self.assertEqual(ids, {"auto", "fake", "capped", "newer", "narrow", "echo"})
         self.assertEqual(r.json()["object"], "list")
+        listed = {m["id"]: m for m in r.json()["data"]}
+        for name in ("fake", "auto"):  # one entry: what the list says of it
+            one = request(self.gw.port, "GET", "/v1/models/" + name, headers=self.auth)
+            self.assertEqual(one.status, 200)
+            self.assertEqual({**one.json(), "created": 0}, {**listed[name], "created": 0})
+        self.assertError(request(self.gw.port, "GET", "/v1/models/nobody", headers=self.auth), 404,
+                         param="model", code="model_not_found", text="nobody")
+        self.assertError(request(self.gw.port, "GET", "/v1/models/fake"), 401)
+        self.assertError(request(self.gw.port, "POST", "/v1/models/fake", body={}, headers=self.auth), 405)
         h = request(self.gw.port, "GET", "/health")  # no key needed
         self.assertEqual((h.status, h.json()), (200, {"status": "ok"}))
 
