@@ -18,7 +18,6 @@ typedef struct echo_call {
     long sent;        /* words sent */
     long max_words;   /* -1: no limit */
     long prompt_words;
-    bool role_sent;
     coe_timer *timer;
 } echo_call;
 
@@ -87,9 +86,6 @@ static void step(void *arg)
         return;
     }
     coe_delta d = {0};
-    if (!c->role_sent && c->req->endpoint == COE_EP_CHAT)
-        d.role = "assistant";
-    c->role_sent = true;
     d.content = c->text + c->pos;
     d.content_len = k;
     c->pos += k;

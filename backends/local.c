@@ -87,7 +87,7 @@ struct local_call {
     /* loop side */
     coe_loop *loop;
     coe_sink sink;
-    bool loop_done, role_sent;
+    bool loop_done;
     coe_buf full;         /* non-streamed: the text so far */
     tok_rec *all_recs;    /* non-streamed: every token's record */
     int n_all, cap_all;
@@ -321,9 +321,6 @@ static void deliver(void *arg)
     if (c->stream) {
         if (text.len > 0 || n_recs > 0) {
             coe_delta d = {0};
-            if (!c->role_sent && c->chat)
-                d.role = "assistant";
-            c->role_sent = true;
             d.content = text.data ? text.data : "";
             d.content_len = text.len;
             coe_buf lp = COE_BUF_INIT, ext = COE_BUF_INIT;
@@ -341,8 +338,6 @@ static void deliver(void *arg)
         }
         if (finish) {
             coe_delta d = {0};
-            if (!c->role_sent && c->chat)
-                d.role = "assistant";
             d.finish_reason = finish;
             coe_buf ext = COE_BUF_INIT;
             if (c->F) {

@@ -38,6 +38,7 @@ typedef struct dispatch {
     bool trial;         /* this attempt is its expert's half-open circuit trial */
     bool paused;        /* the backend stopped taking in the answer: the client is slow */
     coe_timer *resume;  /* resumes it, outside the client's read */
+    uint64_t roles_sent; /* chat streams: choices (by index, below 64) whose role went out */
 } dispatch;
 
 const char *coe_error_type(int status)
@@ -355,10 +356,21 @@ static void try_next(dispatch *d)
     fail_request(d, &d->last);
 }
 
+/* Every choice's first chunk of a chat stream says role "assistant", as OpenAI's do,
+ * whatever the expert sends (llama-server's say nothing). */
 static void on_delta(void *ctx, const coe_delta *delta)
 {
     dispatch *d = ctx;
     commit(d);
+    coe_delta with_role;
+    if (d->req->endpoint == COE_EP_CHAT && delta->index < 64 && !(d->roles_sent >> delta->index & 1)) {
+        d->roles_sent |= 1ull << delta->index;
+        if (!delta->role) {
+            with_role = *delta;
+            with_role.role = "assistant";
+            delta = &with_role;
+        }
+    }
     coe_buf b = COE_BUF_INIT;
     coe_openai_chunk(&b, &d->reply, delta);
     send_buf(d, &b);

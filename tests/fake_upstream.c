@@ -4,8 +4,8 @@
  * Behaviour is chosen per request by a line in the last user message (or prompt):
  *   fake: key=NAME chunks=N delay_ms=D first_delay_ms=D status=S fail_times=K
  *         retry_after=SECS stall_after=N drop_after=N malformed_after=N
- *         echo_key=N error_after=N pings=N sse=1
- * sse=1 answers with an event stream even when the request does not ask for one. pings sends N ": ping" comments, 100 ms apart, before the first chunk. echo_key puts the request's bearer key into error messages after N filler
+ *         echo_key=N error_after=N pings=N sse=1 norole=1
+ * norole=1 leaves the role out of the first chunk, as llama-server does. sse=1 answers with an event stream even when the request does not ask for one. pings sends N ": ping" comments, 100 ms apart, before the first chunk. echo_key puts the request's bearer key into error messages after N filler
  * characters (a key that a cut of the message would straddle); error_after sends an
  * error event after N chunks of a stream. key names a scenario for /stats and fail_times (fail the first K requests of the
  * scenario with status S, then answer). Without a directive it answers at once with
@@ -68,7 +68,7 @@ static scenario *find(const char *key)
 typedef struct directive {
     char key[64];
     int chunks, delay_ms, first_delay_ms, status, fail_times, retry_after;
-    int stall_after, drop_after, malformed_after, echo_key, error_after, pings, sse;
+    int stall_after, drop_after, malformed_after, echo_key, error_after, pings, sse, norole;
 } directive;
 
 static void parse_directive(const char *text, directive *d)
@@ -100,6 +100,7 @@ static void parse_directive(const char *text, directive *d)
             else if (!strcmp(name, "error_after")) d->error_after = v;
             else if (!strcmp(name, "pings")) d->pings = v;
             else if (!strcmp(name, "sse")) d->sse = v;
+            else if (!strcmp(name, "norole")) d->norole = v;
         }
         while (*p && *p != ' ' && *p != '\n')
             p++;
@@ -181,7 +182,7 @@ static void fill(stream *s)
         const char *piece = pieces[s->next % N_PIECES];
         if (s->chat) {
             cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
-            if (s->next == 0)
+            if (s->next == 0 && !d->norole)
                 cJSON_AddStringToObject(delta, "role", "assistant");
             cJSON_AddStringToObject(delta, "content", piece);
         } else {

@@ -187,6 +187,18 @@ class Api(unittest.TestCase):
         self.post(chat_body("fake: key=cap3", model="capped", max_tokens=3))
         self.assertEqual(json.loads(self.up.key("cap3")["last_body"])["max_tokens"], 3)
 
+    def test_first_chunk_has_the_role(self):
+        """An upstream that leaves the role out (llama-server) is normalised: the first
+        chunk says role assistant, the others say no role, the text is unchanged."""
+        for directive in ("norole=1", ""):
+            with self.subTest(directive=directive):
+                s = self.stream(chat_body(f"fake: key=role {directive}", stream=True))
+                text, chunks = content_of_stream(s.all())
+                s.close()
+                self.assertEqual([c["choices"][0]["delta"].get("role") for c in chunks],
+                                 ["assistant"] + [None] * (len(chunks) - 1))
+                self.assertEqual(text, "Hello w\u00f6rld \"quoted\"")
+
     def test_max_completion_tokens(self):
         """The newer name is honoured: the upstream gets one limit, the smallest of the
         request's two and the expert's cap, under the name the expert reads."""
