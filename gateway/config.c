@@ -400,13 +400,27 @@ static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_c
     e->base_url = get_string(v, j, path, "base_url", remote, NULL);
     if (e->base_url) {
         child_path(p, sizeof p, path, "base_url");
+        bool usable = false;
         if (strncmp(e->base_url, "http://", 7) != 0 && strncmp(e->base_url, "https://", 8) != 0)
             verr(v, p, "must start with http:// or https://");
         else if (strchr(e->base_url, ' '))
             verr(v, p, "must not contain spaces");
+        else
+            usable = remote;
         size_t n = strlen(e->base_url);
         while (n > 0 && e->base_url[n - 1] == '/')
             e->base_url[--n] = '\0';
+        /* The usual mistakes: the endpoint's URL, or the server's without its API root. */
+        static const char *const endpoints[] = {"/chat/completions", "/completions", "/models", NULL};
+        for (const char *const *ep = endpoints; usable && *ep; ep++)
+            if (n >= strlen(*ep) && strcmp(e->base_url + n - strlen(*ep), *ep) == 0) {
+                verr(v, p, "ends with the endpoint %s: give the API root (such as http://127.0.0.1:8000/v1), "
+                           "to which coegate adds the endpoint", *ep);
+                usable = false;
+            }
+        if (usable && !strchr(strstr(e->base_url, "://") + 3, '/'))
+            diag(v, true, p, "has no path: vLLM, Ollama and OpenAI serve the API under /v1 (such as "
+                             "http://127.0.0.1:8000/v1); only llama.cpp's server also answers at the root");
     }
     e->model = get_string(v, j, path, "model", false, e->name);
     e->api_key_env = get_string(v, j, path, "api_key_env", false, NULL);
