@@ -729,6 +729,43 @@ static void parse_route(vctx *v, const cJSON *j, const char *path, coe_config *c
                          "goes to the default expert", r->router->n_classes);
 }
 
+/* A category that no route's router can produce never receives a request: a name
+ * spelt differently from the router's, or a router trained without it. */
+static void check_categories_reachable(vctx *v, const coe_config *c)
+{
+    bool any_router = false;
+    for (int r = 0; r < c->n_routes; r++)
+        any_router |= c->routes[r].router && c->routes[r].category_of_class;
+    for (int k = 0; any_router && k < c->n_categories; k++) {
+        bool reached = false;
+        for (int r = 0; r < c->n_routes && !reached; r++) {
+            const coe_route_cfg *rt = &c->routes[r];
+            for (int i = 0; rt->router && rt->category_of_class && i < rt->router->n_classes && !reached; i++)
+                reached = rt->category_of_class[i] == k;
+        }
+        if (reached)
+            continue;
+        char path[512];
+        child_path(path, sizeof path, "categories", c->categories[k].name);
+        coe_buf known = COE_BUF_INIT;
+        /* Each name once: routes may share a router, and finer classes their category. */
+        for (int r = 0; r < c->n_routes; r++)
+            for (int i = 0; c->routes[r].router && i < c->routes[r].router->n_classes; i++) {
+                const char *name = c->routes[r].router->categories[i];
+                bool seen = false;
+                for (int r2 = 0; r2 <= r && !seen; r2++)
+                    for (int j = 0; c->routes[r2].router && j < (r2 < r ? c->routes[r2].router->n_classes : i) && !seen;
+                         j++)
+                        seen = strcmp(c->routes[r2].router->categories[j], name) == 0;
+                if (!seen)
+                    coe_buf_printf(&known, "%s%s", known.len ? ", " : "", name);
+            }
+        diag(v, true, path, "no route's router produces this category (they produce: %s): no request reaches it",
+             known.data ? known.data : "");
+        coe_buf_free(&known);
+    }
+}
+
 static const char *const top_keys[] = {"server", "experts", "fusions", "categories", "routes", NULL};
 
 int coe_config_parse(const char *text, size_t len, const char *name, coe_config_mode mode,
@@ -830,6 +867,7 @@ int coe_config_parse(const char *text, size_t len, const char *name, coe_config_
             parse_route(&v, j, path, c, &c->routes[i]);
         }
     }
+    check_categories_reachable(&v, c);
 done:
     cJSON_Delete(root);
     if (v.errors) {

@@ -118,6 +118,20 @@ class Routing(unittest.TestCase):
                       r.stderr)
         self.assertIn(f"{path}: routes.plain.threshold: takes effect only with a router", r.stderr)
 
+    def test_category_no_router_produces(self):
+        # "poem" is not one of the router's categories (code, math, writing): a warning
+        # names it and what the routers produce; "code" and "math" draw none.
+        config = json.loads(json.dumps(self.config))
+        config["categories"]["poem"] = {"experts": {"writer": 0.9}}
+        path = os.path.join(self.dir.name, "poem.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        r = self.run_coegate("config", "check", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"warning: {path}: categories.poem: no route's router produces this category "
+                      "(they produce: code, math, writing): no request reaches it", r.stderr)
+        self.assertEqual(r.stderr.count("warning:"), 1, r.stderr)
+
 
 class Evaluation(unittest.TestCase):
     def test_report_with_an_expert_pool(self):
