@@ -301,32 +301,45 @@ static bool handle_json_body(remote_call *c)
     return true;
 }
 
-/* How an HTTP error from the upstream is passed on. */
+/* How an HTTP error from the upstream is passed on: classified by its status, or by
+ * its body where that says the request is invalid (some servers answer 500 to a
+ * request they cannot serve), with the upstream's message, key scrubbed, after ours. */
 static void http_failure(remote_call *c, coe_failure *f)
 {
     char detail[256] = "";
+    bool invalid = false;
     cJSON *j = cJSON_ParseWithLength(c->in.data ? c->in.data : "", c->in.len);
-    if (cJSON_IsObject(j) && cJSON_GetObjectItemCaseSensitive(j, "error"))
-        upstream_error_message(c, cJSON_GetObjectItemCaseSensitive(j, "error"), detail, sizeof detail);
+    const cJSON *err = cJSON_IsObject(j) ? cJSON_GetObjectItemCaseSensitive(j, "error") : NULL;
+    if (err) {
+        upstream_error_message(c, err, detail, sizeof detail);
+        const char *type = str_or_null(err, "type");
+        const cJSON *code = cJSON_GetObjectItemCaseSensitive(err, "code");
+        invalid = (type && strcmp(type, "invalid_request_error") == 0) ||
+                  (cJSON_IsNumber(code) && code->valuedouble >= 400 && code->valuedouble < 500 &&
+                   code->valuedouble != 401 && code->valuedouble != 403 && code->valuedouble != 429);
+    }
     cJSON_Delete(j);
     long s = c->status;
     const char *name = c->e->name;
-    if (s == 400 || s == 422 || s == 413)
+    char why[300];
+    snprintf(why, sizeof why, "%s%s", detail[0] ? ": " : "", detail);
+    if (s == 400 || s == 422 || s == 413 || (s >= 500 && invalid))
         coe_failure_set(f, COE_FAIL_FINAL, s == 413 ? 413 : 400, "expert '%s' rejected the request: %s", name,
                         detail[0] ? detail : "bad request");
     else if (s == 401 || s == 403)
-        coe_failure_set(f, COE_FAIL_NEXT, 502, "expert '%s' refused the gateway's credentials (HTTP %ld)", name, s);
+        coe_failure_set(f, COE_FAIL_NEXT, 502, "expert '%s' refused the gateway's credentials (HTTP %ld)%s", name, s,
+                        why);
     else if (s == 404)
-        coe_failure_set(f, COE_FAIL_NEXT, 502, "expert '%s' does not know model '%s' or the path (HTTP 404)", name,
-                        c->e->model);
+        coe_failure_set(f, COE_FAIL_NEXT, 502, "expert '%s' does not know model '%s' or the path (HTTP 404)%s", name,
+                        c->e->model, why);
     else if (s == 429)
-        coe_failure_set(f, COE_FAIL_RETRY, 429, "expert '%s' is rate-limited (HTTP 429)", name);
+        coe_failure_set(f, COE_FAIL_RETRY, 429, "expert '%s' is rate-limited (HTTP 429)%s", name, why);
     else if (s == 504 || s == 408)
-        coe_failure_set(f, COE_FAIL_RETRY, 504, "expert '%s' timed out upstream (HTTP %ld)", name, s);
+        coe_failure_set(f, COE_FAIL_RETRY, 504, "expert '%s' timed out upstream (HTTP %ld)%s", name, s, why);
     else if (s >= 500 || s == 409)
-        coe_failure_set(f, COE_FAIL_RETRY, 502, "expert '%s' failed (HTTP %ld)", name, s);
+        coe_failure_set(f, COE_FAIL_RETRY, 502, "expert '%s' failed (HTTP %ld)%s", name, s, why);
     else
-        coe_failure_set(f, COE_FAIL_NEXT, 502, "expert '%s' answered with unexpected HTTP status %ld", name, s);
+        coe_failure_set(f, COE_FAIL_NEXT, 502, "expert '%s' answered with unexpected HTTP status %ld%s", name, s, why);
     f->retry_after_ms = c->retry_after_ms;
 }
 

@@ -29,6 +29,8 @@ typedef struct dispatch {
     bool committed;     /* something reached the client: no more retries */
     coe_failure last;
     coe_buf choices;    /* a non-streamed result, until done */
+    coe_failure first;  /* the chosen expert's failure, once it has fallen back */
+    coe_buf then;       /* "; then 'b': why" for each fallback that failed too */
     coe_usage usage;
     bool have_usage;
     coe_sink sink;
@@ -129,6 +131,7 @@ static void free_dispatch(dispatch *d)
     coe_request_free(&d->req);
     coe_config_unref(&d->cfg);
     coe_buf_free(&d->choices);
+    coe_buf_free(&d->then);
     free(d);
 }
 
@@ -235,11 +238,12 @@ static void respond_built(dispatch *d, int status, long retry_after_s, const coe
         coe_exchange_respond(d->ex, status, current_expert(d)->name, retry_after_s, b->data, b->len);
 }
 
-static void fail_request(dispatch *d, const coe_failure *f)
+/* then: what the fallbacks said, after f (the chosen expert's failure), or NULL. */
+static void fail_request(dispatch *d, const coe_failure *f, const char *then)
 {
     coe_api_error e;
-    coe_api_error_set(&e, f->status, coe_error_type(f->status), NULL, f->param[0] ? f->param : NULL, "%s",
-                      f->message);
+    coe_api_error_set(&e, f->status, coe_error_type(f->status), NULL, f->param[0] ? f->param : NULL, "%s%s",
+                      f->message, then ? then : "");
     coe_buf b = COE_BUF_INIT;
     coe_openai_error(&b, &e, false);
     long retry_after_s = f->status == 503 ? 1 : f->retry_after_ms > 0 ? (f->retry_after_ms + 999) / 1000 : 0;
@@ -330,7 +334,7 @@ static void try_next(dispatch *d)
 {
     coe_expert_cfg *e = current_expert(d);
     if (d->last.kind == COE_FAIL_FINAL) {
-        fail_request(d, &d->last);
+        fail_request(d, &d->last, NULL);
         return;
     }
     if (d->last.kind == COE_FAIL_RETRY && d->attempt <= e->retries) {
@@ -344,6 +348,12 @@ static void try_next(dispatch *d)
             }
         }
     }
+    /* When every candidate has failed, the client hears the chosen expert's reason
+     * first (a fallback's is rarely what went wrong), then each fallback's. */
+    if (d->cand == 0)
+        d->first = d->last;
+    else
+        coe_buf_printf(&d->then, "; then fallback %s", d->last.message);
     if (d->cand + 1 < d->n_candidates) {
         coe_metrics_expert(e->name, COE_EXPERT_FELL_BACK, 1);
         coe_info("expert '%s' failed (%s); falling back to '%s'", e->name, d->last.message,
@@ -353,7 +363,7 @@ static void try_next(dispatch *d)
         attempt_start(d);
         return;
     }
-    fail_request(d, &d->last);
+    fail_request(d, &d->first, d->then.data);
 }
 
 /* Every choice's first chunk of a chat stream says role "assistant", as OpenAI's do,

@@ -19,7 +19,7 @@ typedef struct coe_api_error {
     const char *type;    /* static: invalid_request_error, authentication_error, ... */
     const char *code;    /* static or NULL */
     char param[96];      /* the offending field as a path, or "" */
-    char message[320];
+    char message[1024];  /* room for an expert's failure and its fallbacks' */
 } coe_api_error;
 
 void coe_api_error_set(coe_api_error *e, int status, const char *type, const char *code,

@@ -4,8 +4,8 @@
  * Behaviour is chosen per request by a line in the last user message (or prompt):
  *   fake: key=NAME chunks=N delay_ms=D first_delay_ms=D status=S fail_times=K
  *         retry_after=SECS stall_after=N drop_after=N malformed_after=N
- *         echo_key=N error_after=N pings=N sse=1 norole=1
- * norole=1 leaves the role out of the first chunk, as llama-server does. sse=1 answers with an event stream even when the request does not ask for one. pings sends N ": ping" comments, 100 ms apart, before the first chunk. echo_key puts the request's bearer key into error messages after N filler
+ *         echo_key=N error_after=N pings=N sse=1 norole=1 error_type=T
+ * error_type sets the error's "type" (default fake_error) in error answers. norole=1 leaves the role out of the first chunk, as llama-server does. sse=1 answers with an event stream even when the request does not ask for one. pings sends N ": ping" comments, 100 ms apart, before the first chunk. echo_key puts the request's bearer key into error messages after N filler
  * characters (a key that a cut of the message would straddle); error_after sends an
  * error event after N chunks of a stream. key names a scenario for /stats and fail_times (fail the first K requests of the
  * scenario with status S, then answer). Without a directive it answers at once with
@@ -69,6 +69,7 @@ typedef struct directive {
     char key[64];
     int chunks, delay_ms, first_delay_ms, status, fail_times, retry_after;
     int stall_after, drop_after, malformed_after, echo_key, error_after, pings, sse, norole;
+    char error_type[64];
 } directive;
 
 static void parse_directive(const char *text, directive *d)
@@ -101,6 +102,7 @@ static void parse_directive(const char *text, directive *d)
             else if (!strcmp(name, "pings")) d->pings = v;
             else if (!strcmp(name, "sse")) d->sse = v;
             else if (!strcmp(name, "norole")) d->norole = v;
+            else if (!strcmp(name, "error_type")) snprintf(d->error_type, sizeof d->error_type, "%s", value);
         }
         while (*p && *p != ' ' && *p != '\n')
             p++;
@@ -137,7 +139,7 @@ static char *error_body(const directive *d, const char *auth, int status)
     }
     cJSON *j = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(j, "error");
     cJSON_AddStringToObject(e, "message", msg);
-    cJSON_AddStringToObject(e, "type", "fake_error");
+    cJSON_AddStringToObject(e, "type", d->error_type[0] ? d->error_type : "fake_error");
     char *t = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return t;

@@ -68,6 +68,29 @@ class Resilience(unittest.TestCase):
         r = post(self.gw.port, chat_body("fake: key=r5 status=429", model="lonely"))
         self.assertEqual(r.status, 429)
 
+    def test_failures_keep_their_reason(self):
+        # The upstream's message reaches the client; when the fallback fails too, the
+        # chosen expert's reason comes first, then the fallback's, each named.
+        r = post(self.gw.port, chat_body("fake: key=why1 status=500", model="lonely"))
+        self.assertEqual(r.status, 502)
+        self.assertEqual(r.json()["error"]["message"], "expert 'lonely' failed (HTTP 500): fake failure 500")
+        r = post(self.gw.port, chat_body("fake: key=why2 status=503"))
+        self.assertEqual(r.status, 502)
+        self.assertEqual(r.json()["error"]["message"], "expert 'primary' failed (HTTP 503): fake failure 503; "
+                         "then fallback expert 'backup' failed (HTTP 503): fake failure 503")
+        # Not masked by the fallback's unrelated error.
+        r = post(self.gw.port, chat_body("fake: key=why3 status=503", model="gone"))
+        self.assertEqual(r.status, 502)
+        msg = r.json()["error"]["message"]
+        self.assertTrue(msg.startswith("expert 'gone' could not be reached: "), msg)
+        self.assertTrue(msg.endswith("; then fallback expert 'backup' failed (HTTP 503): fake failure 503"), msg)
+        # A 5xx whose body says the request is invalid is the request's fault: 400 with
+        # the upstream's reason, no retry, no fallback.
+        r = post(self.gw.port, chat_body("fake: key=why4 status=500 error_type=invalid_request_error"))
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["error"]["message"], "expert 'primary' rejected the request: fake failure 500")
+        self.assertEqual(self.up.key("why4")["requests"], 1)
+
     def test_retry_after_is_honoured(self):
         t0 = time.monotonic()
         r = post(self.gw.port, chat_body("fake: key=ra status=429 retry_after=1 fail_times=1"))
