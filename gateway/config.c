@@ -974,3 +974,16 @@ int coe_config_find_route(const coe_config *c, const char *name)
             return i;
     return -1;
 }
+
+void coe_config_summary(const coe_config *c, char *out, size_t n)
+{
+    int fusions = 0;
+    for (int i = 0; i < c->n_experts; i++)
+        fusions += c->experts[i].kind == COE_EXPERT_FUSION;
+    int experts = c->n_experts - fusions;
+    char groups[40] = "";
+    if (fusions)
+        snprintf(groups, sizeof groups, ", %d fusion group%s", fusions, fusions == 1 ? "" : "s");
+    snprintf(out, n, "%d expert%s%s, %d route%s", experts, experts == 1 ? "" : "s", groups, c->n_routes,
+             c->n_routes == 1 ? "" : "s");
+}

@@ -149,4 +149,7 @@ int coe_config_find_expert(const coe_config *c, const char *name);
 int coe_config_find_route(const coe_config *c, const char *name);
 int coe_config_find_category(const coe_config *c, const char *name);
 
+/* "4 experts, 1 fusion group, 1 route": what a configuration serves, for messages. */
+void coe_config_summary(const coe_config *c, char *out, size_t n);
+
 #endif

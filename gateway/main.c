@@ -109,14 +109,9 @@ static int cmd_config(int argc, char **argv)
         fprintf(stderr, "%s: invalid\n", argv[1]);
         return 1;
     }
-    int n_fusions = 0;
-    for (int i = 0; i < cfg->n_experts; i++)
-        n_fusions += cfg->experts[i].kind == COE_EXPERT_FUSION;
-    if (n_fusions)
-        printf("%s: ok (%d experts, %d fusion groups, %d routes)\n", argv[1], cfg->n_experts - n_fusions, n_fusions,
-               cfg->n_routes);
-    else
-        printf("%s: ok (%d experts, %d routes)\n", argv[1], cfg->n_experts, cfg->n_routes);
+    char summary[96];
+    coe_config_summary(cfg, summary, sizeof summary);
+    printf("%s: ok (%s)\n", argv[1], summary);
     coe_config_unref(&cfg);
     return 0;
 }
@@ -379,8 +374,10 @@ static int cmd_serve(int argc, char **argv)
     }
     const char *host = cfg->server.host;
     bool v6 = strchr(host, ':') != NULL;
-    printf("coegate %s listening on http://%s%s%s:%d (%d experts, %d routes, config %s)\n", COE_VERSION,
-           v6 ? "[" : "", host, v6 ? "]" : "", coe_server_port(srv), cfg->n_experts, cfg->n_routes, cfg->path);
+    char summary[96];
+    coe_config_summary(cfg, summary, sizeof summary);
+    printf("coegate %s listening on http://%s%s%s:%d (%s, config %s)\n", COE_VERSION, v6 ? "[" : "", host,
+           v6 ? "]" : "", coe_server_port(srv), summary, cfg->path);
     fflush(stdout);
 
     for (;;) {
@@ -400,7 +397,8 @@ static int cmd_serve(int argc, char **argv)
                 continue;
             }
             coe_server_set_config(srv, next);
-            coe_info("%s: reloaded (%d experts, %d routes)", o.config, next->n_experts, next->n_routes);
+            coe_config_summary(next, summary, sizeof summary);
+            coe_info("%s: reloaded (%s)", o.config, summary);
             coe_config_unref(&cfg);
             cfg = next;
             continue;

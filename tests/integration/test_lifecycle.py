@@ -28,7 +28,7 @@ class Reload(unittest.TestCase):
             config["routes"]["auto"]["default"] = "b"
             gw.write_config(config)
             gw.signal(signal.SIGHUP)
-            self.assertTrue(gw.wait_log(r"reloaded \(2 experts, 1 routes\)"))
+            self.assertTrue(gw.wait_log(r"reloaded \(2 experts, 1 route\)"))
             self.assertEqual(model_ids(gw.port), {"auto", "a", "b"})
             self.assertEqual(post(gw.port, chat_body("hi")).headers["x-coegate-expert"], "b")
             text, _ = content_of_stream(s.all())
@@ -138,7 +138,7 @@ class CommandLine(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             r = self.run_coegate("config", "check", config)
             self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertIn("ok (4 experts, 1 fusion groups, 1 routes)", r.stdout)
+            self.assertIn("ok (4 experts, 1 fusion group, 1 route)", r.stdout)
 
     def test_config_check(self):
         r = self.run_coegate("config", "check", "configs/remote-example.json")

@@ -236,7 +236,7 @@ class LocalLifecycle(unittest.TestCase):
                 config["experts"]["n"] = {"kind": "local", "path": slow, "context": 8192, "threads": 1}
                 gw.write_config(config)
                 gw.signal(signal.SIGHUP)
-                self.assertTrue(gw.wait_log(r"reloaded \(2 experts, 1 routes\)"))
+                self.assertTrue(gw.wait_log(r"reloaded \(2 experts, 1 route\)"))
                 self.assertEqual(post(gw.port, chat_body("hi", model="n", max_tokens=3)).status, 200)
                 text, chunks = content_of_stream(s.all())
                 s.close()
