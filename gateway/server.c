@@ -468,6 +468,16 @@ static bool valid_request_id(const char *s)
     return true;
 }
 
+/* What the client sent (a path, a model name), as one printable word of the access
+ * log, cut to n - 1 bytes: a client must not be able to forge or split log lines. */
+static void log_word(char *out, size_t n, const char *in)
+{
+    size_t k = 0;
+    for (; *in && k < n - 1; in++)
+        out[k++] = (*in > 0x20 && *in < 0x7f) ? *in : '?';
+    out[k] = '\0';
+}
+
 static conn_ctx *new_ctx(worker *w, struct MHD_Connection *conn, const char *url, const char *method)
 {
     coe_server *s = w->srv;
@@ -479,8 +489,11 @@ static conn_ctx *new_ctx(worker *w, struct MHD_Connection *conn, const char *url
     cx->cfg = acquire_config(s);
     cx->ep = classify(url);
     cx->start_us = coe_now_us();
-    cx->method = strcmp(method, "GET") == 0 ? "GET" : strcmp(method, "POST") == 0 ? "POST" : "OTHER";
-    snprintf(cx->path, sizeof cx->path, "%s", cx->ep == EP_UNKNOWN ? "-" : url);
+    cx->method = strcmp(method, "GET") == 0    ? "GET"
+                 : strcmp(method, "POST") == 0 ? "POST"
+                 : strcmp(method, "HEAD") == 0 ? "HEAD"
+                                               : "OTHER";
+    log_word(cx->path, sizeof cx->path, url);
     if (cx->ep == EP_MODEL)
         snprintf(cx->model_id, sizeof cx->model_id, "%s", url + 11);
     const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
@@ -573,7 +586,8 @@ static enum MHD_Result on_headers(struct MHD_Connection *conn, conn_ctx *cx, con
     if (cx->ep == EP_UNKNOWN)
         return fail(conn, cx, 404, "not_found", NULL, "unknown path; see GET /v1/models");
     bool want_get = cx->ep != EP_CHAT && cx->ep != EP_COMPLETIONS;
-    if (strcmp(method, want_get ? "GET" : "POST") != 0)
+    /* HEAD asks what GET would answer; libmicrohttpd leaves the body out. */
+    if (strcmp(method, want_get ? "GET" : "POST") != 0 && !(want_get && strcmp(method, "HEAD") == 0))
         return fail(conn, cx, 405, "method_not_allowed", NULL, want_get ? "use GET here" : "use POST here");
     if (cx->ep != EP_HEALTH &&
         !coe_auth_check(sc, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION)))
@@ -618,11 +632,7 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
     if (coe_request_parse(cx->body.data, cx->body.len, ep, sc->max_json_depth, &req, &err))
         return send_error(conn, cx, &err);
     coe_buf_free(&cx->body);
-    /* The model name is the client's: keep it to one printable word in the log. */
-    size_t k = 0;
-    for (const char *m = req->model; *m && k < sizeof cx->model - 1; m++)
-        cx->model[k++] = (*m > 0x20 && *m < 0x7f) ? *m : '?';
-    cx->model[k] = '\0';
+    log_word(cx->model, sizeof cx->model, req->model);
     coe_route_decision dec;
     int route_rc = coe_route_resolve(cx->cfg, req, &dec);
     if (route_rc == COE_ENOMEM) {

@@ -133,6 +133,9 @@ class Api(unittest.TestCase):
         self.assertError(request(self.gw.port, "POST", "/v1/models/fake", body={}, headers=self.auth), 405)
         h = request(self.gw.port, "GET", "/health")  # no key needed
         self.assertEqual((h.status, h.json()), (200, {"status": "ok"}))
+        h = request(self.gw.port, "HEAD", "/health")  # load balancers' probes
+        self.assertEqual((h.status, h.body), (200, b""))
+        self.assertTrue(self.gw.wait_log(r"method=HEAD path=/health .*status=200"))
 
     def assertError(self, r, status, param=None, code=None, text=None, expert="none"):
         """expert: what x-coegate-expert must say ("none" when the gateway refused on its own)."""
@@ -242,6 +245,12 @@ class Api(unittest.TestCase):
         self.assertEqual(r.status, 404)
         self.assertTrue(self.gw.wait_log(r"model=x\?2026"))
         self.assertNotIn("\n2026-01-01T00:00:00.000Z info access id=forged", self.gw.logs())
+        # An unknown path is logged as sent, as one word.
+        r = request(self.gw.port, "GET", "/v1/nowhere%0A2026-01-01T00:00:00.000Z%20info%20access%20id=forged2",
+                    headers=self.auth)
+        self.assertEqual(r.status, 404)
+        self.assertTrue(self.gw.wait_log(r"method=GET path=/v1/nowhere\?2026-01-01T00:00:00.000Z\?info\?access"))
+        self.assertNotIn("\n2026-01-01T00:00:00.000Z info access id=forged2", self.gw.logs())
 
     def test_upstream_client_error_is_relayed(self):
         r = self.post(chat_body("fake: key=e400 status=400"))
