@@ -14,13 +14,10 @@
 #include "router/report.h"
 #include "router/train.h"
 
-static const char usage[] =
+static const char train_usage[] =
     "usage: coegate router train --data TRAIN.jsonl [--dev DEV.jsonl] --out ROUTER.gguf [options]\n"
-    "       coegate router eval --router ROUTER.gguf --data TEST.jsonl [--json FILE] [--report DIR]\n"
-    "                           [--train TRAIN.jsonl --models MODELS.json [--max-active B]\n"
-    "                            [--budget B] [--strong NAME --weak NAME]]\n"
     "\n"
-    "train: learns the category classifier from JSON Lines with \"text\" and \"category\".\n"
+    "Learns the category classifier from JSON Lines with \"text\" and \"category\".\n"
     "Without --dev, a tenth of the training rows (chosen by a hash of their text) is held\n"
     "out for early stopping. Deterministic for a given --seed.\n"
     "  --fine-label FIELD learn a finer label (such as \"intent\") whose values each\n"
@@ -39,20 +36,38 @@ static const char usage[] =
     "  --seed N           random seed (1)\n"
     "  --ensemble K       train K members with seeds SEED..SEED+K-1 and average them (1)\n"
     "  --refit            once early stopping has chosen the number of epochs on the\n"
-    "                     held-out rows, learn again from all rows for that many\n"
+    "                     held-out rows, learn again from all rows for that many\n";
+
+static const char eval_usage[] =
+    "usage: coegate router eval --router ROUTER.gguf --data TEST.jsonl [--json FILE] [--report DIR]\n"
+    "                           [--train TRAIN.jsonl --models MODELS.json [--max-active B]\n"
+    "                            [--budget B] [--strong NAME --weak NAME]]\n"
     "\n"
-    "eval: accuracy, macro-F1, per-category precision/recall/F1, the confusion matrix\n"
-    "and the expected calibration error of ROUTER.gguf on TEST.jsonl. When the rows\n"
-    "carry per-expert \"scores\" and MODELS.json gives each expert's active parameters\n"
+    "Accuracy, macro-F1, per-category precision/recall/F1, the confusion matrix and the\n"
+    "expected calibration error of ROUTER.gguf on TEST.jsonl. When the rows carry\n"
+    "per-expert \"scores\" and MODELS.json gives each expert's active parameters\n"
     "(billions), it also builds the category-to-expert table from TRAIN.jsonl for each\n"
     "cost weight and reports, for experts of at most --max-active B, the quality versus\n"
     "mean cost curve, the best accuracy within --budget B, the best single expert, the\n"
     "per-question oracle, and AUC and APGR between --weak and --strong. --report DIR\n"
     "writes report.json, report.md, SVG charts and an index.html that shows them.\n";
 
+static const char usage[] =
+    "usage: coegate router train --data TRAIN.jsonl [--dev DEV.jsonl] --out ROUTER.gguf [options]\n"
+    "       coegate router eval --router ROUTER.gguf --data TEST.jsonl [options]\n"
+    "\n"
+    "train learns the category classifier, eval measures it (and routing over an expert\n"
+    "pool). 'coegate router train --help' and 'coegate router eval --help' list the options.\n";
+
+/* The usage of a verb ("train", "eval"), or of the command. */
+static const char *usage_of(const char *verb)
+{
+    return !strcmp(verb, "train") ? train_usage : !strcmp(verb, "eval") ? eval_usage : usage;
+}
+
 static int bad_option(const char *verb, const char *what, const char *value)
 {
-    fprintf(stderr, "coegate router %s: %s '%s'\n\n%s", verb, what, value ? value : "", usage);
+    fprintf(stderr, "coegate router %s: %s '%s'\n\n%s", verb, what, value ? value : "", usage_of(verb));
     return 2;
 }
 
@@ -301,7 +316,7 @@ static int cmd_eval(int argc, char **argv)
 int coe_router_cli(int argc, char **argv)
 {
     if (argc < 1 || coe_cli_wants_help(argc, argv)) {
-        fputs(usage, argc < 1 ? stderr : stdout);
+        fputs(argc < 1 ? usage : usage_of(argv[0]), argc < 1 ? stderr : stdout);
         return argc < 1 ? 2 : 0;
     }
     if (!strcmp(argv[0], "train"))

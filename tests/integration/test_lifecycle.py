@@ -119,6 +119,16 @@ class CommandLine(unittest.TestCase):
         r = self.run_coegate("frobnicate")
         self.assertEqual(r.returncode, 2)
         self.assertIn("unknown verb 'frobnicate'", r.stderr)
+        # Each verb of a command has its own help, with its own options only.
+        for verb, own, other in (("train", "--epochs", "--max-active"), ("eval", "--max-active", "--epochs")):
+            r = self.run_coegate("router", verb, "--help")
+            self.assertEqual(r.returncode, 0, verb)
+            self.assertTrue(r.stdout.startswith(f"usage: coegate router {verb} "), r.stdout)
+            self.assertIn(own, r.stdout)
+            self.assertNotIn(other, r.stdout)
+        r = self.run_coegate("router", "--help")
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("coegate router train --help", r.stdout)
 
     def test_demo_configuration(self):
         # What scripts/demo.sh does: train the demo router beside the demo config, check
