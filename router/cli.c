@@ -67,7 +67,10 @@ static const char *usage_of(const char *verb)
 
 static int bad_option(const char *verb, const char *what, const char *value)
 {
-    fprintf(stderr, "coegate router %s: %s '%s'\n\n%s", verb, what, value ? value : "", usage_of(verb));
+    fprintf(stderr, "coegate router%s%s: %s", *verb ? " " : "", verb, what);
+    if (value && *value)
+        fprintf(stderr, " '%s'", value);
+    fprintf(stderr, "\n\n%s", usage_of(verb));
     return 2;
 }
 
@@ -253,7 +256,7 @@ static int cmd_eval(int argc, char **argv)
     if (!router || !data)
         return bad_option("eval", "--router and --data are required", "");
     if ((train_path == NULL) != (models == NULL))
-        return bad_option("eval", "--train and --models go together", "");
+        return bad_option("eval", "--train and --models go together: the expert-pool report needs both", NULL);
     coe_buf diag = COE_BUF_INIT;
     coe_router *m = NULL;
     coe_dataset test = {0};
