@@ -1035,17 +1035,8 @@ static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_reque
     *param = c->chat ? "messages" : "prompt";
     c->stream = req->stream;
     c->max_tokens = coe_effective_max_tokens(e, req);
-    if (number(body, "n", 1) != 1) {
-        snprintf(err, errlen, "'n': local experts return one choice");
-        *param = "n";
-        return false;
-    }
-    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(body, "tools");
-    if (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) {
-        snprintf(err, errlen, "'tools': local experts do not call tools");
-        *param = "tools";
-        return false;
-    }
+    /* Requests needing tools, n > 1 or images never get here: routing sends them only to
+     * experts with those capabilities (router/route.h), and local experts have none. */
     coe_sampling *s = &c->sampling;
     *s = coe_sampling_default();
     s->temperature = (float)number(body, "temperature", 1);

@@ -12,6 +12,7 @@
 #include "backends/local.h"
 #include "common/err.h"
 #include "common/jsonx.h"
+#include "gateway/request.h"
 #include "router/classifier.h"
 
 const char coe_config_demo_json[] =
@@ -306,12 +307,43 @@ static void open_local(vctx *v, const char *path, coe_expert_cfg *e)
     coe_buf_free(&why);
 }
 
+/* What a request may ask of the expert (coe_cap_names): a remote one serves all it
+ * is not told otherwise; local and echo experts serve none of them. */
+static void parse_capabilities(vctx *v, const cJSON *j, const char *path, coe_expert_cfg *e)
+{
+    e->capabilities = e->kind == COE_EXPERT_REMOTE ? COE_CAP_ALL : 0;
+    const cJSON *caps = get(j, "capabilities");
+    if (!caps || e->kind != COE_EXPERT_REMOTE)
+        return;
+    char p[600];
+    child_path(p, sizeof p, path, "capabilities");
+    if (!cJSON_IsArray(caps)) {
+        verr(v, p, "expected an array of capability names (tools, response_format, n, images), found %s",
+             type_name(caps));
+        return;
+    }
+    e->capabilities = 0;
+    int k = 0;
+    for (const cJSON *c = caps->child; c; c = c->next, k++) {
+        char cp[640];
+        snprintf(cp, sizeof cp, "%s[%d]", p, k);
+        int bit = -1;
+        for (int i = 0; cJSON_IsString(c) && i < COE_CAP_COUNT; i++)
+            if (strcmp(c->valuestring, coe_cap_names[i]) == 0)
+                bit = i;
+        if (bit < 0)
+            verr(v, cp, "expected one of tools, response_format, n, images");
+        else
+            e->capabilities |= 1u << bit;
+    }
+}
+
 static const char *const expert_keys[] = {
     "kind", "base_url", "model", "api_key_env", "headers", "connect_timeout_ms",
     "first_byte_timeout_ms", "chunk_timeout_ms", "stream_timeout_ms", "retries", "retry_backoff_ms",
     "max_retry_after_ms", "breaker_failures", "breaker_cooldown_ms", "max_concurrency", "max_tokens", "cost",
     "fallbacks", "delay_ms", "path", "threads", "context", "max_batch", "max_queue", "chat_template",
-    "max_tokens_field", NULL};
+    "max_tokens_field", "capabilities", NULL};
 
 static void parse_headers(vctx *v, const cJSON *j, const char *path, coe_expert_cfg *e)
 {
@@ -455,6 +487,7 @@ static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_c
     }
     e->send_max_completion_tokens = field && strcmp(field, "max_completion_tokens") == 0;
     free(field);
+    parse_capabilities(v, j, path, e);
     e->cost = get_number(v, j, path, "cost", 0, 1e12, 1.0);
     e->delay_ms = get_int(v, j, path, "delay_ms", 0, 10000, 0);
     bool local = e->kind == COE_EXPERT_LOCAL;
@@ -464,7 +497,8 @@ static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_c
     e->max_batch = (int)get_int(v, j, path, "max_batch", 1, 256, 8);
     e->max_queue = (int)get_int(v, j, path, "max_queue", 0, 100000, 64);
     e->chat_template = get_string(v, j, path, "chat_template", false, NULL);
-    static const char *const remote_only[] = {"base_url", "api_key_env", "headers", "max_tokens_field", NULL};
+    static const char *const remote_only[] = {"base_url", "api_key_env", "headers", "max_tokens_field",
+                                              "capabilities", NULL};
     static const char *const local_only[] = {"path", "threads", "context", "max_batch", "max_queue", "chat_template",
                                              NULL};
     for (const char *const *k = remote_only; known && !remote && *k; k++)

@@ -40,6 +40,7 @@ typedef struct coe_expert_cfg {
     long retry_backoff_ms;      /* base of the jittered exponential backoff */
     long max_retry_after_ms;    /* a longer Retry-After skips to the fallbacks */
     bool send_max_completion_tokens; /* the upstream reads max_completion_tokens, not max_tokens */
+    unsigned capabilities;      /* COE_CAP_* it can serve: remote, as configured (all by default); others none */
     /* echo */
     long delay_ms;              /* pause between streamed words */
     /* local */

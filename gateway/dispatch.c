@@ -510,7 +510,8 @@ int coe_dispatch_start(coe_loop *loop, coe_config *cfg, coe_request *req, int ex
     const coe_expert_cfg *e = &cfg->experts[expert];
     d->candidates[d->n_candidates++] = expert;
     for (int i = 0; i < e->n_fallbacks && d->n_candidates < 65; i++)
-        d->candidates[d->n_candidates++] = e->fallbacks[i];
+        if ((req->needs & ~cfg->experts[e->fallbacks[i]].capabilities) == 0) /* one that can serve it */
+            d->candidates[d->n_candidates++] = e->fallbacks[i];
     if (coe_loop_is_current(loop)) {
         start_task(d);
         return 0;

@@ -110,6 +110,44 @@ static int check_messages(const cJSON *body, coe_api_error *err)
     return 0;
 }
 
+const char *const coe_cap_names[COE_CAP_COUNT] = {"tools", "response_format", "n", "images"};
+
+/* What r needs of its expert (see coe_request.needs); r->body has been checked. */
+static void needs_of(coe_request *r)
+{
+    const cJSON *tools = field(r->body, "tools");
+    if (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0)
+        r->needs |= COE_CAP_TOOLS;
+    const cJSON *rf = field(r->body, "response_format");
+    const cJSON *type = cJSON_IsObject(rf) ? field(rf, "type") : NULL;
+    if (cJSON_IsString(type) && strcmp(type->valuestring, "text") != 0)
+        r->needs |= COE_CAP_RESPONSE_FORMAT;
+    const cJSON *n = field(r->body, "n");
+    if (cJSON_IsNumber(n) && n->valuedouble > 1)
+        r->needs |= COE_CAP_N;
+    const cJSON *msgs = r->endpoint == COE_EP_CHAT ? field(r->body, "messages") : NULL;
+    int i = 0;
+    for (const cJSON *m = msgs ? msgs->child : NULL; m && !(r->needs & COE_CAP_IMAGES); m = m->next, i++) {
+        const cJSON *content = field(m, "content");
+        int k = 0;
+        for (const cJSON *part = cJSON_IsArray(content) ? content->child : NULL; part; part = part->next, k++) {
+            const char *t = field(part, "type")->valuestring;
+            if (strcmp(t, "image_url") == 0 || strcmp(t, "input_image") == 0 || strcmp(t, "image") == 0) {
+                r->needs |= COE_CAP_IMAGES;
+                snprintf(r->image_param, sizeof r->image_param, "messages[%d].content[%d]", i, k);
+                break;
+            }
+        }
+    }
+}
+
+const char *coe_request_cap_param(const coe_request *r, unsigned cap)
+{
+    return cap == COE_CAP_IMAGES ? r->image_param : cap == COE_CAP_TOOLS ? "tools"
+                                                : cap == COE_CAP_N       ? "n"
+                                                                         : "response_format";
+}
+
 static int check_prompt(const cJSON *body, coe_api_error *err)
 {
     const cJSON *p = field(body, "prompt");
@@ -194,6 +232,7 @@ int coe_request_parse(const char *text, size_t len, coe_endpoint ep, int max_dep
     r->include_usage = r->stream && so && cJSON_IsTrue(field(so, "include_usage"));
     /* Newer clients send max_completion_tokens (OpenAI's name since o1), older ones
      * max_tokens; with both, the smaller wins. */
+    needs_of(r);
     r->max_tokens = -1;
     const char *const limits[] = {"max_tokens", "max_completion_tokens"};
     for (int i = 0; i < 2; i++) {

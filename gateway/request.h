@@ -25,6 +25,19 @@ typedef struct coe_api_error {
 void coe_api_error_set(coe_api_error *e, int status, const char *type, const char *code,
                        const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
+/* What a request may need of the expert that answers it (coe_request.needs,
+ * coe_expert_cfg.capabilities). */
+enum {
+    COE_CAP_TOOLS = 1,           /* "tools": it offers functions to call */
+    COE_CAP_RESPONSE_FORMAT = 2, /* "response_format": json_object or json_schema */
+    COE_CAP_N = 4,               /* "n" > 1: several choices */
+    COE_CAP_IMAGES = 8,          /* image parts in its messages */
+    COE_CAP_ALL = 15,
+};
+#define COE_CAP_COUNT 4
+/* The configuration's name of capability i (bit 1 << i): tools, response_format, n, images. */
+extern const char *const coe_cap_names[COE_CAP_COUNT];
+
 typedef struct coe_request {
     coe_endpoint endpoint;
     cJSON *body;          /* owned: the whole request, unknown fields included */
@@ -32,7 +45,12 @@ typedef struct coe_request {
     bool stream;
     bool include_usage;   /* stream_options.include_usage */
     long max_tokens;      /* max_tokens or max_completion_tokens; -1 when absent */
+    unsigned needs;       /* COE_CAP_* */
+    char image_param[64]; /* the first image part's path, with COE_CAP_IMAGES */
 } coe_request;
+
+/* The request field that makes r need cap (one bit): the error's "param". */
+const char *coe_request_cap_param(const coe_request *r, unsigned cap);
 
 /* Parses and validates a body of len bytes. Known fields are type- and range-checked;
  * unknown fields are kept and passed on. On failure returns a negative coe_err and

@@ -646,6 +646,20 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
         coe_request_free(&req);
         return fail(conn, cx, 404, "model_not_found", "model", msg);
     }
+    if (route_rc == COE_EUNSUPPORTED) {
+        char msg[300];
+        const char *cap = coe_cap_names[__builtin_ctz(dec.missing)];
+        if (dec.route < 0)
+            snprintf(msg, sizeof msg, "expert '%.64s' cannot serve '%s' (local experts serve none of tools, "
+                     "response_format, n > 1 and images; a remote one what its \"capabilities\" list)", req->model, cap);
+        else
+            snprintf(msg, sizeof msg, "no expert that route '%.64s' may choose (its category's, its fallback, its "
+                     "default) can serve '%s'", req->model, cap);
+        char param[64];
+        snprintf(param, sizeof param, "%s", coe_request_cap_param(req, dec.missing));
+        coe_request_free(&req);
+        return fail(conn, cx, 400, "unsupported_capability", param, msg);
+    }
     if (route_rc) {
         /* The route exists; its router failed. Not the client's fault, not a 404. */
         char msg[160];

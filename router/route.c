@@ -39,8 +39,14 @@ static void request_features(const coe_router *m, const coe_request *req, coe_fe
     }
 }
 
-/* The policy, once the probabilities are known. */
-static void decide(const coe_config *cfg, const coe_route_cfg *r, const float *probs, coe_route_decision *d)
+static bool capable(const coe_config *cfg, int expert, unsigned need)
+{
+    return expert >= 0 && (need & ~cfg->experts[expert].capabilities) == 0;
+}
+
+/* The policy, once the probabilities are known; need: what the request needs. */
+static void decide(const coe_config *cfg, const coe_route_cfg *r, const float *probs, unsigned need,
+                   coe_route_decision *d)
 {
     const coe_router *m = r->router;
     d->n_top = 0;
@@ -74,14 +80,39 @@ static void decide(const coe_config *cfg, const coe_route_cfg *r, const float *p
     const coe_category_cfg *cat = &cfg->categories[ci];
     int best = -1;
     for (int i = 0; i < cat->n_experts; i++) {
+        if (!capable(cfg, cat->experts[i], need))
+            continue;
         double score = cat->quality[i] - r->cost_weight * cfg->experts[cat->experts[i]].cost;
         if (best < 0 || score > d->score) {
             best = cat->experts[i];
             d->score = score;
         }
     }
+    if (best < 0 && need && cat->n_experts > 0) {
+        d->expert = r->fallback_expert; /* none of the category's experts can serve it */
+        d->rule = "capability";
+        return;
+    }
     d->expert = best >= 0 ? best : r->default_expert;
     d->rule = best >= 0 ? "policy" : "unconfigured";
+}
+
+/* When the expert chosen cannot serve what the request needs: the route's fallback,
+ * then its default; COE_EUNSUPPORTED when neither can. */
+static int make_capable(const coe_config *cfg, const coe_route_cfg *r, unsigned need, coe_route_decision *d)
+{
+    if (capable(cfg, d->expert, need))
+        return 0;
+    int alt[2] = {r ? r->fallback_expert : -1, r ? r->default_expert : -1};
+    for (int i = 0; i < 2; i++)
+        if (capable(cfg, alt[i], need)) {
+            d->expert = alt[i];
+            d->rule = "capability";
+            return 0;
+        }
+    unsigned lacking = d->expert >= 0 ? need & ~cfg->experts[d->expert].capabilities : need;
+    d->missing = lacking & (~lacking + 1); /* the lowest bit */
+    return COE_EUNSUPPORTED;
 }
 
 static void init(coe_route_decision *d, int route)
@@ -101,14 +132,14 @@ int coe_route_resolve(const coe_config *cfg, const coe_request *req, coe_route_d
         init(out, -1);
         out->expert = e;
         out->rule = "direct";
-        return 0;
+        return make_capable(cfg, NULL, req->needs, out);
     }
     init(out, r);
     const coe_route_cfg *rc = &cfg->routes[r];
     if (!rc->router) {
         out->expert = rc->default_expert;
         out->rule = "default";
-        return 0;
+        return make_capable(cfg, rc, req->needs, out);
     }
     coe_features f = {0};
     float probs[4096];
@@ -117,8 +148,8 @@ int coe_route_resolve(const coe_config *cfg, const coe_request *req, coe_route_d
     coe_features_free(&f);
     if (err)
         return err;
-    decide(cfg, rc, probs, out);
-    return 0;
+    decide(cfg, rc, probs, req->needs, out);
+    return make_capable(cfg, rc, req->needs, out);
 }
 
 int coe_route_text(const coe_config *cfg, int r, const char *text, coe_route_decision *out)
@@ -135,6 +166,6 @@ int coe_route_text(const coe_config *cfg, int r, const char *text, coe_route_dec
         return COE_EINVAL;
     int err = coe_router_classify_text(rc->router, text, strlen(text), probs);
     if (!err)
-        decide(cfg, rc, probs, out);
+        decide(cfg, rc, probs, 0, out);
     return err;
 }

@@ -1,8 +1,8 @@
 /* Route resolution: which expert answers a request. A request's model names an
  * expert (no routing) or a route. A route without a router sends everything to its
  * default expert; with one, it classifies the conversation into categories and
- * picks, for the most probable category, the expert with the best quality minus
- * cost_weight times cost, or its fallback when the classifier is unsure. */
+ * picks, for the most probable category, the capable expert with the best quality
+ * minus cost_weight times cost, or its fallback when the classifier is unsure. */
 #ifndef COE_ROUTE_H
 #define COE_ROUTE_H
 
@@ -23,10 +23,14 @@ typedef struct coe_route_decision {
     int top[COE_ROUTE_TOP];      /* the most probable classes, best first */
     float top_p[COE_ROUTE_TOP];
     double score;        /* the chosen expert's quality - cost_weight * cost, for "policy" */
+    unsigned missing;    /* with COE_EUNSUPPORTED: a capability (COE_CAP_*) no candidate has */
 } coe_route_decision;
 
-/* Returns 0, COE_ENOTFOUND when model names neither an expert nor a route, or
- * COE_ENOMEM. */
+/* Only experts that have the capabilities the request needs (coe_request.needs) are
+ * chosen: the best capable one of the category, else the route's fallback, else its
+ * default. Returns 0, COE_ENOTFOUND when model names neither an expert nor a route,
+ * COE_EUNSUPPORTED when no expert it may choose can serve the request (out->missing
+ * says what), or COE_ENOMEM. */
 int coe_route_resolve(const coe_config *cfg, const coe_request *req, coe_route_decision *out);
 /* The same for a bare text, on route r (for `coegate route`). */
 int coe_route_text(const coe_config *cfg, int r, const char *text, coe_route_decision *out);

@@ -201,7 +201,8 @@ class Local(unittest.TestCase):
     def test_bad_requests(self):
         r = post(self.gw.port, chat_body("hi", model="qwen", n=2))
         self.assertEqual(r.status, 400)
-        self.assertIn("one choice", r.json()["error"]["message"])
+        self.assertEqual(r.json()["error"]["param"], "n")
+        self.assertIn("cannot serve 'n'", r.json()["error"]["message"])
         r = post(self.gw.port, chat_body("hi", model="qwen", top_k=-5))
         self.assertEqual(r.status, 400)
         r = post(self.gw.port, {"model": "qwen", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]})

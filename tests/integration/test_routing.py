@@ -7,7 +7,7 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import COEGATE, Gateway, chat_body, post
+from harness import COEGATE, Gateway, Upstream, chat_body, post, remote
 
 CODE_Q = "How do I parse a CSV file in Python without extra libraries?"
 MATH_Q = "What is the derivative of x^3 sin x? Explain step by step."
@@ -131,6 +131,86 @@ class Routing(unittest.TestCase):
         self.assertIn(f"warning: {path}: categories.poem: no route's router produces this category "
                       "(they produce: code, math, writing): no request reaches it", r.stderr)
         self.assertEqual(r.stderr.count("warning:"), 1, r.stderr)
+
+
+class Capabilities(unittest.TestCase):
+    """A request that needs tools, response_format, n > 1 or images goes only to experts
+    that can serve it: the category's best capable expert, else the route's fallback
+    or default; only when none can, a 400 naming the field."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.TemporaryDirectory(prefix="coegate-caps-")
+        cls.router = os.path.join(cls.dir.name, "router.gguf")
+        r = subprocess.run([COEGATE, "router", "train", "--data", "configs/demo-queries.jsonl", "--out", cls.router,
+                            "--buckets", "65536", "--dim", "32"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        cls.up = Upstream()
+        nb = {"breaker_failures": 0, "retries": 0}
+        cls.gw = Gateway({
+            "experts": {
+                "plain": remote(cls.up, capabilities=[], **nb),
+                "vision": remote(cls.up, capabilities=["images", "n"], **nb),
+                "smart": remote(cls.up, fallbacks=["plain", "vision", "spare"], **nb),
+                "spare": remote(cls.up, **nb),
+                "echo": {"kind": "echo"},
+            },
+            "categories": {"code": {"experts": {"plain": 0.9, "vision": 0.7, "smart": 0.5}}},
+            "routes": {
+                "auto": {"router": cls.router, "default": "echo", "fallback": "spare"},
+                "simple": {"default": "echo"},
+            },
+        })
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.close()
+        cls.up.close()
+        cls.dir.cleanup()
+
+    TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+
+    def test_the_best_capable_expert_of_the_category(self):
+        for extra, expert in (({}, "plain"), ({"n": 2}, "vision"), ({"tools": self.TOOLS}, "smart"),
+                              ({"response_format": {"type": "json_object"}}, "smart"),
+                              ({"response_format": {"type": "text"}}, "plain")):
+            with self.subTest(extra=extra):
+                r = post(self.gw.port, chat_body(CODE_Q, **extra))
+                self.assertEqual(r.status, 200, r.body)
+                self.assertEqual(r.headers["x-coegate-expert"], expert)
+                self.assertEqual(r.headers["x-coegate-category"], "code")
+
+    def test_fallback_and_default_when_the_category_cannot(self):
+        # Writing is not configured: the default (echo) answers, unless the request needs
+        # what echo cannot serve; then the route's fallback (spare).
+        r = post(self.gw.port, chat_body(WRITING_Q))
+        self.assertEqual(r.headers["x-coegate-expert"], "echo")
+        r = post(self.gw.port, chat_body(WRITING_Q, tools=self.TOOLS))
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.headers["x-coegate-expert"], "spare")
+
+    def test_none_can_serve_it(self):
+        image = {"model": "simple", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "data:,"}}]}]}
+        for body, param, text in (
+                (chat_body("hi", model="simple", tools=self.TOOLS), "tools", "route 'simple'"),
+                (image, "messages[0].content[1]", "'images'"),
+                (chat_body("hi", model="plain", n=3), "n", "expert 'plain' cannot serve 'n'"),
+                (chat_body("hi", model="echo", response_format={"type": "json_schema"}), "response_format",
+                 "expert 'echo' cannot serve 'response_format'")):
+            with self.subTest(param=param):
+                r = post(self.gw.port, body)
+                self.assertEqual(r.status, 400, r.body)
+                err = r.json()["error"]
+                self.assertEqual((err["param"], err["code"]), (param, "unsupported_capability"))
+                self.assertIn(text, err["message"])
+
+    def test_fallbacks_that_cannot_serve_it_are_skipped(self):
+        # smart fails; of its fallbacks, plain and vision cannot call tools: spare answers.
+        r = post(self.gw.port, chat_body("fake: key=caps status=500 fail_times=1", model="smart", tools=self.TOOLS))
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.headers["x-coegate-expert"], "spare")
+        self.assertEqual(self.up.key("caps")["requests"], 2)
 
 
 class Evaluation(unittest.TestCase):

@@ -114,7 +114,7 @@ static void test_every_error_reported(void **state)
             "connect_timeout_ms, first_byte_timeout_ms, chunk_timeout_ms, stream_timeout_ms, retries, "
             "retry_backoff_ms, max_retry_after_ms, breaker_failures, breaker_cooldown_ms, max_concurrency, "
             "max_tokens, cost, fallbacks, delay_ms, path, threads, context, max_batch, max_queue, chat_template, "
-            "max_tokens_field)\n"
+            "max_tokens_field, capabilities)\n"
             "t.json: experts.a.base_url: must start with http:// or https://\n"
             "t.json: experts.a.api_key_env: environment variable COE_TEST_MISSING is unset or empty\n"
             "t.json: experts[\"b c\"]: an expert name must be 1-64 characters of letters, digits and _ - . : /\n"
