@@ -1177,6 +1177,20 @@ static bool prepare(local_call *c, const coe_expert_cfg *e, const coe_request *r
         *oom = true;
         return false;
     }
+    /* logit_bias: the request parser has checked its shape; the ids are this vocabulary's. */
+    const cJSON *bias = cJSON_GetObjectItemCaseSensitive(req->body, "logit_bias");
+    for (const cJSON *b = cJSON_IsObject(bias) ? bias->child : NULL; b; b = b->next) {
+        long id = strtol(b->string, NULL, 10);
+        if (id >= c->L->model->n_vocab) {
+            fail_call(c, COE_FAIL_NEXT, 400, "logit_bias", "'logit_bias': token %ld is outside the vocabulary of "
+                      "expert '%s' (%d tokens)", id, e->name, c->L->model->n_vocab);
+            return false;
+        }
+        if (coe_sampler_bias(&c->sampler, (int)id, (float)b->valuedouble)) {
+            *oom = true;
+            return false;
+        }
+    }
     return true;
 }
 

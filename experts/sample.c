@@ -54,8 +54,17 @@ int coe_sampler_init(coe_sampler *s, const coe_sampling *p, int n_vocab)
     return 0;
 }
 
+int coe_sampler_bias(coe_sampler *s, int id, float b)
+{
+    if (!s->bias && !(s->bias = calloc((size_t)s->n_vocab, sizeof *s->bias)))
+        return COE_ENOMEM;
+    s->bias[id] += b;
+    return 0;
+}
+
 void coe_sampler_free(coe_sampler *s)
 {
+    free(s->bias);
     free(s->count);
     free(s->work);
     free(s->order);
@@ -115,7 +124,7 @@ int coe_sample(coe_sampler *s, const float *logits)
     const int V = s->n_vocab;
     float *w = s->work;
     for (int i = 0; i < V; i++) {
-        float l = logits[i];
+        float l = s->bias ? logits[i] + s->bias[i] : logits[i];
         if (s->count[i])
             l -= s->p.presence_penalty + s->p.frequency_penalty * (float)s->count[i];
         w[i] = l;

@@ -26,10 +26,13 @@ typedef struct coe_sampler {
     int32_t *count;   /* times each token was generated (for the penalties) */
     float *work;      /* n_vocab scratch */
     int32_t *order;   /* n_vocab scratch */
+    float *bias;      /* n_vocab, added to the logits (OpenAI's logit_bias); NULL: none */
 } coe_sampler;
 
 int coe_sampler_init(coe_sampler *s, const coe_sampling *p, int n_vocab);
 void coe_sampler_free(coe_sampler *s);
+/* Adds b to token id's logit before every pick (id < n_vocab). */
+int coe_sampler_bias(coe_sampler *s, int id, float b);
 /* Picks a token from logits (n_vocab, left unchanged) and counts it as generated. */
 int coe_sample(coe_sampler *s, const float *logits);
 

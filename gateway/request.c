@@ -148,6 +148,24 @@ const char *coe_request_cap_param(const coe_request *r, unsigned cap)
                                                                          : "response_format";
 }
 
+/* logit_bias: {"token id": bias from -100 to 100}, as OpenAI takes it. */
+static int check_logit_bias(const cJSON *body, coe_api_error *err)
+{
+    const cJSON *j = field(body, "logit_bias");
+    if (!j || cJSON_IsNull(j))
+        return 0;
+    if (!cJSON_IsObject(j) || cJSON_GetArraySize(j) > 1024)
+        return BAD(err, "logit_bias", "'logit_bias' must be an object of at most 1024 token ids to biases");
+    for (const cJSON *b = j->child; b; b = b->next) {
+        const char *k = b->string;
+        if (!*k || strlen(k) > 9 || strspn(k, "0123456789") != strlen(k))
+            return BAD(err, "logit_bias", "'logit_bias': '%.20s' is not a token id", k);
+        if (!cJSON_IsNumber(b) || b->valuedouble < -100 || b->valuedouble > 100)
+            return BAD(err, "logit_bias", "'logit_bias': the bias of token %s must be a number from -100 to 100", k);
+    }
+    return 0;
+}
+
 static int check_prompt(const cJSON *body, coe_api_error *err)
 {
     const cJSON *p = field(body, "prompt");
@@ -204,7 +222,8 @@ int coe_request_parse(const char *text, size_t len, coe_endpoint ep, int max_dep
         (rc = check_number(body, "max_tokens", 1, 1e9, true, err)) ||
         (rc = check_number(body, "max_completion_tokens", 1, 1e9, true, err)) ||
         (rc = check_number(body, "seed", -9.2e18, 9.2e18, true, err)) ||
-        (rc = check_number(body, "top_logprobs", 0, 20, true, err)) || (rc = check_stop(body, err)))
+        (rc = check_number(body, "top_logprobs", 0, 20, true, err)) || (rc = check_stop(body, err)) ||
+        (rc = check_logit_bias(body, err)))
         goto fail;
     const cJSON *so = field(body, "stream_options");
     if (so && !cJSON_IsNull(so)) {

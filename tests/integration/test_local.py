@@ -198,6 +198,18 @@ class Local(unittest.TestCase):
         text, chunks = content_of_stream(waited["events"])
         self.assertIn(chunks[-1]["choices"][0]["finish_reason"], ("length", "stop"))
 
+    def test_logit_bias(self):
+        # +100 on one token makes greedy decoding repeat it; an id past the vocabulary
+        # is refused, naming the field.
+        r = self.chat(max_tokens=6, temperature=0, logit_bias={"300": 100})
+        self.assertEqual(r.status, 200, r.body)
+        text = r.json()["choices"][0]["message"]["content"]
+        self.assertTrue(text and text == text[:len(text) // 6] * 6, text)
+        r = post(self.gw.port, chat_body("hi", model="qwen", logit_bias={"99999999": 1}))
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["error"]["param"], "logit_bias")
+        self.assertIn("outside the vocabulary", r.json()["error"]["message"])
+
     def test_bad_requests(self):
         r = post(self.gw.port, chat_body("hi", model="qwen", n=2))
         self.assertEqual(r.status, 400)

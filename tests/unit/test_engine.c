@@ -502,6 +502,21 @@ static void test_sampling(void **state)
     assert_int_equal(coe_sample(&s, logits), 1);
     assert_int_equal(coe_sample(&s, logits), 2);
     coe_sampler_free(&s);
+    /* logit_bias: -100 bans the best token, +5 lifts token 4 above all; the logits the
+     * caller holds are left as they are. */
+    p = coe_sampling_default();
+    p.seed = 5;
+    assert_int_equal(coe_sampler_init(&s, &p, V), 0);
+    assert_int_equal(coe_sampler_bias(&s, 1, -100), 0);
+    for (int i = 0; i < 2000; i++)
+        assert_int_not_equal(coe_sample(&s, logits), 1);
+    coe_sampler_free(&s);
+    p.temperature = 0;
+    assert_int_equal(coe_sampler_init(&s, &p, V), 0);
+    assert_int_equal(coe_sampler_bias(&s, 4, 5), 0);
+    assert_int_equal(coe_sample(&s, logits), 4);
+    assert_true(logits[4] == 0.0f);
+    coe_sampler_free(&s);
     /* Log-probabilities. */
     int32_t ids[3];
     float lps[3];

@@ -119,6 +119,10 @@ static void test_bad_fields(void **state)
         {"\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]", "stop", "at most 4"},
         {"\"stream_options\":{\"include_usage\":1}", "stream_options.include_usage", "true or false"},
         {"\"logprobs\":3", "logprobs", "true or false"},
+        {"\"logit_bias\":[1]", "logit_bias", "an object"},
+        {"\"logit_bias\":{\"-3\":1}", "logit_bias", "'-3' is not a token id"},
+        {"\"logit_bias\":{\"7\":101}", "logit_bias", "from -100 to 100"},
+        {"\"logit_bias\":{\"7\":\"x\"}", "logit_bias", "from -100 to 100"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char b[256];
