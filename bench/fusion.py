@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Decode speed of token-level fusion through the real server, in one run: the math
-expert alone (the experts are the same size), and the demo's fusion group in modes
-fusionroute, select and mix, each with 1 and 4 concurrent streams. Tokens/s counts
+expert alone (the experts are the same size), and the demo's fusion group (router
+models/fusion-router.gguf) in modes fusionroute, select and mix, each with 1 and 4
+concurrent streams. Tokens/s counts
 generated tokens (usage) over wall time from request to last byte; each figure is the
 best of three tries, and the ratios compare figures of this run only.
 
@@ -24,8 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def config(path):
     models = os.path.join(ROOT, "models")
     experts = {n: {"kind": "local", "path": os.path.join(models, n + ".gguf"), "context": 1024, "max_batch": 8}
-               for n in ("math", "code", "writing", "generalist")}
-    group = {"experts": ["math", "code", "writing"], "router": "generalist",
+               for n in ("math", "code", "writing", "fusion-router")}
+    group = {"experts": ["math", "code", "writing"], "router": "fusion-router",
              "selector": os.path.join(models, "fusion-selector.gguf")}
     fusions = {f"fused-{m}": dict(group, mode=m) for m in ("fusionroute", "select", "mix")}
     with open(path, "w") as f:
@@ -33,12 +34,17 @@ def config(path):
 
 
 def one(port, model, tokens, seed, out):
+    # The end tokens banned (</s> 2 and <|im_end|> 4 of models/' vocabulary): every mode
+    # decodes exactly `tokens` tokens, so the figures compare the same work.
     body = json.dumps({"model": model, "max_tokens": tokens, "seed": seed, "temperature": 1.0,
+                       "logit_bias": {"2": -100, "4": -100},
                        "messages": [{"role": "user", "content": "Tell me a story about numbers and code."}]})
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body.encode(),
                                  {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as r:
-        out.append(json.loads(r.read())["usage"]["completion_tokens"])
+        n = json.loads(r.read())["usage"]["completion_tokens"]
+    assert n == tokens, f"{model}: {n} tokens instead of {tokens}"
+    out.append(n)
 
 
 def measure(port, model, streams, tokens):

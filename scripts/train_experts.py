@@ -13,7 +13,10 @@ writing: Shakespeare), all deterministic for --seed on a given machine:
   3. a generalist: a smaller dense llama trained on all three domains;
   4. GGUF files with Q8_0 matrices, written by this script (the only GGUF writer used
      for them), the fidelity references (PyTorch's logits on the exported weights for a
-     few dev texts), and the dev perplexity table (models/dev-ppl.json).
+     few dev texts), and the dev perplexity table (models/dev-ppl.json);
+  5. with --fusion-router, only the fusion group's router: the generalist's first two
+     layers fine-tuned, the three experts frozen, so that its logits complement the
+     selected expert's (the loss taken on the fused distribution; models/README.md).
 
 Evaluation protocol (coegate model nll uses the same): each JSONL row's text is
 tokenized as coegate and llama.cpp tokenize a plain prompt (BOS, then the text with
@@ -45,6 +48,11 @@ DOMAINS = ["math", "code", "writing"]
 SHAPES = {
     "expert": dict(n_layer=4, n_embd=256, n_head=4, n_head_kv=2, n_ff=320, n_expert=4, n_expert_used=2),
     "generalist": dict(n_layer=4, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_expert=0, n_expert_used=0),
+    # The fusion router (--fusion-router): the generalist's first two layers, its token
+    # embedding also serving as the output matrix (tied, no output.weight), fine-tuned so
+    # that its logits complement the selected expert's. Half the generalist's depth keeps
+    # a fused step cheap; the tie keeps the five files within 30 MB.
+    "router": dict(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_expert=0, n_expert_used=0, tied=True),
 }
 VOCAB_SIZE = 4096
 ROPE_BASE = 10000.0
@@ -269,7 +277,7 @@ class Model(torch.nn.Module):
         torch.nn.init.normal_(self.tok_embd.weight, std=0.02 * math.sqrt(s["n_embd"]) / 4)
         self.layers = torch.nn.ModuleList(Layer(s) for _ in range(s["n_layer"]))
         self.output_norm = torch.nn.Parameter(torch.ones(s["n_embd"]))
-        self.output = torch.nn.Linear(s["n_embd"], n_vocab, bias=False)
+        self.output = None if s.get("tied") else torch.nn.Linear(s["n_embd"], n_vocab, bias=False)
         cos, sin = rope_tables(ctx, s["n_embd"] // s["n_head"])
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -281,7 +289,11 @@ class Model(torch.nn.Module):
             x, a = layer(x, self.cos, self.sin)
             aux = aux + a
         h = rms_norm(x, self.output_norm)
-        return (self.output(act(h)), aux) if not hidden else h
+        return (self.head(h), aux) if not hidden else h
+
+    def head(self, h):
+        """Logits from the final hidden state."""
+        return F.linear(act(h), self.tok_embd.weight if self.output is None else self.output.weight)
 
 
 # ---------------------------------------------------------------- training
@@ -434,8 +446,9 @@ def tensor_names(s):
     else:
         layer += [("ffn_gate.weight", "w_gate.weight", True), ("ffn_up.weight", "w_up.weight", True),
                   ("ffn_down.weight", "w_down.weight", True)]
-    names = [("token_embd.weight", "tok_embd.weight", True), ("output_norm.weight", "output_norm", False),
-             ("output.weight", "output.weight", True)]
+    names = [("token_embd.weight", "tok_embd.weight", True), ("output_norm.weight", "output_norm", False)]
+    if not s.get("tied"):
+        names.append(("output.weight", "output.weight", True))
     for i in range(s["n_layer"]):
         names += [(f"blk.{i}.{g}", f"layers.{i}.{k}", q) for g, k, q in layer]
     return names
@@ -619,6 +632,136 @@ def model_from_gguf(path, shape, ctx, vocab):
     return m
 
 
+# ---------------------------------------------------------------- fusion router
+
+class MixedStream(Stream):
+    """Batches of random windows over documents made of one to three parts, each the
+    head of a random row of a random domain (at most 900 characters, cut at a line
+    end), joined by a blank line and tokenized as a plain prompt: text that changes
+    domain, as the fusion groups are meant for."""
+
+    def __init__(self, vocab, rows, ctx, batch, seed, docs_per_refill=200):
+        super().__init__(vocab, None, ctx, batch, seed)
+        self.rows, self.docs_per_refill = rows, docs_per_refill
+
+    def refill(self):
+        docs = []
+        for _ in range(self.docs_per_refill):
+            parts = []
+            for _ in range(int(self.rng.integers(1, 4))):
+                rows = self.rows[DOMAINS[int(self.rng.integers(len(DOMAINS)))]]
+                text = rows[int(self.rng.integers(len(rows)))]["text"]
+                cut = text.rfind("\n", 0, 900) if len(text) > 900 else len(text)
+                parts.append(text[:cut if cut > 450 else 900])
+            docs.append(np.asarray(self.vocab.plain("\n\n".join(parts)), dtype=np.int64))
+        self.buf = np.concatenate([self.buf] + docs)
+        self.epoch += 1
+
+
+def fused_losses(router, selector, experts, x, y, lam):
+    """(NLL of the fused distribution, the selector's cross-entropy against the oracle
+    expert, NLL of the selected expert alone), means over the batch's positions. The
+    expert is the selector's argmax, as coegate picks it; the fused logits are the
+    expert's plus lam times the router's (FusionRoute)."""
+    with torch.no_grad():
+        ze = torch.stack([experts[d](x)[0] for d in DOMAINS], 2)  # (B, T, experts, V)
+        lpe = ze.log_softmax(-1)
+        oracle = lpe.gather(-1, y[:, :, None, None].expand(-1, -1, len(DOMAINS), 1)).squeeze(-1).argmax(-1)
+    h = router(x, hidden=True)
+    sel = selector(h)
+    pick = sel.argmax(-1)
+    idx = pick[:, :, None, None].expand(-1, -1, 1, ze.shape[-1])
+    z = ze.gather(2, idx).squeeze(2)
+    V = z.shape[-1]
+    fused = F.cross_entropy((z + lam * router.head(h)).reshape(-1, V), y.reshape(-1))
+    alone = F.nll_loss(lpe.gather(2, idx).squeeze(2).reshape(-1, V), y.reshape(-1))
+    return fused, F.cross_entropy(sel.reshape(-1, len(DOMAINS)), oracle.reshape(-1)), alone
+
+
+def train_fusion_router(vocab, train_rows, args):
+    """Fine-tunes the fusion router from the generalist with the experts frozen: the
+    loss is the fused distribution's NLL plus the selector's cross-entropy against the
+    oracle expert (a linear selector trained along, then dropped: `coegate fusion train`
+    fits the served one on the router's final hidden state). Early stopping on the last
+    --router-holdout of every train split; the dev splits are not read."""
+    seed = args.seed * 100 + 4
+    experts = {d: model_from_gguf(os.path.join(args.out, f"{d}.gguf"), "expert", args.ctx, vocab) for d in DOMAINS}
+    for m in experts.values():
+        m.requires_grad_(False)
+    gen = model_from_gguf(os.path.join(args.out, "generalist.gguf"), "generalist", args.ctx, vocab).state_dict()
+    torch.manual_seed(seed)
+    router = Model(SHAPES["router"], VOCAB_SIZE, args.ctx)
+    router.load_state_dict({k: gen[k] for k in router.state_dict()})
+    router.train()
+    selector = torch.nn.Linear(SHAPES["router"]["n_embd"], len(DOMAINS))
+    fit, held = {}, {}
+    for d in DOMAINS:
+        cut = len(train_rows[d]) - max(1, int(len(train_rows[d]) * args.router_holdout))
+        fit[d], held[d] = train_rows[d][:cut], train_rows[d][cut:]
+    stream = MixedStream(vocab, fit, args.ctx, args.batch, seed)
+    hs = MixedStream(vocab, held, args.ctx, args.batch, seed + 1)
+    held_batches = [hs.next() for _ in range(args.router_eval_batches)]
+    params = list(router.parameters()) + list(selector.parameters())
+    decay = [p for p in params if p.dim() >= 2]
+    other = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                            lr=args.router_lr, betas=(0.9, 0.95))
+    steps, lam = args.router_steps, args.router_lambda
+    warm = min(50, steps // 10)
+
+    @torch.no_grad()
+    def held_out():
+        router.eval()
+        f = a = 0.0
+        for x, y in held_batches:
+            lf, _, la = fused_losses(router, selector, experts, x, y, lam)
+            f, a = f + lf.item(), a + la.item()
+        router.train()
+        return math.exp(f / len(held_batches)), math.exp(a / len(held_batches))
+
+    best, best_state, best_step, bad = float("inf"), None, 0, 0
+    t0 = time.time()
+    fp, sp = held_out()
+    log(f"[fusion-router] {sum(p.numel() for p in router.parameters()) / 1e6:.2f} M parameters from the generalist; "
+        f"held-out perplexity before: fused {fp:.2f}, selected expert alone {sp:.2f}")
+    for step in range(1, steps + 1):
+        lr = args.router_lr * (step / warm if step <= warm else
+                               0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / (steps - warm))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y = stream.next()
+        lf, ls, _ = fused_losses(router, selector, experts, x, y, lam)
+        (lf + ls).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        el = time.time() - t0
+        if step % args.eval_every == 0 or step == steps:
+            fp, sp = held_out()
+            mark = ""
+            if fp < best:
+                best, best_step, bad, mark = fp, step, 0, " *"
+                best_state = {k: v.clone() for k, v in router.state_dict().items()}
+            else:
+                bad += 1
+            log(f"[fusion-router] step {step}/{steps} fused loss {lf.item():.3f} selector loss {ls.item():.3f} "
+                f"held-out perplexity fused {fp:.2f}{mark} selected alone {sp:.2f} {el:.0f}s")
+            if bad >= args.patience:
+                log(f"[fusion-router] held-out perplexity has not improved for {bad} evaluations: stopping early")
+                break
+        elif step % 10 == 0:
+            log(f"[fusion-router] step {step}/{steps} fused loss {lf.item():.3f} selector loss {ls.item():.3f} "
+                f"{el:.0f}s, ~{el / step * (steps - step):.0f}s left")
+    router.load_state_dict(best_state)
+    prov = (f"coegate fusion router, the first {SHAPES['router']['n_layer']} layers of generalist.gguf fine-tuned by "
+            f"scripts/train_experts.py --fusion-router --seed {args.seed} with math, code and writing frozen "
+            f"(loss on the fused distribution, lambda {lam}) on mixed documents from the train splits of "
+            f"../shared/corpora; best held-out perplexity {best:.2f} at step {best_step}")
+    _, size = export(router, vocab, "fusion-router", os.path.join(args.out, "fusion-router.gguf"), args.ctx, prov)
+    log(f"[fusion-router] wrote {args.out}/fusion-router.gguf ({size / 1e6:.2f} MB), best step {best_step}, "
+        f"{time.time() - t0:.0f}s")
+
+
 # ---------------------------------------------------------------- main
 
 def main():
@@ -640,6 +783,13 @@ def main():
     ap.add_argument("--reference-only", action="store_true",
                     help="only rewrite OUT/reference from the GGUF files already in OUT")
     ap.add_argument("--probe", type=int, default=0, help="time this many steps of each shape and exit")
+    ap.add_argument("--fusion-router", action="store_true",
+                    help="only train OUT/fusion-router.gguf from the experts and the generalist already in OUT")
+    ap.add_argument("--router-steps", type=int, default=600)
+    ap.add_argument("--router-lr", type=float, default=2e-3)
+    ap.add_argument("--router-lambda", type=float, default=1.0, help="the router's weight in the fused logits")
+    ap.add_argument("--router-holdout", type=float, default=0.05, help="tail of each train split for early stopping")
+    ap.add_argument("--router-eval-batches", type=int, default=4)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.steps = {d: args.expert_steps for d in DOMAINS}
@@ -661,6 +811,11 @@ def main():
                                            vocab)
         write_reference(models, vocab, corpora, os.path.join(args.out, "reference"), 24)
         log(f"wrote {args.out}/reference ({time.time() - t_start:.0f}s)")
+        return
+
+    if args.fusion_router:
+        train_fusion_router(vocab, train_rows, args)
+        log(f"total {(time.time() - t_start) / 60:.1f} minutes")
         return
 
     if args.probe:

@@ -1,5 +1,5 @@
 """The demo's fusion group (configs/demo.json "fusions": the three real experts of
-models/, the generalist as router, models/fusion-selector.gguf) through the real
+models/, models/fusion-router.gguf as router, models/fusion-selector.gguf) through the real
 server: streamed and not, seeded sampling reproduced, four concurrent fused streams
 each equal to its text alone, a client that hangs up freeing every sequence of its
 request (router and experts), the per-expert counts (header, extension fields) and
@@ -16,7 +16,7 @@ import unittest
 from harness import Gateway, Stream, chat_body, post, request
 
 ROOT = os.getcwd()  # meson runs the integration tests from the source root
-MODELS = ("generalist", "math", "code", "writing")
+MODELS = ("fusion-router", "math", "code", "writing")
 
 
 def demo_config(**fusion):
@@ -130,7 +130,7 @@ class Fusion(unittest.TestCase):
             self.assertTrue(chunk)
             got += chunk
         busy = sequences(self.gw.port)
-        self.assertEqual(busy["generalist"], 1)  # the router's sequence, open while it decodes
+        self.assertEqual(busy["fusion-router"], 1)  # the router's sequence, open while it decodes
         s.close()
         deadline = time.monotonic() + 10
         while sequences(self.gw.port) != {m: 0 for m in MODELS} and time.monotonic() < deadline:

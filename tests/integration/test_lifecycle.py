@@ -148,7 +148,7 @@ class CommandLine(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             r = self.run_coegate("config", "check", config)
             self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertIn("ok (4 experts, 1 fusion group, 1 route)", r.stdout)
+            self.assertIn("ok (5 experts, 1 fusion group, 1 route)", r.stdout)
 
     def test_config_check(self):
         r = self.run_coegate("config", "check", "configs/remote-example.json")
