@@ -314,6 +314,37 @@ def nll(model, vocab, texts, ctx):
     return total, count
 
 
+def lr_at(step, steps, warm, peak):
+    """Linear warm-up over warm steps, then a cosine down to a tenth of peak."""
+    if step <= warm:
+        return peak * step / warm
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / (steps - warm))))
+
+
+class Keeper:
+    """Early stopping: keeps the weights of the best evaluation so far and says when
+    patience evaluations in a row have not bettered it."""
+
+    def __init__(self, model, patience):
+        self.model, self.patience = model, patience
+        self.best, self.step, self.bad, self.state = float("inf"), 0, 0, None
+
+    def evaluated(self, value, step):
+        """Records an evaluation; returns the mark to log (" *" for a new best)."""
+        if value < self.best:
+            self.best, self.step, self.bad = value, step, 0
+            self.state = {k: v.clone() for k, v in self.model.state_dict().items()}
+            return " *"
+        self.bad += 1
+        return ""
+
+    def done(self):
+        return self.bad >= self.patience
+
+    def restore(self):
+        self.model.load_state_dict(self.state)
+
+
 def train(name, shape, vocab, sources, dev_texts, args, seed):
     torch.manual_seed(seed)
     model = Model(SHAPES[shape], VOCAB_SIZE, args.ctx)
@@ -325,12 +356,11 @@ def train(name, shape, vocab, sources, dev_texts, args, seed):
     steps = args.steps[name]
     stream = Stream(vocab, sources, args.ctx, args.batch, seed)
     warm = min(100, steps // 10)
-    best, best_state, best_step, bad = float("inf"), None, 0, 0
+    keep = Keeper(model, args.patience)
     t0 = time.time()
     log(f"[{name}] {n_params / 1e6:.2f} M parameters, {steps} steps of {args.batch}x{args.ctx} tokens")
     for step in range(1, steps + 1):
-        lr = args.lr * (step / warm if step <= warm else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) /
-                                                                                         (steps - warm))))
+        lr = lr_at(step, steps, warm, args.lr)
         for g in opt.param_groups:
             g["lr"] = lr
         x, y = stream.next()
@@ -340,26 +370,20 @@ def train(name, shape, vocab, sources, dev_texts, args, seed):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        el = time.time() - t0
         if step % args.eval_every == 0 or step == steps:
             tot, cnt = nll(model, vocab, dev_texts, args.ctx)
             ppl = math.exp(tot / cnt)
-            el = time.time() - t0
-            mark = ""
-            if ppl < best:
-                best, best_step, bad, mark = ppl, step, 0, " *"
-                best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
+            mark = keep.evaluated(ppl, step)
             log(f"[{name}] step {step}/{steps} loss {loss.item():.3f} dev ppl {ppl:.2f}{mark} lr {lr:.2e} "
                 f"epoch {stream.epoch} {el:.0f}s, ~{el / step * (steps - step):.0f}s left")
-            if bad >= args.patience:
-                log(f"[{name}] dev perplexity has not improved for {bad} evaluations: stopping early")
+            if keep.done():
+                log(f"[{name}] dev perplexity has not improved for {keep.bad} evaluations: stopping early")
                 break
         elif step % 10 == 0:
-            el = time.time() - t0
             log(f"[{name}] step {step}/{steps} loss {loss.item():.3f} {el:.0f}s, ~{el / step * (steps - step):.0f}s left")
-    model.load_state_dict(best_state)
-    return model, dict(params=n_params, best_step=best_step, dev_ppl=best, seconds=time.time() - t0)
+    keep.restore()
+    return model, dict(params=n_params, best_step=keep.step, dev_ppl=keep.best, seconds=time.time() - t0)
 
 
 # ---------------------------------------------------------------- GGUF (v3), Q8_0
@@ -719,16 +743,14 @@ def train_fusion_router(vocab, train_rows, args):
         router.train()
         return math.exp(f / len(held_batches)), math.exp(a / len(held_batches))
 
-    best, best_state, best_step, bad = float("inf"), None, 0, 0
+    keep = Keeper(router, args.patience)
     t0 = time.time()
     fp, sp = held_out()
     log(f"[fusion-router] {sum(p.numel() for p in router.parameters()) / 1e6:.2f} M parameters from the generalist; "
         f"held-out perplexity before: fused {fp:.2f}, selected expert alone {sp:.2f}")
     for step in range(1, steps + 1):
-        lr = args.router_lr * (step / warm if step <= warm else
-                               0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / (steps - warm))))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr_at(step, steps, warm, args.router_lr)
         x, y = stream.next()
         lf, ls, _ = fused_losses(router, selector, experts, x, y, lam)
         (lf + ls).backward()
@@ -738,27 +760,22 @@ def train_fusion_router(vocab, train_rows, args):
         el = time.time() - t0
         if step % args.eval_every == 0 or step == steps:
             fp, sp = held_out()
-            mark = ""
-            if fp < best:
-                best, best_step, bad, mark = fp, step, 0, " *"
-                best_state = {k: v.clone() for k, v in router.state_dict().items()}
-            else:
-                bad += 1
+            mark = keep.evaluated(fp, step)
             log(f"[fusion-router] step {step}/{steps} fused loss {lf.item():.3f} selector loss {ls.item():.3f} "
                 f"held-out perplexity fused {fp:.2f}{mark} selected alone {sp:.2f} {el:.0f}s")
-            if bad >= args.patience:
-                log(f"[fusion-router] held-out perplexity has not improved for {bad} evaluations: stopping early")
+            if keep.done():
+                log(f"[fusion-router] held-out perplexity has not improved for {keep.bad} evaluations: stopping early")
                 break
         elif step % 10 == 0:
             log(f"[fusion-router] step {step}/{steps} fused loss {lf.item():.3f} selector loss {ls.item():.3f} "
                 f"{el:.0f}s, ~{el / step * (steps - step):.0f}s left")
-    router.load_state_dict(best_state)
+    keep.restore()
     prov = (f"coegate fusion router, the first {SHAPES['router']['n_layer']} layers of generalist.gguf fine-tuned by "
             f"scripts/train_experts.py --fusion-router --seed {args.seed} with math, code and writing frozen "
             f"(loss on the fused distribution, lambda {lam}) on mixed documents from the train splits of "
-            f"../shared/corpora; best held-out perplexity {best:.2f} at step {best_step}")
+            f"../shared/corpora; best held-out perplexity {keep.best:.2f} at step {keep.step}")
     _, size = export(router, vocab, "fusion-router", os.path.join(args.out, "fusion-router.gguf"), args.ctx, prov)
-    log(f"[fusion-router] wrote {args.out}/fusion-router.gguf ({size / 1e6:.2f} MB), best step {best_step}, "
+    log(f"[fusion-router] wrote {args.out}/fusion-router.gguf ({size / 1e6:.2f} MB), best step {keep.step}, "
         f"{time.time() - t0:.0f}s")
 
 

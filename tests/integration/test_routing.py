@@ -14,14 +14,20 @@ MATH_Q = "What is the derivative of x^3 sin x? Explain step by step."
 WRITING_Q = "Write a short poem about the sea at night."
 
 
+def demo_router(folder):
+    """The demo's category router (code, math, writing), trained into folder."""
+    path = os.path.join(folder, "router.gguf")
+    r = subprocess.run([COEGATE, "router", "train", "--data", "configs/demo-queries.jsonl", "--out", path,
+                        "--buckets", "65536", "--dim", "32"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return path
+
+
 class Routing(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.TemporaryDirectory(prefix="coegate-routing-")
-        cls.router = os.path.join(cls.dir.name, "router.gguf")
-        r = subprocess.run([COEGATE, "router", "train", "--data", "configs/demo-queries.jsonl", "--out", cls.router,
-                            "--buckets", "65536", "--dim", "32"], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
+        cls.router = demo_router(cls.dir.name)
         experts = {name: {"kind": "echo", "cost": cost} for name, cost in
                    (("coder", 1.0), ("mathematician", 1.0), ("writer", 1.0), ("generalist", 0.1))}
         categories = {"code": {"experts": {"coder": 0.9, "generalist": 0.6}},
@@ -141,10 +147,7 @@ class Capabilities(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.TemporaryDirectory(prefix="coegate-caps-")
-        cls.router = os.path.join(cls.dir.name, "router.gguf")
-        r = subprocess.run([COEGATE, "router", "train", "--data", "configs/demo-queries.jsonl", "--out", cls.router,
-                            "--buckets", "65536", "--dim", "32"], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
+        cls.router = demo_router(cls.dir.name)
         cls.up = Upstream()
         nb = {"breaker_failures": 0, "retries": 0}
         cls.gw = Gateway({
