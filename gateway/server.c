@@ -478,6 +478,19 @@ static void log_word(char *out, size_t n, const char *in)
     out[k] = '\0';
 }
 
+/* The metrics' name of an endpoint (one model and the list count as models). */
+static coe_metric_endpoint metric_endpoint(endpoint ep)
+{
+    switch (ep) {
+    case EP_CHAT: return COE_METRIC_CHAT;
+    case EP_COMPLETIONS: return COE_METRIC_COMPLETIONS;
+    case EP_MODELS: case EP_MODEL: return COE_METRIC_MODELS;
+    case EP_HEALTH: return COE_METRIC_HEALTH;
+    case EP_METRICS: return COE_METRIC_METRICS;
+    default: return COE_METRIC_OTHER;
+    }
+}
+
 static conn_ctx *new_ctx(worker *w, struct MHD_Connection *conn, const char *url, const char *method)
 {
     coe_server *s = w->srv;
@@ -854,7 +867,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (cx->counted)
         atomic_fetch_sub(&s->inflight, 1);
     double seconds = (double)(coe_now_us() - cx->start_us) / 1e6;
-    coe_metrics_request(cx->ep == EP_UNKNOWN ? COE_METRIC_OTHER : (coe_metric_endpoint)cx->ep, cx->status, seconds);
+    coe_metrics_request(metric_endpoint(cx->ep), cx->status, seconds);
     if (cx->cfg->server.access_log) {
         char ip[INET6_ADDRSTRLEN] = "-";
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);

@@ -136,6 +136,11 @@ class Api(unittest.TestCase):
         h = request(self.gw.port, "HEAD", "/health")  # load balancers' probes
         self.assertEqual((h.status, h.body), (200, b""))
         self.assertTrue(self.gw.wait_log(r"method=HEAD path=/health .*status=200"))
+        # Each endpoint is counted under its own name (counted before its log line).
+        self.assertTrue(self.gw.wait_log(r"path=/v1/models/nobody .*status=404"))
+        m = request(self.gw.port, "GET", "/metrics", headers=self.auth).body.decode()
+        for endpoint, status in (("health", 200), ("models", 200), ("models", 404), ("models", 401)):
+            self.assertRegex(m, r'coegate_requests_total\{endpoint="%s",status="%d"\} [1-9]' % (endpoint, status))
 
     def assertError(self, r, status, param=None, code=None, text=None, expert="none"):
         """expert: what x-coegate-expert must say ("none" when the gateway refused on its own)."""
