@@ -50,7 +50,8 @@ typedef struct coe_failure {
  * done or fail, unless it is cancelled, after which nothing more is reported. */
 typedef struct coe_sink_ops {
     void (*delta)(void *ctx, const coe_delta *d);
-    /* A non-streamed answer: the raw JSON array of choices, OpenAI-shaped. */
+    /* A non-streamed answer: the raw JSON array of choices, OpenAI-shaped (for
+     * embeddings, the whole answer object). */
     void (*result)(void *ctx, const char *choices_json, size_t len);
     void (*usage)(void *ctx, const coe_usage *u);
     void (*done)(void *ctx);

@@ -87,6 +87,8 @@ static char *upstream_body(const coe_expert_cfg *e, const coe_request *req)
         return NULL;
     cJSON_DeleteItemFromObjectCaseSensitive(b, "model");
     cJSON_AddStringToObject(b, "model", e->model);
+    if (req->endpoint == COE_EP_EMBEDDINGS)
+        goto print; /* nothing generated: no limit, no stream */
     long mt = coe_effective_max_tokens(e, req);
     cJSON_DeleteItemFromObjectCaseSensitive(b, "max_tokens");
     cJSON_DeleteItemFromObjectCaseSensitive(b, "max_completion_tokens");
@@ -103,6 +105,7 @@ static char *upstream_body(const coe_expert_cfg *e, const coe_request *req)
             cJSON_AddTrueToObject(so, "include_usage");
         }
     }
+print:;
     char *s = cJSON_PrintUnformatted(b);
     cJSON_Delete(b);
     return s;
@@ -279,8 +282,30 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
 
 /* A whole JSON answer: passed on as a result, or as deltas when the client streams
  * (some servers ignore stream: true). */
+/* Embeddings: an object with a "data" array, passed on whole, named by the model the
+ * client asked for (as every answer is). */
+static bool handle_embeddings(remote_call *c)
+{
+    cJSON *j = cJSON_ParseWithLength(c->in.data ? c->in.data : "", c->in.len);
+    if (!cJSON_IsObject(j) || !cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(j, "data"))) {
+        cJSON_Delete(j);
+        return false;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(j, "model");
+    cJSON_AddStringToObject(j, "model", c->req->model);
+    char *s = cJSON_PrintUnformatted(j);
+    if (s)
+        c->sink.ops->result(c->sink.ctx, s, strlen(s));
+    free(s);
+    read_usage(c, cJSON_GetObjectItemCaseSensitive(j, "usage"));
+    cJSON_Delete(j);
+    return true;
+}
+
 static bool handle_json_body(remote_call *c)
 {
+    if (c->req->endpoint == COE_EP_EMBEDDINGS)
+        return handle_embeddings(c);
     cJSON *j = cJSON_ParseWithLength(c->in.data ? c->in.data : "", c->in.len);
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(j, "choices");
     if (!cJSON_IsObject(j) || !cJSON_IsArray(choices)) {
@@ -432,7 +457,9 @@ static int remote_start(coe_loop *loop, const coe_expert_cfg *e, const coe_reque
         return COE_ENOMEM;
     }
     char url[2048];
-    snprintf(url, sizeof url, "%s%s", e->base_url, req->endpoint == COE_EP_CHAT ? "/chat/completions" : "/completions");
+    snprintf(url, sizeof url, "%s%s", e->base_url,
+             req->endpoint == COE_EP_CHAT ? "/chat/completions" : req->endpoint == COE_EP_EMBEDDINGS ? "/embeddings"
+                                                                                                   : "/completions");
     c->headers = curl_slist_append(c->headers, "Content-Type: application/json");
     c->headers = curl_slist_append(c->headers, req->stream ? "Accept: text/event-stream" : "Accept: application/json");
     c->headers = curl_slist_append(c->headers, "Expect:");

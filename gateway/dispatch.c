@@ -430,6 +430,9 @@ static void on_done(void *ctx)
             end_cut(d);
         else
             coe_exchange_finish(d->ex);
+    } else if (d->req->endpoint == COE_EP_EMBEDDINGS) {
+        commit(d);
+        respond_built(d, 200, 0, &d->choices, NULL); /* the expert's whole answer, as it is */
     } else {
         commit(d);
         coe_openai_body(&b, &d->reply, d->choices.data ? d->choices.data : "[]", d->choices.len,

@@ -110,11 +110,15 @@ static int check_messages(const cJSON *body, coe_api_error *err)
     return 0;
 }
 
-const char *const coe_cap_names[COE_CAP_COUNT] = {"tools", "response_format", "n", "images"};
+const char *const coe_cap_names[COE_CAP_COUNT] = {"tools", "response_format", "n", "images", "embeddings"};
 
 /* What r needs of its expert (see coe_request.needs); r->body has been checked. */
 static void needs_of(coe_request *r)
 {
+    if (r->endpoint == COE_EP_EMBEDDINGS) {
+        r->needs = COE_CAP_EMBEDDINGS;
+        return;
+    }
     const cJSON *tools = field(r->body, "tools");
     if (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0)
         r->needs |= COE_CAP_TOOLS;
@@ -143,9 +147,11 @@ static void needs_of(coe_request *r)
 
 const char *coe_request_cap_param(const coe_request *r, unsigned cap)
 {
-    return cap == COE_CAP_IMAGES ? r->image_param : cap == COE_CAP_TOOLS ? "tools"
-                                                : cap == COE_CAP_N       ? "n"
-                                                                         : "response_format";
+    return cap == COE_CAP_IMAGES       ? r->image_param
+           : cap == COE_CAP_TOOLS      ? "tools"
+           : cap == COE_CAP_N          ? "n"
+           : cap == COE_CAP_EMBEDDINGS ? "model"
+                                       : "response_format";
 }
 
 /* logit_bias: {"token id": bias from -100 to 100}, as OpenAI takes it. */
@@ -163,6 +169,29 @@ static int check_logit_bias(const cJSON *body, coe_api_error *err)
         if (!cJSON_IsNumber(b) || b->valuedouble < -100 || b->valuedouble > 100)
             return BAD(err, "logit_bias", "'logit_bias': the bias of token %s must be a number from -100 to 100", k);
     }
+    return 0;
+}
+
+/* Embeddings: "input" is a string, or a non-empty array of strings, of token ids, or
+ * of arrays of token ids (OpenAI's forms); the rest goes to the expert as it is. */
+static int check_input(const cJSON *body, coe_api_error *err)
+{
+    int rc = check_bool(body, "stream", err);
+    if (!rc && cJSON_IsTrue(field(body, "stream")))
+        rc = BAD(err, "stream", "embeddings are not streamed");
+    const cJSON *in = field(body, "input");
+    if (rc || cJSON_IsString(in))
+        return rc;
+    if (!in)
+        return BAD(err, "input", "'input' is required");
+    bool ok = cJSON_IsArray(in) && in->child;
+    for (const cJSON *x = ok ? in->child : NULL; x && ok; x = x->next)
+        ok = cJSON_IsString(x) ? cJSON_IsString(in->child)
+             : cJSON_IsNumber(x) ? cJSON_IsNumber(in->child)
+                                 : cJSON_IsArray(x) && cJSON_IsArray(in->child);
+    if (!ok)
+        return BAD(err, "input", "'input' must be a string, or a non-empty array of strings, of token ids or of "
+                                 "arrays of token ids");
     return 0;
 }
 
@@ -208,6 +237,12 @@ int coe_request_parse(const char *text, size_t len, coe_endpoint ep, int max_dep
         rc = BAD(err, "model", "'model' must be a string");
         goto fail;
     }
+    const cJSON *so = field(body, "stream_options");
+    if (ep == COE_EP_EMBEDDINGS) {
+        if ((rc = check_input(body, err)))
+            goto fail;
+        goto checked;
+    }
     if ((rc = ep == COE_EP_CHAT ? check_messages(body, err) : check_prompt(body, err)))
         goto fail;
     rc = ep == COE_EP_CHAT ? check_bool(body, "logprobs", err) : check_number(body, "logprobs", 0, 5, true, err);
@@ -225,7 +260,6 @@ int coe_request_parse(const char *text, size_t len, coe_endpoint ep, int max_dep
         (rc = check_number(body, "top_logprobs", 0, 20, true, err)) || (rc = check_stop(body, err)) ||
         (rc = check_logit_bias(body, err)))
         goto fail;
-    const cJSON *so = field(body, "stream_options");
     if (so && !cJSON_IsNull(so)) {
         if (!cJSON_IsObject(so)) {
             rc = BAD(err, "stream_options", "'stream_options' must be an object");
@@ -238,6 +272,7 @@ int coe_request_parse(const char *text, size_t len, coe_endpoint ep, int max_dep
         }
     }
 
+checked:;
     coe_request *r = calloc(1, sizeof *r);
     if (!r) {
         coe_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
@@ -278,6 +313,11 @@ void coe_request_free(coe_request **rp)
 
 const char *coe_request_last_user_text(const coe_request *r)
 {
+    if (r->endpoint == COE_EP_EMBEDDINGS) {
+        const cJSON *in = field(r->body, "input");
+        const cJSON *first = cJSON_IsArray(in) ? in->child : in;
+        return cJSON_IsString(first) ? first->valuestring : "";
+    }
     if (r->endpoint == COE_EP_COMPLETIONS) {
         const cJSON *p = field(r->body, "prompt");
         if (cJSON_IsString(p))

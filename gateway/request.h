@@ -11,6 +11,7 @@
 typedef enum coe_endpoint {
     COE_EP_CHAT,        /* POST /v1/chat/completions */
     COE_EP_COMPLETIONS, /* POST /v1/completions */
+    COE_EP_EMBEDDINGS,  /* POST /v1/embeddings: passed through to an expert that serves them */
 } coe_endpoint;
 
 /* An error for the client, in OpenAI's shape {"error":{message,type,param,code}}. */
@@ -32,10 +33,12 @@ enum {
     COE_CAP_RESPONSE_FORMAT = 2, /* "response_format": json_object or json_schema */
     COE_CAP_N = 4,               /* "n" > 1: several choices */
     COE_CAP_IMAGES = 8,          /* image parts in its messages */
-    COE_CAP_ALL = 15,
+    COE_CAP_EMBEDDINGS = 16,     /* it is a request for embeddings */
+    COE_CAP_ALL = 31,
 };
-#define COE_CAP_COUNT 4
-/* The configuration's name of capability i (bit 1 << i): tools, response_format, n, images. */
+#define COE_CAP_COUNT 5
+/* The configuration's name of capability i (bit 1 << i): tools, response_format, n,
+ * images, embeddings. */
 extern const char *const coe_cap_names[COE_CAP_COUNT];
 
 typedef struct coe_request {

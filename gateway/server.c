@@ -68,7 +68,13 @@ struct coe_server {
 };
 
 /* In the order of coe_metric_endpoint, so that one indexes the other. */
-typedef enum { EP_CHAT, EP_COMPLETIONS, EP_MODELS, EP_MODEL, EP_HEALTH, EP_METRICS, EP_UNKNOWN } endpoint;
+typedef enum { EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_MODELS, EP_MODEL, EP_HEALTH, EP_METRICS, EP_UNKNOWN } endpoint;
+
+/* The endpoints that take a request body (POST); the others answer GET and HEAD. */
+static bool takes_post(endpoint ep)
+{
+    return ep == EP_CHAT || ep == EP_COMPLETIONS || ep == EP_EMBEDDINGS;
+}
 
 /* What one HTTP request carries between libmicrohttpd's calls. */
 typedef struct conn_ctx {
@@ -300,7 +306,7 @@ static enum MHD_Result send_body(struct MHD_Connection *conn, conn_ctx *cx, int 
         MHD_add_response_header(r, "Retry-After", v);
     }
     if (status == 405)
-        MHD_add_response_header(r, "Allow", cx->ep == EP_CHAT || cx->ep == EP_COMPLETIONS ? "POST" : "GET");
+        MHD_add_response_header(r, "Allow", takes_post(cx->ep) ? "POST" : "GET, HEAD");
     if (status == 401)
         MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
     if (cx->close || atomic_load(&cx->srv->stopping))
@@ -445,6 +451,8 @@ static endpoint classify(const char *url)
         return EP_CHAT;
     if (strcmp(url, "/v1/completions") == 0)
         return EP_COMPLETIONS;
+    if (strcmp(url, "/v1/embeddings") == 0)
+        return EP_EMBEDDINGS;
     if (strcmp(url, "/v1/models") == 0)
         return EP_MODELS;
     if (strncmp(url, "/v1/models/", 11) == 0 && url[11])
@@ -484,6 +492,7 @@ static coe_metric_endpoint metric_endpoint(endpoint ep)
     switch (ep) {
     case EP_CHAT: return COE_METRIC_CHAT;
     case EP_COMPLETIONS: return COE_METRIC_COMPLETIONS;
+    case EP_EMBEDDINGS: return COE_METRIC_EMBEDDINGS;
     case EP_MODELS: case EP_MODEL: return COE_METRIC_MODELS;
     case EP_HEALTH: return COE_METRIC_HEALTH;
     case EP_METRICS: return COE_METRIC_METRICS;
@@ -598,7 +607,7 @@ static enum MHD_Result on_headers(struct MHD_Connection *conn, conn_ctx *cx, con
         return framed;
     if (cx->ep == EP_UNKNOWN)
         return fail(conn, cx, 404, "not_found", NULL, "unknown path; see GET /v1/models");
-    bool want_get = cx->ep != EP_CHAT && cx->ep != EP_COMPLETIONS;
+    bool want_get = !takes_post(cx->ep);
     /* HEAD asks what GET would answer; libmicrohttpd leaves the body out. */
     if (strcmp(method, want_get ? "GET" : "POST") != 0 && !(want_get && strcmp(method, "HEAD") == 0))
         return fail(conn, cx, 405, "method_not_allowed", NULL, want_get ? "use GET here" : "use POST here");
@@ -641,7 +650,7 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
         return fail(conn, cx, 503, "shutting_down", NULL, "the gateway is shutting down");
     coe_api_error err;
     coe_request *req = NULL;
-    coe_endpoint ep = cx->ep == EP_CHAT ? COE_EP_CHAT : COE_EP_COMPLETIONS;
+    coe_endpoint ep = cx->ep == EP_CHAT ? COE_EP_CHAT : cx->ep == EP_EMBEDDINGS ? COE_EP_EMBEDDINGS : COE_EP_COMPLETIONS;
     if (coe_request_parse(cx->body.data, cx->body.len, ep, sc->max_json_depth, &req, &err))
         return send_error(conn, cx, &err);
     coe_buf_free(&cx->body);

@@ -136,7 +136,8 @@ int coe_route_resolve(const coe_config *cfg, const coe_request *req, coe_route_d
     }
     init(out, r);
     const coe_route_cfg *rc = &cfg->routes[r];
-    if (!rc->router) {
+    /* Embeddings are not classified: the route's categories are of conversations. */
+    if (!rc->router || req->endpoint == COE_EP_EMBEDDINGS) {
         out->expert = rc->default_expert;
         out->rule = "default";
         return make_capable(cfg, rc, req->needs, out);

@@ -9,7 +9,8 @@
  * characters (a key that a cut of the message would straddle); error_after sends an
  * error event after N chunks of a stream. key names a scenario for /stats and fail_times (fail the first K requests of the
  * scenario with status S, then answer). Without a directive it answers at once with
- * 3 chunks. GET /stats returns what it saw per key: requests, the last request body,
+ * 3 chunks. POST /v1/embeddings answers one small vector per input (directives in the
+ * first input string). GET /stats returns what it saw per key: requests, the last request body,
  * the last Authorization header, and when a client closed a response early. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -323,6 +324,11 @@ static enum MHD_Result add_header(void *cls, enum MHD_ValueKind kind, const char
 
 static const char *last_text(const cJSON *body, bool chat)
 {
+    const cJSON *input = cJSON_GetObjectItemCaseSensitive(body, "input");
+    if (input) { /* embeddings: the string, or the first of an array */
+        const cJSON *first = cJSON_IsArray(input) ? input->child : input;
+        return cJSON_IsString(first) ? first->valuestring : NULL;
+    }
     if (!chat) {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(body, "prompt");
         return cJSON_IsString(p) ? p->valuestring : NULL;
@@ -379,6 +385,33 @@ static enum MHD_Result answer(struct MHD_Connection *c, const char *url, req_ctx
         return r;
     }
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(body, "model");
+    if (strcmp(url, "/v1/embeddings") == 0) {
+        /* One 4-dimensional vector per input, its values from the input's index. */
+        const cJSON *input = cJSON_GetObjectItemCaseSensitive(body, "input");
+        int n = cJSON_IsArray(input) ? cJSON_GetArraySize(input) : 1;
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "object", "list");
+        cJSON *data = cJSON_AddArrayToObject(j, "data");
+        for (int i = 0; i < n; i++) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "object", "embedding");
+            cJSON_AddNumberToObject(e, "index", i);
+            cJSON *v = cJSON_AddArrayToObject(e, "embedding");
+            for (int k = 0; k < 4; k++)
+                cJSON_AddItemToArray(v, cJSON_CreateNumber(0.25 * (i + 1) * (k + 1)));
+            cJSON_AddItemToArray(data, e);
+        }
+        cJSON_AddStringToObject(j, "model", cJSON_IsString(model) ? model->valuestring : "");
+        cJSON *u = cJSON_AddObjectToObject(j, "usage");
+        cJSON_AddNumberToObject(u, "prompt_tokens", 3 * n);
+        cJSON_AddNumberToObject(u, "total_tokens", 3 * n);
+        char *t = cJSON_PrintUnformatted(j);
+        cJSON_Delete(j);
+        cJSON_Delete(body);
+        enum MHD_Result r = reply(c, 200, t, 0);
+        free(t);
+        return r;
+    }
     bool streaming = d.sse || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(body, "stream"));
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(body, "stream_options");
     bool usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage"));
@@ -451,7 +484,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (strcmp(method, "GET") == 0 && strcmp(url, "/stats") == 0)
         return stats(c);
     if (strcmp(method, "POST") == 0 &&
-        (strcmp(url, "/v1/chat/completions") == 0 || strcmp(url, "/v1/completions") == 0))
+        (strcmp(url, "/v1/chat/completions") == 0 || strcmp(url, "/v1/completions") == 0 ||
+         strcmp(url, "/v1/embeddings") == 0))
         return answer(c, url, rc);
     return reply(c, 404, "{\"error\":{\"message\":\"fake: no such path\",\"type\":\"not_found\"}}", 0);
 }

@@ -12,7 +12,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    for (int ep = 0; ep < 2; ep++) {
+    for (int ep = COE_EP_CHAT; ep <= COE_EP_EMBEDDINGS; ep++) {
         coe_request *r = NULL;
         coe_api_error err = {0};
         int rc = coe_request_parse((const char *)data, size, (coe_endpoint)ep, 32, &r, &err);

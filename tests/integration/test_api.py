@@ -20,7 +20,8 @@ class Api(unittest.TestCase):
                 "fake": remote(cls.up, model="upstream-model", api_key_env="COE_TEST_UPSTREAM_KEY",
                                headers={"X-Team": "integration"}),
                 "capped": remote(cls.up, max_tokens=16),
-                "newer": remote(cls.up, max_tokens_field="max_completion_tokens"),
+                "newer": remote(cls.up, max_tokens_field="max_completion_tokens",
+                                capabilities=["tools", "response_format", "n", "images"]),
                 "narrow": remote(cls.up, max_concurrency=1, retries=0),
                 "echo": {"kind": "echo"},
             },
@@ -194,6 +195,36 @@ class Api(unittest.TestCase):
         self.assertEqual(json.loads(self.up.key("cap2")["last_body"])["max_tokens"], 16)
         self.post(chat_body("fake: key=cap3", model="capped", max_tokens=3))
         self.assertEqual(json.loads(self.up.key("cap3")["last_body"])["max_tokens"], 3)
+
+    def test_embeddings(self):
+        """/v1/embeddings goes to the expert as it is (its model name put in), and the
+        expert's answer comes back whole, named as the client named it."""
+        r = self.post({"model": "fake", "input": "fake: key=emb hello"}, "/v1/embeddings")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.headers["x-coegate-expert"], "fake")
+        body = r.json()
+        self.assertEqual((body["object"], body["model"], len(body["data"])), ("list", "fake", 1))
+        self.assertEqual(body["data"][0]["embedding"], [0.25, 0.5, 0.75, 1.0])
+        self.assertEqual(body["usage"], {"prompt_tokens": 3, "total_tokens": 3})
+        sent = json.loads(self.up.key("emb")["last_body"])
+        self.assertEqual(sent, {"input": "fake: key=emb hello", "model": "upstream-model"})
+        # Several inputs; through a route (its default); no token limit added from a cap.
+        r = self.post({"input": ["fake: key=emb2 a", "b", "c"]}, "/v1/embeddings")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual((r.json()["model"], [d["index"] for d in r.json()["data"]]), ("auto", [0, 1, 2]))
+        r = self.post({"model": "capped", "input": "fake: key=emb3 x"}, "/v1/embeddings")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertNotIn("max_tokens", json.loads(self.up.key("emb3")["last_body"]))
+        # Experts that cannot, and bad input.
+        self.assertError(self.post({"model": "echo", "input": "x"}, "/v1/embeddings"), 400, param="model",
+                         code="unsupported_capability", text="cannot serve 'embeddings'")
+        self.assertError(self.post({"model": "newer", "input": "x"}, "/v1/embeddings"), 400, param="model",
+                         code="unsupported_capability")
+        for bad, param in (({"model": "fake"}, "input"), ({"model": "fake", "input": []}, "input"),
+                           ({"model": "fake", "input": ["a", 1]}, "input"),
+                           ({"model": "fake", "input": "a", "stream": True}, "stream")):
+            self.assertError(self.post(bad, "/v1/embeddings"), 400, param=param)
+        self.assertError(request(self.gw.port, "GET", "/v1/embeddings", headers=self.auth), 405)
 
     def test_first_chunk_has_the_role(self):
         """An upstream that leaves the role out (llama-server) is normalised: the first
