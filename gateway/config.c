@@ -442,6 +442,11 @@ static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_c
         size_t n = strlen(e->base_url);
         while (n > 0 && e->base_url[n - 1] == '/')
             e->base_url[--n] = '\0';
+        const char *host = strstr(e->base_url, "://");
+        if (usable && (!host || !host[3] || host[3] == '/')) {
+            verr(v, p, "has no host");
+            usable = false;
+        }
         /* The usual mistakes: the endpoint's URL, or the server's without its API root. */
         static const char *const endpoints[] = {"/chat/completions", "/completions", "/models", NULL};
         for (const char *const *ep = endpoints; usable && *ep; ep++)
@@ -450,7 +455,7 @@ static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_c
                            "to which coegate adds the endpoint", *ep);
                 usable = false;
             }
-        if (usable && !strchr(strstr(e->base_url, "://") + 3, '/'))
+        if (usable && !strchr(host + 3, '/'))
             diag(v, true, p, "has no path: vLLM, Ollama and OpenAI serve the API under /v1 (such as "
                              "http://127.0.0.1:8000/v1); only llama.cpp's server also answers at the root");
     }

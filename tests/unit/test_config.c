@@ -101,7 +101,8 @@ static void test_every_error_reported(void **state)
             "\"d\":{\"kind\":\"quantum\"},"
             "\"e\":{\"kind\":\"remote\",\"headers\":{\"X-Ok\":\"a\\r\\nInjected: 1\"},\"max_tokens_field\":\"n\"},"
             "\"f\":{\"kind\":\"remote\",\"base_url\":\"http://h:1/v1/chat/completions/\"},"
-            "\"g\":{\"kind\":\"remote\",\"base_url\":\"http://h:1\"}},"
+            "\"g\":{\"kind\":\"remote\",\"base_url\":\"http://h:1\"},"
+            "\"h\":{\"kind\":\"remote\",\"base_url\":\"https:///\"}},"
             "\"routes\":{\"auto\":{\"default\":\"nobody\"},\"a\":{\"default\":\"a\"}},"
             "\"extra\":true}",
             "t.json: extra: unknown key (allowed here: server, experts, fusions, categories, routes)\n"
@@ -128,6 +129,7 @@ static void test_every_error_reported(void **state)
             "http://127.0.0.1:8000/v1), to which coegate adds the endpoint\n"
             "warning: t.json: experts.g.base_url: has no path: vLLM, Ollama and OpenAI serve the API under /v1 (such as "
             "http://127.0.0.1:8000/v1); only llama.cpp's server also answers at the root\n"
+            "t.json: experts.h.base_url: has no host\n"
             "t.json: experts[\"b c\"].fallbacks[0]: no expert named \"zz\"\n"
             "t.json: experts[\"b c\"].fallbacks[1]: an expert cannot be its own fallback\n"
             "t.json: routes.auto.default: no expert named \"nobody\"\n"
