@@ -1,5 +1,6 @@
 #include "experts/tokenizer.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +100,39 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
     return 0;
 }
 
+/* llama.cpp's token attributes that no GGUF key holds: it sets them by the model's
+ * name. For Phi-3 ("phi-3" or "phi3" in general.name, any case), every special token
+ * but <unk>, <s> and <|endoftext|> strips the whitespace after it, so "<|user|>\nhi"
+ * reads as <|user|> then "hi". (Its LSTRIP rules are for BERT vocabularies, which
+ * coegate does not load.) */
+static int set_strip_attributes(coe_vocab *v, const coe_gguf *g)
+{
+    const coe_gguf_kv *name = coe_gguf_find_kv(g, "general.name");
+    if (!name || name->value.type != COE_GGUF_STRING)
+        return 0;
+    char lower[256];
+    size_t n = name->value.str.len < sizeof lower - 1 ? name->value.str.len : sizeof lower - 1;
+    for (size_t i = 0; i < n; i++)
+        lower[i] = (char)tolower((unsigned char)name->value.str.ptr[i]);
+    lower[n] = '\0';
+    if (!strstr(lower, "phi-3") && !strstr(lower, "phi3"))
+        return 0;
+    if (!(v->rstrip = calloc((size_t)v->n, 1)))
+        return COE_ENOMEM;
+    for (int i = 0; i < v->n_special; i++)
+        v->rstrip[v->special[i]] = 1;
+    static const char *const keep[] = {"<unk>", "<s>", "<|endoftext|>"};
+    int eos_text = coe_vocab_find(v, "</s>", 4);
+    if (eos_text >= 0)
+        v->rstrip[eos_text] = 1;
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+        int id = coe_vocab_find(v, keep[i], strlen(keep[i]));
+        if (id >= 0)
+            v->rstrip[id] = 0;
+    }
+    return 0;
+}
+
 int coe_vocab_load(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
 {
     memset(v, 0, sizeof *v);
@@ -169,6 +203,10 @@ int coe_vocab_load(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
     static const char *const turn_ends[] = {"<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|EOT|>"};
     for (size_t i = 0; v->eot < 0 && i < sizeof turn_ends / sizeof turn_ends[0]; i++)
         v->eot = coe_vocab_find(v, turn_ends[i], strlen(turn_ends[i]));
+    if (set_strip_attributes(v, g)) {
+        coe_vocab_free(v);
+        return COE_ENOMEM;
+    }
     /* SentencePiece adds a space prefix and BOS unless told otherwise; BPE neither. */
     v->add_space_prefix = v->kind == COE_VOCAB_SPM;
     const coe_gguf_kv *asp = coe_gguf_find_kv(g, "tokenizer.ggml.add_space_prefix");
@@ -194,6 +232,7 @@ void coe_vocab_free(coe_vocab *v)
     free(v->type);
     coe_strtab_free(&v->ids);
     free(v->special);
+    free(v->rstrip);
     coe_strtab_free(&v->ranks);
     memset(v, 0, sizeof *v);
 }
@@ -806,6 +845,9 @@ static int tokenize_parts(const coe_vocab *v, const char *text, size_t n, bool c
             rc = push(out, n_out, cap, id);
         prev_special = true;
         i += v->text[id].len;
+        if (v->rstrip && v->rstrip[id])
+            while (i < n && isspace((unsigned char)text[i]))
+                i++;
         start = i;
     }
     return rc;

@@ -35,6 +35,8 @@ typedef struct coe_vocab {
     int *special;               /* owned: control, user-defined and unknown tokens, longest text first */
     int n_special;
     uint8_t special_first[32];  /* bit b: some special token starts with byte b */
+    uint8_t *rstrip;            /* owned, n entries or NULL: a special token that eats the whitespace
+                                 * after it in a prompt (llama.cpp's RSTRIP attribute) */
     /* byte-level BPE */
     coe_pretok pre;
     const coe_gguf_str *merges; /* borrowed: "left right", by rank */
