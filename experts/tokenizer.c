@@ -80,8 +80,11 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         coe_pretok pre;
     } pres[] = {
         {"default", COE_PRE_DEFAULT}, {"gpt-2", COE_PRE_GPT2}, {"mpt", COE_PRE_GPT2}, {"olmo", COE_PRE_GPT2},
-        {"starcoder", COE_PRE_GPT2}, {"llama3", COE_PRE_LLAMA3}, {"llama-bpe", COE_PRE_LLAMA3},
+        {"jais", COE_PRE_GPT2}, {"llama3", COE_PRE_LLAMA3}, {"llama-bpe", COE_PRE_LLAMA3},
         {"smaug-bpe", COE_PRE_LLAMA3}, {"qwen2", COE_PRE_QWEN2}, {"deepseek-coder", COE_PRE_DEEPSEEK_CODER},
+        {"starcoder", COE_PRE_STARCODER}, {"refact", COE_PRE_STARCODER}, {"command-r", COE_PRE_STARCODER},
+        {"smollm", COE_PRE_STARCODER}, {"codeshell", COE_PRE_STARCODER}, {"exaone", COE_PRE_STARCODER},
+        {"minerva-7b", COE_PRE_STARCODER}, {"falcon", COE_PRE_FALCON},
     };
     const coe_gguf_kv *pre = coe_gguf_find_kv(g, "tokenizer.ggml.pre");
     v->pre = COE_PRE_DEFAULT;
@@ -91,7 +94,9 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
             i++;
         if (i == sizeof pres / sizeof pres[0]) {
             coe_buf_printf(diag, "%s: pre-tokenizer '%.*s' (key 'tokenizer.ggml.pre') is not supported "
-                                 "(default, gpt-2, llama3/llama-bpe, qwen2, deepseek-coder, mpt, olmo, starcoder are)\n",
+                                 "(default, gpt-2, mpt, olmo, jais, llama3/llama-bpe, smaug-bpe, qwen2, "
+                                 "deepseek-coder, starcoder, refact, command-r, smollm, codeshell, exaone, "
+                                 "minerva-7b, falcon are)\n",
                            g->path, (int)(pre->value.str.len < 64 ? pre->value.str.len : 64), pre->value.str.ptr);
             return COE_EUNSUPPORTED;
         }
@@ -466,6 +471,7 @@ typedef enum expr {
     X_NUMBER,     /* \p{N} */
     X_NUMBERS,    /* \p{N}+ */
     X_PUNCT_SYM,  /* [\p{P}\$\+<=>\^~\|]+ */
+    X_PUNCT_SYM_TICK, /* [\p{P}\$\+<=>\^~\|`]+ (falcon) */
     X_DIGITS3,    /* [0-9][0-9][0-9] */
 } expr;
 
@@ -599,9 +605,11 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
     case X_NUMBERS:
         return run(t, i, end, IS_N, 0);
     case X_PUNCT_SYM:
+    case X_PUNCT_SYM_TICK:
         for (n = 0; i + n < end; n++) {
             uint32_t d = t->cp[i + n];
-            if (!(flags(d) & IS_P) && !strchr("$+<=>^~|", (int)(d < 128 && d ? d : 1)))
+            const char *also = x == X_PUNCT_SYM ? "$+<=>^~|" : "$+<=>^~|`";
+            if (!(flags(d) & IS_P) && !strchr(also, (int)(d < 128 && d ? d : 1)))
                 break;
         }
         return n;
@@ -662,6 +670,7 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     static const expr gpt2[] = {X_GPT2}, llama3[] = {X_LLAMA3}, qwen2[] = {X_QWEN2};
     static const expr deepseek[] = {X_NEWLINE, X_S_LETTERS, X_S_PUNCT, X_CJK, X_NUMBER};
     static const expr dflt[] = {X_PUNCT_SYM, X_GPT2, X_NUMBERS, X_DIGITS3};
+    static const expr starcoder[] = {X_NUMBER, X_GPT2}, falcon[] = {X_PUNCT_SYM_TICK, X_GPT2, X_DIGITS3};
     const expr *xs;
     size_t n;
     switch (pre) {
@@ -669,6 +678,8 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     case COE_PRE_LLAMA3: xs = llama3, n = 1; break;
     case COE_PRE_QWEN2: xs = qwen2, n = 1; break;
     case COE_PRE_DEEPSEEK_CODER: xs = deepseek, n = 5; break;
+    case COE_PRE_STARCODER: xs = starcoder, n = 2; break;
+    case COE_PRE_FALCON: xs = falcon, n = 3; break;
     default: xs = dflt, n = 4; break;
     }
     *cuts = malloc(2 * sizeof **cuts);

@@ -1,6 +1,7 @@
 /* Tokenizers from GGUF metadata, matching llama.cpp token for token: SentencePiece
  * (tokenizer.ggml.model "llama") and byte-level BPE ("gpt2") with the pre-tokenizers
- * of gpt-2, llama-3, qwen2, deepseek-coder and the default one; special tokens in
+ * of gpt-2, llama-3, qwen2, deepseek-coder, starcoder, falcon and the default one (and
+ * the names llama.cpp gives the same rules); special tokens in
  * prompts; detokenization. */
 #ifndef COE_TOKENIZER_H
 #define COE_TOKENIZER_H
@@ -18,6 +19,8 @@ typedef enum coe_vocab_kind { COE_VOCAB_SPM, COE_VOCAB_BPE } coe_vocab_kind;
 /* How byte-level BPE splits text before merging (tokenizer.ggml.pre). */
 typedef enum coe_pretok {
     COE_PRE_DEFAULT, COE_PRE_GPT2, COE_PRE_LLAMA3, COE_PRE_QWEN2, COE_PRE_DEEPSEEK_CODER,
+    COE_PRE_STARCODER, /* every \p{N} on its own, then gpt-2's */
+    COE_PRE_FALCON,
 } coe_pretok;
 
 typedef struct coe_vocab {

@@ -667,6 +667,12 @@ static void test_pretokenizers(void **state)
     check_split(COE_PRE_GPT2, "I'M here  42", "I|'|M| here| | 42");
     check_split(COE_PRE_GPT2, "end   ", "end|   ");
     check_split(COE_PRE_DEEPSEEK_CODER, "x = 10\n\u4e2d\u6587", "x| = |1|0|\n|\u4e2d\u6587"); /* '=' is a symbol, not \p{P} */
+    /* starcoder (and refact, command-r, ...): every \p{N} on its own first, '½' too. */
+    check_split(COE_PRE_STARCODER, " \u00bd", " |\u00bd");
+    check_split(COE_PRE_STARCODER, "x = 10 apples", "x| =| |1|0| apples");
+    /* falcon: punctuation and symbols (with the backtick) first, then gpt-2's, then
+     * runs of three ASCII digits. */
+    check_split(COE_PRE_FALCON, "a`b 1234", "a|`|b| |123|4");
 }
 
 static void test_forge_refuses_bad_specs(void **state)
