@@ -380,14 +380,21 @@ static void rms_norm(const float *x, const float *weight, float *y, int n, float
         y[i] = x[i] * scale * weight[i];
 }
 
-static void rope(float *x, int n_heads, int head_dim, int rope_dim, int pos, float base, bool neox)
+/* ggml's rope without YaRN's correction: pair i turns by
+ * freq_scale * (pos * base^(-2i/rope_dim) / freqs[i]), in the same float operations,
+ * so that no scaling and no factors give the plain angle bit for bit. */
+static void rope(const coe_model *m, float *x, int n_heads, int head_dim, int pos)
 {
-    float theta_scale = powf(base, -2.0f / (float)rope_dim);
+    const int rope_dim = m->rope_dim;
+    const bool neox = m->rope_neox;
+    float theta_scale = powf(m->rope_base, -2.0f / (float)rope_dim);
     for (int h = 0; h < n_heads; h++) {
         float *v = x + (size_t)h * (size_t)head_dim;
         float theta = (float)pos;
         for (int i = 0; i < rope_dim; i += 2, theta *= theta_scale) {
-            float c = cosf(theta), s = sinf(theta);
+            float ff = m->rope_freqs ? m->rope_freqs[i / 2] : 1.0f;
+            float angle = m->rope_freq_scale * (theta / ff);
+            float c = cosf(angle), s = sinf(angle);
             int a = neox ? i / 2 : i, b = neox ? i / 2 + rope_dim / 2 : i + 1;
             float x0 = v[a], x1 = v[b];
             v[a] = x0 * c - x1 * s;
@@ -630,8 +637,8 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
                 for (int h = 0; h < m->n_head_kv; h++)
                     rms_norm(k + h * hd, l->k_norm, k + h * hd, hd, m->eps);
             }
-            rope(q, m->n_head, hd, m->rope_dim, e->pos[t], m->rope_base, m->rope_neox);
-            rope(k, m->n_head_kv, hd, m->rope_dim, e->pos[t], m->rope_base, m->rope_neox);
+            rope(m, q, m->n_head, hd, e->pos[t]);
+            rope(m, k, m->n_head_kv, hd, e->pos[t]);
             memcpy(b->seq[t]->k[il] + (size_t)e->pos[t] * (size_t)KVd, k, (size_t)KVd * sizeof(float));
             memcpy(b->seq[t]->v[il] + (size_t)e->pos[t] * (size_t)KVd, e->v + (size_t)t * (size_t)KVd,
                    (size_t)KVd * sizeof(float));

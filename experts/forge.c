@@ -292,6 +292,12 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
         KV_U32("attention.value_length", hd);
     }
     KV_F32("rope.freq_base", 10000.0f);
+    if (s->rope_scaling) {
+        snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
+        coe_gguf_writer_kv_str(f.w, key, s->rope_scaling);
+    }
+    if (s->rope_factor)
+        KV_F32("rope.scaling.factor", s->rope_factor);
     KV_F32("attention.layer_norm_rms_epsilon", 1e-6f);
     if (s->n_expert) {
         KV_U32("expert_count", s->n_expert);
@@ -361,6 +367,9 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
         }
 #undef T
     }
+    /* Last, so that the other weights are the same with it and without. */
+    if (s->rope_freqs)
+        tensor(&f, "rope_freqs.weight", COE_GGML_F32, hd / 2, 1, 1, s->rope_freqs, 0);
 #undef A
 #undef KV_U32
 #undef KV_F32

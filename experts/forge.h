@@ -20,6 +20,9 @@ typedef struct coe_forge_spec {
     int n_ctx;
     uint32_t type;       /* of the matrices; norms, biases and routers stay F32 */
     uint64_t seed;
+    const char *rope_scaling; /* the rope.scaling.type key; NULL: not written */
+    float rope_factor;   /* the rope.scaling.factor key; 0: not written */
+    float rope_freqs;    /* every entry of a rope_freqs.weight tensor; 0: none (the other weights are the same) */
 } coe_forge_spec;
 
 /* A small model of arch that the tests use (2 layers, embedding 64). */

@@ -31,6 +31,7 @@ typedef struct loader {
     coe_gguf *g;
     coe_buf *diag;
     int rc;
+    bool *used;    /* per tensor of g: read by the loader */
 } loader;
 
 static void fail(loader *L, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -77,6 +78,43 @@ static float hparam_f(loader *L, const char *suffix, double def)
     return (float)v;
 }
 
+/* RoPE scaling as llama.cpp reads it: rope.scaling.type (default linear) with
+ * rope.scaling.factor (or the older rope.scale_linear) dividing every angle; "none"
+ * ignores the factor. YaRN and LongRoPE change the angles in other ways the engine
+ * does not compute, so they are refused by name rather than silently run as linear
+ * (YaRN at factor 1 changes nothing and is accepted). */
+static void rope_scaling(loader *L)
+{
+    coe_model *m = L->m;
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", m->arch_name);
+    const coe_gguf_kv *t = coe_gguf_find_kv(L->g, key);
+    char type[32] = "linear";
+    if (t && t->value.type != COE_GGUF_STRING) {
+        fail(L, COE_EINVAL, "key '%s' must be a string", key);
+        return;
+    }
+    if (t)
+        snprintf(type, sizeof type, "%.*s", (int)(t->value.str.len < 31 ? t->value.str.len : 31), t->value.str.ptr);
+    /* The factor; 0 or absent means none, as in llama.cpp. */
+    double factor = 0;
+    static const char *const factor_keys[] = {"rope.scaling.factor", "rope.scale_linear"};
+    for (int i = 0; i < 2 && factor == 0; i++) {
+        snprintf(key, sizeof key, "%s.%s", m->arch_name, factor_keys[i]);
+        const coe_gguf_kv *f = coe_gguf_find_kv(L->g, key);
+        if (f && (!coe_gguf_get_f64(&f->value, &factor) || !(factor >= 0) || factor > 1e6)) {
+            fail(L, COE_EINVAL, "key '%s' must be a number from 0 to 1e6", key);
+            return;
+        }
+    }
+    if (factor == 0)
+        factor = 1;
+    m->rope_freq_scale = strcmp(type, "none") == 0 ? 1.0f : 1.0f / (float)factor; /* in float, as llama.cpp */
+    if (strcmp(type, "none") != 0 && strcmp(type, "linear") != 0 && !(strcmp(type, "yarn") == 0 && factor == 1))
+        fail(L, COE_EUNSUPPORTED, "RoPE scaling '%s' (key '%s.rope.scaling.type') is not supported (none and linear are)",
+             type, m->arch_name);
+}
+
 /* The tensor name, checked for presence, shape {d0, d1, d2} (0: that dimension
  * absent) and a type the engine computes with. NULL when absent and optional. */
 static const coe_gguf_tensor *tensor(loader *L, const char *name, bool required, int64_t d0, int64_t d1, int64_t d2)
@@ -87,6 +125,8 @@ static const coe_gguf_tensor *tensor(loader *L, const char *name, bool required,
             fail(L, COE_EINVAL, "tensor '%s' is missing", name);
         return NULL;
     }
+    if (L->used)
+        L->used[t - L->g->tensors] = true;
     int64_t want[3] = {d0, d1, d2};
     uint32_t n_want = d2 ? 3 : d1 ? 2 : 1;
     bool ok = true;
@@ -217,7 +257,11 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
         return COE_ENOMEM;
     }
     m->gguf = g;
-    loader L = {m, g, diag, 0};
+    loader L = {m, g, diag, 0, calloc(g->n_tensors ? g->n_tensors : 1, sizeof(bool))};
+    if (!L.used) {
+        fail(&L, COE_ENOMEM, "out of memory");
+        goto done;
+    }
     const coe_gguf_kv *a = coe_gguf_find_kv(g, "general.architecture");
     if (!a || a->value.type != COE_GGUF_STRING) {
         fail(&L, COE_EINVAL, "key 'general.architecture' is missing");
@@ -276,6 +320,7 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
         fail(&L, COE_EINVAL, "key '%s.feed_forward_length' is missing", m->arch_name);
     }
     m->rope_neox = m->arch != COE_ARCH_LLAMA;
+    rope_scaling(&L);
     m->norm_topk = m->arch == COE_ARCH_LLAMA || m->arch == COE_ARCH_QWEN3MOE;
     const coe_gguf_kv *nw = coe_gguf_find_kv(g, "qwen3moe.expert_weights_norm");
     if (nw && m->arch == COE_ARCH_QWEN3MOE)
@@ -291,6 +336,7 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
     }
     m->tok_embd = weight(&L, "token_embd.weight", true, m->n_embd, m->n_vocab, 1);
     m->output_norm = vec(&L, "output_norm.weight", true, m->n_embd);
+    m->rope_freqs = vec(&L, "rope_freqs.weight", false, m->rope_dim / 2); /* Llama-3.1's frequency factors */
     m->output = weight(&L, "output.weight", false, m->n_embd, m->n_vocab, 1);
     if (!m->output.data && !L.rc)
         m->output = m->tok_embd; /* tied */
@@ -301,6 +347,13 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
     }
     for (int il = 0; il < m->n_layer && !L.rc; il++)
         load_layer(&L, il);
+    /* A tensor the engine does not read may change what the model computes (an
+     * attention or RoPE variant, a bias): refused by name, never ignored. */
+    for (uint64_t i = 0; i < g->n_tensors && !L.rc; i++)
+        if (!L.used[i])
+            fail(&L, COE_EUNSUPPORTED, "tensor '%.*s' is not one the engine computes with for %s models; refused "
+                 "rather than ignored, as it may change the results", (int)(g->tensors[i].name.len < 96 ?
+                 g->tensors[i].name.len : 96), g->tensors[i].name.ptr, m->arch_name);
     if (L.rc)
         goto done;
 
@@ -316,6 +369,7 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
     }
     m->bytes_per_token = per_token;
 done:
+    free(L.used);
     if (L.rc) {
         coe_model_close(&m);
         return L.rc;
@@ -345,6 +399,7 @@ void coe_model_close(coe_model **mp)
     }
     free(m->layers);
     free(m->output_norm);
+    free(m->rope_freqs);
     coe_gguf_close(&m->gguf);
     free(m);
     *mp = NULL;

@@ -47,6 +47,8 @@ typedef struct coe_model {
     int n_ff, n_expert, n_expert_used, n_ff_exp, n_ff_shexp;
     int rope_dim;
     float rope_base, eps;
+    float rope_freq_scale; /* 1 / the linear scaling factor (rope.scaling.*); 1: none */
+    float *rope_freqs;     /* rope_dim / 2 divisors of each pair's angle (rope_freqs.weight), or NULL */
     bool rope_neox;   /* rotate halves (x[i], x[i+d/2]) instead of adjacent pairs */
     bool norm_topk;   /* renormalize the k selected expert weights to sum 1 */
     coe_weight tok_embd, output;

@@ -375,6 +375,74 @@ static void test_context_limit(void **state)
     coe_model_close(&m);
 }
 
+/* RoPE variants of one forged llama (the same weights): the logits of 6 tokens. NULL
+ * with the loader's message in why when the model is refused. */
+static float *rope_logits(const char *scaling, float factor, float freqs, coe_buf *why)
+{
+    coe_forge_spec s = coe_forge_small(COE_ARCH_LLAMA);
+    s.type = COE_GGML_F32;
+    s.seed = 77;
+    s.rope_scaling = scaling, s.rope_factor = factor, s.rope_freqs = freqs;
+    char path[256];
+    snprintf(path, sizeof path, "%s/rope.gguf", dir);
+    coe_buf d = COE_BUF_INIT;
+    if (coe_forge_write(&s, path, &d))
+        fail_msg("%s", d.data);
+    coe_model *m;
+    if (coe_model_open(&m, path, why))
+        return NULL;
+    coe_engine *e = coe_engine_new(m, 1, 16);
+    coe_kv *kv = coe_kv_new(m);
+    int32_t toks[6] = {1, 300, 301, 450, 17, 600};
+    bool all[6] = {1, 1, 1, 1, 1, 1};
+    coe_kv *seq[6] = {kv, kv, kv, kv, kv, kv};
+    float *out = malloc(6 * (size_t)m->n_vocab * sizeof *out);
+    forward(e, seq, toks, all, 6, out);
+    coe_kv_free(&kv);
+    coe_engine_free(&e);
+    coe_model_close(&m);
+    coe_buf_free(&d);
+    return out;
+}
+
+/* Linear scaling divides every angle by its factor, rope_freqs.weight divides each
+ * pair's by its entry (ggml's rope): no scaling, factor 1, "none" with any factor and
+ * factors of 1 give the plain angles bit for bit; factors of 2 give what linear
+ * scaling by 2 gives, bit for bit (both halve the same float exactly); the first
+ * position (angle 0) never changes while the others do. YaRN (past factor 1) and
+ * LongRoPE are refused by name, never run as something else. */
+static void test_rope_scaling(void **state)
+{
+    (void)state;
+    coe_buf why = COE_BUF_INIT;
+    float *plain = rope_logits(NULL, 0, 0, &why);
+    assert_non_null(plain);
+    coe_forge_spec s = coe_forge_small(COE_ARCH_LLAMA);
+    const size_t V = (size_t)s.n_vocab, all = 6 * V * sizeof(float), first = V * sizeof(float);
+    float *same[4] = {rope_logits("linear", 1, 0, &why), rope_logits("none", 4, 0, &why),
+                      rope_logits(NULL, 0, 1, &why), rope_logits("yarn", 1, 0, &why)};
+    for (int i = 0; i < 4; i++) {
+        assert_non_null(same[i]);
+        assert_memory_equal(same[i], plain, all);
+        free(same[i]);
+    }
+    float *linear2 = rope_logits("linear", 2, 0, &why), *freqs2 = rope_logits(NULL, 0, 2, &why);
+    float *linear4 = rope_logits(NULL, 4, 0, &why); /* the type defaults to linear, as in llama.cpp */
+    assert_non_null(linear2), assert_non_null(freqs2), assert_non_null(linear4);
+    assert_memory_equal(linear2, freqs2, all);
+    assert_memory_equal(linear4, plain, first);
+    assert_memory_not_equal(linear4 + V, plain + V, all - first);
+    assert_memory_not_equal(linear4 + V, linear2 + V, all - first);
+    free(linear2), free(freqs2), free(linear4);
+    assert_null(rope_logits("yarn", 4, 0, &why));
+    assert_non_null(strstr(why.data, "RoPE scaling 'yarn' (key 'llama.rope.scaling.type') is not supported"));
+    coe_buf_reset(&why);
+    assert_null(rope_logits("longrope", 0, 0, &why));
+    assert_non_null(strstr(why.data, "RoPE scaling 'longrope'"));
+    coe_buf_free(&why);
+    free(plain);
+}
+
 /* A loaded file altered in memory: each defect is named. */
 typedef void (*alter_fn)(coe_gguf *g);
 
@@ -427,9 +495,17 @@ static void bad_heads(coe_gguf *g)
     kv->value.data = (const uint8_t *)&three;
 }
 
+/* The optional head renamed: the engine would tie the head to the embedding and
+ * never read the tensor, which must not pass silently. */
+static void unknown_tensor(coe_gguf *g)
+{
+    find(g, "output.weight")->name = (coe_gguf_str){"blk.0.attn_sinks.weight", 23};
+}
+
 static void test_model_errors_are_named(void **state)
 {
     (void)state;
+    check_refused(unknown_tensor, "tensor 'blk.0.attn_sinks.weight' is not one the engine computes with");
     check_refused(drop_tensor, "tensor 'blk.1.ffn_down_exps.weight' is missing");
     check_refused(bad_shape, "tensor 'blk.0.attn_k.weight' has shape [64, 16], expected [64, 32]");
     check_refused(bad_type, "tensor 'blk.0.attn_q.weight' has type Q2_K");
@@ -716,6 +792,7 @@ int main(void)
         cmocka_unit_test(test_batching_olmoe),
         cmocka_unit_test(test_batching_qwen3moe),
         cmocka_unit_test(test_context_limit),
+        cmocka_unit_test(test_rope_scaling),
         cmocka_unit_test(test_model_errors_are_named),
         cmocka_unit_test(test_sampling),
         cmocka_unit_test(test_chat_templates),
