@@ -89,7 +89,7 @@ bool coe_quant_supported(uint32_t type)
 {
     switch (type) {
     case COE_GGML_F32: case COE_GGML_F16: case COE_GGML_BF16: case COE_GGML_Q8_0: case COE_GGML_Q4_0:
-    case COE_GGML_Q4_K: case COE_GGML_Q5_K: case COE_GGML_Q6_K: case COE_GGML_Q8_K:
+    case COE_GGML_Q5_0: case COE_GGML_Q4_K: case COE_GGML_Q5_K: case COE_GGML_Q6_K: case COE_GGML_Q8_K:
         return true;
     default:
         return false;
@@ -109,7 +109,7 @@ size_t coe_row_bytes(uint32_t type, int64_t n)
 uint32_t coe_dot_type(uint32_t type)
 {
     switch (type) {
-    case COE_GGML_Q8_0: case COE_GGML_Q4_0:
+    case COE_GGML_Q8_0: case COE_GGML_Q4_0: case COE_GGML_Q5_0:
         return COE_ACT_Q8_0;
     case COE_GGML_Q4_K: case COE_GGML_Q5_K: case COE_GGML_Q6_K:
         return COE_GGML_Q8_K;
@@ -175,6 +175,30 @@ static void quantize_q4_0(const float *x, coe_block_q4_0 *y, int64_t nb)
             int hi = clampi(nearest(floorf(x[j + 16] * id + 8.5f)), 0, 15);
             y[i].qs[j] = (uint8_t)(lo | hi << 4);
         }
+    }
+}
+
+/* ggml's: the value of largest magnitude maps to -16, codes are x / d + 16.5 cut to
+ * 0..31; the low four bits in qs (first half low nibbles), the fifth in qh. */
+static void quantize_q5_0(const float *x, coe_block_q5_0 *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += COE_QK) {
+        float amax = 0, max = 0;
+        for (int j = 0; j < COE_QK; j++)
+            if (fabsf(x[j]) > amax) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        float d = max / -16, id = d != 0 ? 1 / d : 0;
+        y[i].d = coe_f32_to_f16(d);
+        uint32_t qh = 0;
+        for (int j = 0; j < COE_QK / 2; j++) {
+            int lo = clampi(nearest(floorf(x[j] * id + 16.5f)), 0, 31);
+            int hi = clampi(nearest(floorf(x[j + 16] * id + 16.5f)), 0, 31);
+            y[i].qs[j] = (uint8_t)((lo & 15) | (hi & 15) << 4);
+            qh |= (uint32_t)(lo >> 4) << j | (uint32_t)(hi >> 4) << (j + 16);
+        }
+        memcpy(y[i].qh, &qh, 4);
     }
 }
 
@@ -341,6 +365,7 @@ void coe_quantize_row(uint32_t type, const float *x, void *dst, int64_t n)
     case COE_GGML_Q8_0: quantize_q8_0(x, dst, n / COE_QK, false); break;
     case COE_ACT_Q8_0: quantize_q8_0(x, dst, n / COE_QK, true); break;
     case COE_GGML_Q4_0: quantize_q4_0(x, dst, n / COE_QK); break;
+    case COE_GGML_Q5_0: quantize_q5_0(x, dst, n / COE_QK); break;
     case COE_GGML_Q8_K: quantize_q8_k(x, dst, n / COE_QKK); break;
     case COE_GGML_Q4_K: quantize_q4_k(x, dst, n / COE_QKK); break;
     case COE_GGML_Q5_K: quantize_q5_k(x, dst, n / COE_QKK); break;
@@ -387,6 +412,18 @@ void coe_dequantize_row(uint32_t type, const void *src, float *y, int64_t n)
             for (int j = 0; j < COE_QK / 2; j++) {
                 y[j] = d * (float)((b->qs[j] & 15) - 8);
                 y[j + 16] = d * (float)((b->qs[j] >> 4) - 8);
+            }
+        }
+        return;
+    case COE_GGML_Q5_0:
+        for (int64_t i = 0; i < n / COE_QK; i++, y += COE_QK) {
+            const coe_block_q5_0 *b = (const coe_block_q5_0 *)src + i;
+            float d = coe_f16_to_f32(b->d);
+            uint32_t qh;
+            memcpy(&qh, b->qh, 4);
+            for (int j = 0; j < COE_QK / 2; j++) {
+                y[j] = d * (float)(((b->qs[j] & 15) | (int)(qh >> j & 1) << 4) - 16);
+                y[j + 16] = d * (float)(((b->qs[j] >> 4) | (int)(qh >> (j + 16) & 1) << 4) - 16);
             }
         }
         return;
@@ -516,6 +553,24 @@ static float dot_q4_0(const void *w, const void *x, int64_t n)
         int sum = 0;
         for (int j = 0; j < COE_QK / 2; j++)
             sum += ((a[i].qs[j] & 15) - 8) * b[i].qs[j] + ((a[i].qs[j] >> 4) - 8) * b[i].qs[j + 16];
+        s += coe_f16_to_f32(a[i].d) * b[i].d * (float)sum;
+    }
+    return s;
+}
+
+/* As ggml's: an integer sum per block, then d_w * d_x * sum. */
+static float dot_q5_0(const void *w, const void *x, int64_t n)
+{
+    const coe_block_q5_0 *a = w;
+    const coe_block_q8_0_act *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n / COE_QK; i++) {
+        uint32_t qh;
+        memcpy(&qh, a[i].qh, 4);
+        int sum = 0;
+        for (int j = 0; j < COE_QK / 2; j++)
+            sum += (((a[i].qs[j] & 15) | (int)(qh >> j & 1) << 4) - 16) * b[i].qs[j] +
+                   (((a[i].qs[j] >> 4) | (int)(qh >> (j + 16) & 1) << 4) - 16) * b[i].qs[j + 16];
         s += coe_f16_to_f32(a[i].d) * b[i].d * (float)sum;
     }
     return s;
@@ -780,7 +835,7 @@ static struct {
     void (*axpy)(float *y, float a, const float *x, int64_t n);
     coe_dot4_fn q8_0_x4;
     bool vnni;
-    coe_dot_fn f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k;
+    coe_dot_fn f32, f16, bf16, q8_0, q4_0, q5_0, q4_k, q5_k, q6_k;
     bool simd;
 } dots;
 static pthread_once_t dots_once = PTHREAD_ONCE_INIT;
@@ -789,6 +844,7 @@ static void pick_dots(void)
 {
     dots.axpy = axpy_f32;
     dots.f32 = dot_f32, dots.f16 = dot_f16, dots.bf16 = dot_bf16, dots.q8_0 = dot_q8_0, dots.q4_0 = dot_q4_0;
+    dots.q5_0 = dot_q5_0;
     dots.q4_k = dot_q4_k, dots.q5_k = dot_q5_k, dots.q6_k = dot_q6_k;
 #if COE_X86
     __builtin_cpu_init();
@@ -832,6 +888,7 @@ coe_dot_fn coe_vec_dot_fn(uint32_t type)
     case COE_GGML_BF16: return dots.bf16;
     case COE_GGML_Q8_0: return dots.q8_0;
     case COE_GGML_Q4_0: return dots.q4_0;
+    case COE_GGML_Q5_0: return dots.q5_0;
     case COE_GGML_Q4_K: return dots.q4_k;
     case COE_GGML_Q5_K: return dots.q5_k;
     case COE_GGML_Q6_K: return dots.q6_k;

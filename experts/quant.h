@@ -2,7 +2,7 @@
  * products the matrix kernels are made of. Every weight type has a reference
  * dequantizer (plain C, the definition of what the bits mean) and an optimized dot
  * product against activations converted to its "dot type", as llama.cpp does: F32
- * weights meet F32 activations, F16 meet F16, BF16 meet BF16, Q8_0 and Q4_0 meet Q8_0
+ * weights meet F32 activations, F16 meet F16, BF16 meet BF16, Q8_0, Q4_0 and Q5_0 meet Q8_0
  * (as COE_ACT_Q8_0), the K-quants meet Q8_K. The optimized dots use AVX2 when the CPU has it (checked once
  * at run time) and portable C otherwise. */
 #ifndef COE_QUANT_H
@@ -36,6 +36,14 @@ typedef struct coe_block_q4_0 {
     uint16_t d;
     uint8_t qs[COE_QK / 2];
 } coe_block_q4_0;
+
+/* Q5_0: Q4_0's nibbles and a fifth bit per value in qh (value j: bit j), codes 0..31
+ * centred on 16. What llama.cpp writes for Q4_K tensors whose rows 256 does not divide. */
+typedef struct coe_block_q5_0 {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[COE_QK / 2];
+} coe_block_q5_0;
 
 typedef struct coe_block_q4_k {
     uint16_t d, dmin;
