@@ -89,7 +89,8 @@ bool coe_quant_supported(uint32_t type)
 {
     switch (type) {
     case COE_GGML_F32: case COE_GGML_F16: case COE_GGML_BF16: case COE_GGML_Q8_0: case COE_GGML_Q4_0:
-    case COE_GGML_Q5_0: case COE_GGML_Q4_K: case COE_GGML_Q5_K: case COE_GGML_Q6_K: case COE_GGML_Q8_K:
+    case COE_GGML_Q5_0: case COE_GGML_Q4_1: case COE_GGML_Q5_1: case COE_GGML_Q4_K: case COE_GGML_Q5_K:
+    case COE_GGML_Q6_K: case COE_GGML_Q8_K:
         return true;
     default:
         return false;
@@ -100,6 +101,8 @@ size_t coe_row_bytes(uint32_t type, int64_t n)
 {
     if (type == COE_ACT_Q8_0)
         return (size_t)(n / COE_QK) * sizeof(coe_block_q8_0_act);
+    if (type == COE_ACT_Q8_1)
+        return (size_t)(n / COE_QK) * sizeof(coe_block_q8_1_act);
     uint32_t block, bytes;
     if (!coe_ggml_type_layout(type, &block, &bytes))
         return 0;
@@ -111,6 +114,8 @@ uint32_t coe_dot_type(uint32_t type)
     switch (type) {
     case COE_GGML_Q8_0: case COE_GGML_Q4_0: case COE_GGML_Q5_0:
         return COE_ACT_Q8_0;
+    case COE_GGML_Q4_1: case COE_GGML_Q5_1:
+        return COE_ACT_Q8_1;
     case COE_GGML_Q4_K: case COE_GGML_Q5_K: case COE_GGML_Q6_K:
         return COE_GGML_Q8_K;
     default:
@@ -199,6 +204,61 @@ static void quantize_q5_0(const float *x, coe_block_q5_0 *y, int64_t nb)
             qh |= (uint32_t)(lo >> 4) << j | (uint32_t)(hi >> 4) << (j + 16);
         }
         memcpy(y[i].qh, &qh, 4);
+    }
+}
+
+/* Q8_1 activations: Q8_0's codes, and s = F16(d * the sum of the codes) with d the
+ * exact amax / 127, as llama.cpp's. */
+static void quantize_q8_1_act(const float *x, coe_block_q8_1_act *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += COE_QK) {
+        float amax = 0;
+        for (int j = 0; j < COE_QK; j++) {
+            float v = fabsf(x[j]);
+            amax = v > amax ? v : amax;
+        }
+        float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0;
+        int sum = 0;
+        for (int j = 0; j < COE_QK; j++) {
+            y[i].qs[j] = (int8_t)nearest(x[j] * id);
+            sum += y[i].qs[j];
+        }
+        y[i].d = coe_f16_to_f32(coe_f32_to_f16(d));
+        y[i].s = coe_f16_to_f32(coe_f32_to_f16(d * (float)sum));
+    }
+}
+
+/* Q4_1 and Q5_1 (bits 4 or 5), as ggml's: d = (max - min) / (2^bits - 1), m = min,
+ * codes (x - min) / d + 0.5 cut to the range; Q5_1's fifth bits in qh. */
+static void quantize_qx_1(const float *x, uint8_t *dst, int64_t nb, int bits)
+{
+    const int top = (1 << bits) - 1;
+    const size_t block = bits == 4 ? sizeof(coe_block_q4_1) : sizeof(coe_block_q5_1);
+    for (int64_t i = 0; i < nb; i++, x += COE_QK) {
+        float min = INFINITY, max = -INFINITY;
+        for (int j = 0; j < COE_QK; j++) {
+            min = x[j] < min ? x[j] : min;
+            max = x[j] > max ? x[j] : max;
+        }
+        float d = (max - min) / (float)top, id = d != 0 ? 1 / d : 0;
+        uint16_t hd = coe_f32_to_f16(d), hm = coe_f32_to_f16(min);
+        uint8_t *qs = bits == 4 ? ((coe_block_q4_1 *)(dst + (size_t)i * block))->qs
+                                : ((coe_block_q5_1 *)(dst + (size_t)i * block))->qs;
+        uint32_t qh = 0;
+        for (int j = 0; j < COE_QK / 2; j++) {
+            int lo = clampi(nearest(floorf((x[j] - min) * id + 0.5f)), 0, top);
+            int hi = clampi(nearest(floorf((x[j + 16] - min) * id + 0.5f)), 0, top);
+            qs[j] = (uint8_t)((lo & 15) | (hi & 15) << 4);
+            qh |= (uint32_t)(lo >> 4) << j | (uint32_t)(hi >> 4) << (j + 16);
+        }
+        if (bits == 4) {
+            coe_block_q4_1 *y = (coe_block_q4_1 *)(dst + (size_t)i * block);
+            y->d = hd, y->m = hm;
+        } else {
+            coe_block_q5_1 *y = (coe_block_q5_1 *)(dst + (size_t)i * block);
+            y->d = hd, y->m = hm;
+            memcpy(y->qh, &qh, 4);
+        }
     }
 }
 
@@ -366,6 +426,9 @@ void coe_quantize_row(uint32_t type, const float *x, void *dst, int64_t n)
     case COE_ACT_Q8_0: quantize_q8_0(x, dst, n / COE_QK, true); break;
     case COE_GGML_Q4_0: quantize_q4_0(x, dst, n / COE_QK); break;
     case COE_GGML_Q5_0: quantize_q5_0(x, dst, n / COE_QK); break;
+    case COE_ACT_Q8_1: quantize_q8_1_act(x, dst, n / COE_QK); break;
+    case COE_GGML_Q4_1: quantize_qx_1(x, dst, n / COE_QK, 4); break;
+    case COE_GGML_Q5_1: quantize_qx_1(x, dst, n / COE_QK, 5); break;
     case COE_GGML_Q8_K: quantize_q8_k(x, dst, n / COE_QKK); break;
     case COE_GGML_Q4_K: quantize_q4_k(x, dst, n / COE_QKK); break;
     case COE_GGML_Q5_K: quantize_q5_k(x, dst, n / COE_QKK); break;
@@ -412,6 +475,35 @@ void coe_dequantize_row(uint32_t type, const void *src, float *y, int64_t n)
             for (int j = 0; j < COE_QK / 2; j++) {
                 y[j] = d * (float)((b->qs[j] & 15) - 8);
                 y[j + 16] = d * (float)((b->qs[j] >> 4) - 8);
+            }
+        }
+        return;
+    case COE_ACT_Q8_1:
+        for (int64_t i = 0; i < n / COE_QK; i++) {
+            const coe_block_q8_1_act *b = (const coe_block_q8_1_act *)src + i;
+            for (int j = 0; j < COE_QK; j++)
+                *y++ = b->d * (float)b->qs[j];
+        }
+        return;
+    case COE_GGML_Q4_1:
+        for (int64_t i = 0; i < n / COE_QK; i++, y += COE_QK) {
+            const coe_block_q4_1 *b = (const coe_block_q4_1 *)src + i;
+            float d = coe_f16_to_f32(b->d), m = coe_f16_to_f32(b->m);
+            for (int j = 0; j < COE_QK / 2; j++) {
+                y[j] = (float)(b->qs[j] & 15) * d + m;
+                y[j + 16] = (float)(b->qs[j] >> 4) * d + m;
+            }
+        }
+        return;
+    case COE_GGML_Q5_1:
+        for (int64_t i = 0; i < n / COE_QK; i++, y += COE_QK) {
+            const coe_block_q5_1 *b = (const coe_block_q5_1 *)src + i;
+            float d = coe_f16_to_f32(b->d), m = coe_f16_to_f32(b->m);
+            uint32_t qh;
+            memcpy(&qh, b->qh, 4);
+            for (int j = 0; j < COE_QK / 2; j++) {
+                y[j] = (float)((b->qs[j] & 15) | (int)(qh >> j & 1) << 4) * d + m;
+                y[j + 16] = (float)((b->qs[j] >> 4) | (int)(qh >> (j + 16) & 1) << 4) * d + m;
             }
         }
         return;
@@ -490,6 +582,21 @@ float coe_vec_dot_ref(uint32_t type, const void *w, const void *x, int64_t n)
         coe_dequantize_row(coe_dot_type(type), (const uint8_t *)x + (size_t)(i / step) * xb, xf, step);
         for (int64_t j = 0; j < step; j++)
             s += (double)wf[j] * xf[j];
+    }
+    if (coe_dot_type(type) == COE_ACT_Q8_1) {
+        /* The minimum's term uses the activation's stored sum s (an F16 of d * the sum of
+         * the codes) instead of the sum of its values: m * (s - sum), per block. */
+        uint32_t block, bytes;
+        coe_ggml_type_layout(type, &block, &bytes);
+        for (int64_t i = 0; i < n / COE_QK; i++) {
+            const coe_block_q8_1_act *a = (const coe_block_q8_1_act *)x + i;
+            uint16_t m;
+            memcpy(&m, (const uint8_t *)w + (size_t)i * bytes + 2, 2); /* after d, in Q4_1 and Q5_1 */
+            double sum = 0;
+            for (int j = 0; j < COE_QK; j++)
+                sum += (double)a->d * a->qs[j];
+            s += (double)coe_f16_to_f32(m) * (a->s - sum);
+        }
     }
     return (float)s;
 }
@@ -572,6 +679,39 @@ static float dot_q5_0(const void *w, const void *x, int64_t n)
             sum += (((a[i].qs[j] & 15) | (int)(qh >> j & 1) << 4) - 16) * b[i].qs[j] +
                    (((a[i].qs[j] >> 4) | (int)(qh >> (j + 16) & 1) << 4) - 16) * b[i].qs[j + 16];
         s += coe_f16_to_f32(a[i].d) * b[i].d * (float)sum;
+    }
+    return s;
+}
+
+/* As ggml's: d_w * d_x * the integer sum, plus m_w * s_x (the minimum times the sum of
+ * the activation's values). */
+static float dot_q4_1(const void *w, const void *x, int64_t n)
+{
+    const coe_block_q4_1 *a = w;
+    const coe_block_q8_1_act *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n / COE_QK; i++) {
+        int sum = 0;
+        for (int j = 0; j < COE_QK / 2; j++)
+            sum += (a[i].qs[j] & 15) * b[i].qs[j] + (a[i].qs[j] >> 4) * b[i].qs[j + 16];
+        s += coe_f16_to_f32(a[i].d) * b[i].d * (float)sum + coe_f16_to_f32(a[i].m) * b[i].s;
+    }
+    return s;
+}
+
+static float dot_q5_1(const void *w, const void *x, int64_t n)
+{
+    const coe_block_q5_1 *a = w;
+    const coe_block_q8_1_act *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n / COE_QK; i++) {
+        uint32_t qh;
+        memcpy(&qh, a[i].qh, 4);
+        int sum = 0;
+        for (int j = 0; j < COE_QK / 2; j++)
+            sum += ((a[i].qs[j] & 15) | (int)(qh >> j & 1) << 4) * b[i].qs[j] +
+                   ((a[i].qs[j] >> 4) | (int)(qh >> (j + 16) & 1) << 4) * b[i].qs[j + 16];
+        s += coe_f16_to_f32(a[i].d) * b[i].d * (float)sum + coe_f16_to_f32(a[i].m) * b[i].s;
     }
     return s;
 }
@@ -835,7 +975,7 @@ static struct {
     void (*axpy)(float *y, float a, const float *x, int64_t n);
     coe_dot4_fn q8_0_x4;
     bool vnni;
-    coe_dot_fn f32, f16, bf16, q8_0, q4_0, q5_0, q4_k, q5_k, q6_k;
+    coe_dot_fn f32, f16, bf16, q8_0, q4_0, q5_0, q4_1, q5_1, q4_k, q5_k, q6_k;
     bool simd;
 } dots;
 static pthread_once_t dots_once = PTHREAD_ONCE_INIT;
@@ -844,7 +984,7 @@ static void pick_dots(void)
 {
     dots.axpy = axpy_f32;
     dots.f32 = dot_f32, dots.f16 = dot_f16, dots.bf16 = dot_bf16, dots.q8_0 = dot_q8_0, dots.q4_0 = dot_q4_0;
-    dots.q5_0 = dot_q5_0;
+    dots.q5_0 = dot_q5_0, dots.q4_1 = dot_q4_1, dots.q5_1 = dot_q5_1;
     dots.q4_k = dot_q4_k, dots.q5_k = dot_q5_k, dots.q6_k = dot_q6_k;
 #if COE_X86
     __builtin_cpu_init();
@@ -889,6 +1029,8 @@ coe_dot_fn coe_vec_dot_fn(uint32_t type)
     case COE_GGML_Q8_0: return dots.q8_0;
     case COE_GGML_Q4_0: return dots.q4_0;
     case COE_GGML_Q5_0: return dots.q5_0;
+    case COE_GGML_Q4_1: return dots.q4_1;
+    case COE_GGML_Q5_1: return dots.q5_1;
     case COE_GGML_Q4_K: return dots.q4_k;
     case COE_GGML_Q5_K: return dots.q5_k;
     case COE_GGML_Q6_K: return dots.q6_k;

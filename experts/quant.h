@@ -2,7 +2,8 @@
  * products the matrix kernels are made of. Every weight type has a reference
  * dequantizer (plain C, the definition of what the bits mean) and an optimized dot
  * product against activations converted to its "dot type", as llama.cpp does: F32
- * weights meet F32 activations, F16 meet F16, BF16 meet BF16, Q8_0, Q4_0 and Q5_0 meet Q8_0
+ * weights meet F32 activations, F16 meet F16, BF16 meet BF16, Q8_0, Q4_0 and Q5_0 meet Q8_0,
+ * Q4_1 and Q5_1 meet Q8_1
  * (as COE_ACT_Q8_0), the K-quants meet Q8_K. The optimized dots use AVX2 when the CPU has it (checked once
  * at run time) and portable C otherwise. */
 #ifndef COE_QUANT_H
@@ -32,6 +33,15 @@ typedef struct coe_block_q8_0_act {
     int8_t qs[COE_QK];
 } coe_block_q8_0_act;
 
+/* Activations for Q4_1 and Q5_1 weights: Q8_1's codes (as Q8_0's) with s, the F16 of
+ * d times the sum of the codes, both kept as floats. Not a file type. */
+#define COE_ACT_Q8_1 1001u
+
+typedef struct coe_block_q8_1_act {
+    float d, s;
+    int8_t qs[COE_QK];
+} coe_block_q8_1_act;
+
 typedef struct coe_block_q4_0 {
     uint16_t d;
     uint8_t qs[COE_QK / 2];
@@ -44,6 +54,18 @@ typedef struct coe_block_q5_0 {
     uint8_t qh[4];
     uint8_t qs[COE_QK / 2];
 } coe_block_q5_0;
+
+/* Q4_1 and Q5_1: unsigned codes with a minimum, x = d * q + m. */
+typedef struct coe_block_q4_1 {
+    uint16_t d, m;
+    uint8_t qs[COE_QK / 2];
+} coe_block_q4_1;
+
+typedef struct coe_block_q5_1 {
+    uint16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[COE_QK / 2];
+} coe_block_q5_1;
 
 typedef struct coe_block_q4_k {
     uint16_t d, dmin;
@@ -98,7 +120,8 @@ coe_dot_fn coe_vec_dot_fn(uint32_t type);
  * same numbers as four calls of the single dot. NULL where a type has none. */
 typedef void (*coe_dot4_fn)(const void *w, const void *x, size_t stride, int64_t n, float *out);
 coe_dot4_fn coe_vec_dot4_fn(uint32_t type);
-/* The naive reference of the same: both sides dequantized, summed in double. */
+/* The naive reference of the same: both sides dequantized, summed in double (for Q8_1
+ * activations, the minimum's term taken with their stored sums, as the dot defines it). */
 float coe_vec_dot_ref(uint32_t type, const void *w, const void *x, int64_t n);
 
 /* y += a x over n floats (attention's weighted sum of values). */

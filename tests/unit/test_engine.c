@@ -71,8 +71,9 @@ static void test_utf8_tail(void **state)
 
 /* ---- kernels ---- */
 
-static const uint32_t types[] = {COE_GGML_F32,  COE_GGML_F16,  COE_GGML_BF16, COE_GGML_Q8_0, COE_GGML_Q4_0,
-                                 COE_GGML_Q5_0, COE_GGML_Q4_K, COE_GGML_Q5_K, COE_GGML_Q6_K};
+static const uint32_t types[] = {COE_GGML_F32,  COE_GGML_F16,  COE_GGML_BF16, COE_GGML_Q8_0,
+                                 COE_GGML_Q4_0, COE_GGML_Q5_0, COE_GGML_Q4_1, COE_GGML_Q5_1,
+                                 COE_GGML_Q4_K, COE_GGML_Q5_K, COE_GGML_Q6_K};
 
 /* Each quantizer's worst error relative to a block's largest value. */
 static double quant_bound(uint32_t t)
@@ -83,7 +84,7 @@ static double quant_bound(uint32_t t)
     case COE_GGML_BF16: return 8e-3;
     case COE_GGML_Q8_0: return 1.0 / 127;
     case COE_GGML_Q6_K: return 1.0 / 31 + 1.0 / 127;
-    case COE_GGML_Q5_K: case COE_GGML_Q5_0: return 2.0 / 31 + 2.0 / 63;
+    case COE_GGML_Q5_K: case COE_GGML_Q5_0: case COE_GGML_Q5_1: return 2.0 / 31 + 2.0 / 63;
     default: return 2.0 / 15 + 2.0 / 63; /* 4-bit */
     }
 }
@@ -349,6 +350,8 @@ static void test_batching_qwen3moe(void **state)
     check_batching(COE_ARCH_QWEN3MOE, COE_GGML_Q5_K);
     check_batching(COE_ARCH_QWEN3MOE, COE_GGML_Q4_0);
     check_batching(COE_ARCH_OLMOE, COE_GGML_Q5_0);
+    check_batching(COE_ARCH_QWEN2MOE, COE_GGML_Q4_1);
+    check_batching(COE_ARCH_OLMOE, COE_GGML_Q5_1);
 }
 
 /* The context limit is a clear error, not an overflow. */
