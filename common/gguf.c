@@ -50,6 +50,14 @@ static const layout layouts[] = {
     [COE_GGML_I8] = {"I8", 1, 1},         [COE_GGML_I16] = {"I16", 1, 2},
     [COE_GGML_I32] = {"I32", 1, 4},       [COE_GGML_I64] = {"I64", 1, 8},
     [COE_GGML_F64] = {"F64", 1, 8},       [COE_GGML_BF16] = {"BF16", 1, 2},
+    /* Known so that a file holding them opens and its tensors are named; the engine
+     * computes with the ones experts/quant.h lists. */
+    [COE_GGML_IQ2_XXS] = {"IQ2_XXS", 256, 66}, [COE_GGML_IQ2_XS] = {"IQ2_XS", 256, 74},
+    [COE_GGML_IQ3_XXS] = {"IQ3_XXS", 256, 98}, [COE_GGML_IQ1_S] = {"IQ1_S", 256, 50},
+    [COE_GGML_IQ4_NL] = {"IQ4_NL", 32, 18},    [COE_GGML_IQ3_S] = {"IQ3_S", 256, 110},
+    [COE_GGML_IQ2_S] = {"IQ2_S", 256, 82},     [COE_GGML_IQ4_XS] = {"IQ4_XS", 256, 136},
+    [COE_GGML_IQ1_M] = {"IQ1_M", 256, 56},     [COE_GGML_TQ1_0] = {"TQ1_0", 256, 54},
+    [COE_GGML_TQ2_0] = {"TQ2_0", 256, 66},
 };
 
 bool coe_ggml_type_layout(uint32_t t, uint32_t *block, uint32_t *block_bytes)

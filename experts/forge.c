@@ -393,7 +393,7 @@ static const char usage[] =
     "Writes a random-weight GGUF model of a supported architecture, with a built-in\n"
     "SentencePiece vocabulary and a ChatML chat template. Weights are random, so text\n"
     "is gibberish; shapes, types, speed and the serving path are real. TYPE is one of\n"
-    "f32 f16 bf16 q8_0 q4_0 q5_0 q4_1 q5_1 q4_k q5_k q6_k (default f32). Defaults: a 2-layer model of\n"
+    "f32 f16 bf16 q8_0 q4_0 q5_0 q4_1 q5_1 iq4_nl q4_k q5_k q6_k iq4_xs (default f32). Defaults: a 2-layer model of\n"
     "embedding 64 with 4 experts, 2 used. --ff is each expert's width (or the dense one\n"
     "with --experts 0); --ff-shared adds qwen2moe's shared expert (default 128 there).\n";
 
@@ -426,6 +426,7 @@ int coe_forge_main(int argc, char **argv)
         uint32_t type;
     } types[] = {{"f32", COE_GGML_F32}, {"f16", COE_GGML_F16}, {"bf16", COE_GGML_BF16}, {"q8_0", COE_GGML_Q8_0},
                  {"q4_0", COE_GGML_Q4_0}, {"q5_0", COE_GGML_Q5_0}, {"q4_1", COE_GGML_Q4_1}, {"q5_1", COE_GGML_Q5_1},
+                 {"iq4_nl", COE_GGML_IQ4_NL}, {"iq4_xs", COE_GGML_IQ4_XS},
                  {"q4_k", COE_GGML_Q4_K}, {"q5_k", COE_GGML_Q5_K}, {"q6_k", COE_GGML_Q6_K}};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;

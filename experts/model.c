@@ -148,7 +148,7 @@ static const coe_gguf_tensor *tensor(loader *L, const char *name, bool required,
     }
     if (!coe_quant_supported(t->type) || t->type == COE_GGML_Q8_K) {
         fail(L, COE_EUNSUPPORTED, "tensor '%s' has type %s, which the engine does not compute with "
-             "(F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q4_K, Q5_K, Q6_K are supported)", name, coe_ggml_type_name(t->type));
+             "(F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K, IQ4_XS are supported)", name, coe_ggml_type_name(t->type));
         return NULL;
     }
     uint32_t block, bytes;

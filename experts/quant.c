@@ -90,7 +90,7 @@ bool coe_quant_supported(uint32_t type)
     switch (type) {
     case COE_GGML_F32: case COE_GGML_F16: case COE_GGML_BF16: case COE_GGML_Q8_0: case COE_GGML_Q4_0:
     case COE_GGML_Q5_0: case COE_GGML_Q4_1: case COE_GGML_Q5_1: case COE_GGML_Q4_K: case COE_GGML_Q5_K:
-    case COE_GGML_Q6_K: case COE_GGML_Q8_K:
+    case COE_GGML_Q6_K: case COE_GGML_Q8_K: case COE_GGML_IQ4_NL: case COE_GGML_IQ4_XS:
         return true;
     default:
         return false;
@@ -112,11 +112,11 @@ size_t coe_row_bytes(uint32_t type, int64_t n)
 uint32_t coe_dot_type(uint32_t type)
 {
     switch (type) {
-    case COE_GGML_Q8_0: case COE_GGML_Q4_0: case COE_GGML_Q5_0:
+    case COE_GGML_Q8_0: case COE_GGML_Q4_0: case COE_GGML_Q5_0: case COE_GGML_IQ4_NL:
         return COE_ACT_Q8_0;
     case COE_GGML_Q4_1: case COE_GGML_Q5_1:
         return COE_ACT_Q8_1;
-    case COE_GGML_Q4_K: case COE_GGML_Q5_K: case COE_GGML_Q6_K:
+    case COE_GGML_Q4_K: case COE_GGML_Q5_K: case COE_GGML_Q6_K: case COE_GGML_IQ4_XS:
         return COE_GGML_Q8_K;
     default:
         return type;
@@ -287,6 +287,68 @@ static void quantize_q8_k(const float *x, coe_block_q8_k *y, int64_t nb)
     }
 }
 
+const int8_t coe_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+/* The table entry nearest v (the first of two as near). */
+static int iq4nl_index(float v)
+{
+    int best = 0;
+    for (int k = 1; k < 16; k++)
+        if (fabsf(v - coe_iq4nl_values[k]) < fabsf(v - coe_iq4nl_values[best]))
+            best = k;
+    return best;
+}
+
+/* The IQ4 quantizers are for forged models and tests only (the engine never writes
+ * weights): a plain nearest-entry search, simpler than llama.cpp's scale search, and
+ * any codes it writes mean what the dequantizers say. */
+static void quantize_iq4_nl(const float *x, coe_block_iq4_nl *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += COE_QK) {
+        float amax = 0, max = 0;
+        for (int j = 0; j < COE_QK; j++)
+            if (fabsf(x[j]) > amax) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        float d = max / -127, id = d != 0 ? 1 / d : 0;
+        y[i].d = coe_f32_to_f16(d);
+        for (int j = 0; j < COE_QK / 2; j++)
+            y[i].qs[j] = (uint8_t)(iq4nl_index(x[j] * id) | iq4nl_index(x[j + 16] * id) << 4);
+    }
+}
+
+static void quantize_iq4_xs(const float *x, coe_block_iq4_xs *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += COE_QKK) {
+        float scale[COE_QKK / 32], top = 0;
+        for (int b = 0; b < COE_QKK / 32; b++) {
+            float amax = 0, max = 0;
+            for (int j = 0; j < 32; j++)
+                if (fabsf(x[32 * b + j]) > amax) {
+                    amax = fabsf(x[32 * b + j]);
+                    max = x[32 * b + j];
+                }
+            scale[b] = max / -127;
+            top = fabsf(scale[b]) > fabsf(top) ? scale[b] : top;
+        }
+        float d = top / -32; /* block scales from -32 d to 31 d */
+        y[i].d = coe_f32_to_f16(d);
+        float dd = coe_f16_to_f32(y[i].d);
+        y[i].scales_h = 0;
+        memset(y[i].scales_l, 0, sizeof y[i].scales_l);
+        for (int b = 0; b < COE_QKK / 32; b++) {
+            int ls = clampi(nearest(dd != 0 ? scale[b] / dd : 0) + 32, 0, 63);
+            y[i].scales_l[b / 2] |= (uint8_t)((ls & 15) << 4 * (b % 2));
+            y[i].scales_h |= (uint16_t)((ls >> 4) << 2 * b);
+            float dl = dd * (float)(ls - 32), id = dl != 0 ? 1 / dl : 0;
+            for (int j = 0; j < 16; j++)
+                y[i].qs[16 * b + j] = (uint8_t)(iq4nl_index(x[32 * b + j] * id) |
+                                                iq4nl_index(x[32 * b + j + 16] * id) << 4);
+        }
+    }
+}
+
 /* Sub-block j's 6-bit scale and min of a Q4_K/Q5_K block. */
 static void scale_min_k4(int j, const uint8_t *s, int *sc, int *m)
 {
@@ -426,6 +488,8 @@ void coe_quantize_row(uint32_t type, const float *x, void *dst, int64_t n)
     case COE_ACT_Q8_0: quantize_q8_0(x, dst, n / COE_QK, true); break;
     case COE_GGML_Q4_0: quantize_q4_0(x, dst, n / COE_QK); break;
     case COE_GGML_Q5_0: quantize_q5_0(x, dst, n / COE_QK); break;
+    case COE_GGML_IQ4_NL: quantize_iq4_nl(x, dst, n / COE_QK); break;
+    case COE_GGML_IQ4_XS: quantize_iq4_xs(x, dst, n / COE_QKK); break;
     case COE_ACT_Q8_1: quantize_q8_1_act(x, dst, n / COE_QK); break;
     case COE_GGML_Q4_1: quantize_qx_1(x, dst, n / COE_QK, 4); break;
     case COE_GGML_Q5_1: quantize_qx_1(x, dst, n / COE_QK, 5); break;
@@ -475,6 +539,30 @@ void coe_dequantize_row(uint32_t type, const void *src, float *y, int64_t n)
             for (int j = 0; j < COE_QK / 2; j++) {
                 y[j] = d * (float)((b->qs[j] & 15) - 8);
                 y[j + 16] = d * (float)((b->qs[j] >> 4) - 8);
+            }
+        }
+        return;
+    case COE_GGML_IQ4_NL:
+        for (int64_t i = 0; i < n / COE_QK; i++, y += COE_QK) {
+            const coe_block_iq4_nl *b = (const coe_block_iq4_nl *)src + i;
+            float d = coe_f16_to_f32(b->d);
+            for (int j = 0; j < COE_QK / 2; j++) {
+                y[j] = d * (float)coe_iq4nl_values[b->qs[j] & 15];
+                y[j + 16] = d * (float)coe_iq4nl_values[b->qs[j] >> 4];
+            }
+        }
+        return;
+    case COE_GGML_IQ4_XS:
+        for (int64_t i = 0; i < n / COE_QKK; i++) {
+            const coe_block_iq4_xs *b = (const coe_block_iq4_xs *)src + i;
+            float d = coe_f16_to_f32(b->d);
+            for (int ib = 0; ib < COE_QKK / 32; ib++, y += 32) {
+                int ls = (b->scales_l[ib / 2] >> 4 * (ib % 2) & 15) | (b->scales_h >> 2 * ib & 3) << 4;
+                float dl = d * (float)(ls - 32);
+                for (int j = 0; j < 16; j++) {
+                    y[j] = dl * (float)coe_iq4nl_values[b->qs[16 * ib + j] & 15];
+                    y[j + 16] = dl * (float)coe_iq4nl_values[b->qs[16 * ib + j] >> 4];
+                }
             }
         }
         return;
@@ -679,6 +767,47 @@ static float dot_q5_0(const void *w, const void *x, int64_t n)
             sum += (((a[i].qs[j] & 15) | (int)(qh >> j & 1) << 4) - 16) * b[i].qs[j] +
                    (((a[i].qs[j] >> 4) | (int)(qh >> (j + 16) & 1) << 4) - 16) * b[i].qs[j + 16];
         s += coe_f16_to_f32(a[i].d) * b[i].d * (float)sum;
+    }
+    return s;
+}
+
+/* As ggml's: an integer sum of table values times codes per block, times d_x * d_w. */
+static float dot_iq4_nl(const void *w, const void *x, int64_t n)
+{
+    const coe_block_iq4_nl *a = w;
+    const coe_block_q8_0_act *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n / COE_QK; i++) {
+        float d = b[i].d * coe_f16_to_f32(a[i].d);
+        int s1 = 0, s2 = 0;
+        for (int j = 0; j < COE_QK / 2; j++) {
+            s1 += b[i].qs[j] * coe_iq4nl_values[a[i].qs[j] & 15];
+            s2 += b[i].qs[j + 16] * coe_iq4nl_values[a[i].qs[j] >> 4];
+        }
+        s += d * (float)(s1 + s2);
+    }
+    return s;
+}
+
+/* As ggml's: per 32, (d_w * d_x) * (scale - 32) times the integer sum. */
+static float dot_iq4_xs(const void *w, const void *x, int64_t n)
+{
+    const coe_block_iq4_xs *a = w;
+    const coe_block_q8_k *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n / COE_QKK; i++) {
+        const float d4d8 = coe_f16_to_f32(a[i].d) * b[i].d;
+        const uint8_t *qs = a[i].qs;
+        const int8_t *q8 = b[i].qs;
+        for (int ib = 0; ib < COE_QKK / 32; ib++, qs += 16, q8 += 32) {
+            int ls = (a[i].scales_l[ib / 2] >> 4 * (ib % 2) & 15) | (a[i].scales_h >> 2 * ib & 3) << 4;
+            int s1 = 0, s2 = 0;
+            for (int j = 0; j < 16; j++) {
+                s1 += q8[j] * coe_iq4nl_values[qs[j] & 15];
+                s2 += q8[j + 16] * coe_iq4nl_values[qs[j] >> 4];
+            }
+            s += d4d8 * (float)(ls - 32) * (float)(s1 + s2);
+        }
     }
     return s;
 }
@@ -975,7 +1104,7 @@ static struct {
     void (*axpy)(float *y, float a, const float *x, int64_t n);
     coe_dot4_fn q8_0_x4;
     bool vnni;
-    coe_dot_fn f32, f16, bf16, q8_0, q4_0, q5_0, q4_1, q5_1, q4_k, q5_k, q6_k;
+    coe_dot_fn f32, f16, bf16, q8_0, q4_0, q5_0, q4_1, q5_1, iq4_nl, iq4_xs, q4_k, q5_k, q6_k;
     bool simd;
 } dots;
 static pthread_once_t dots_once = PTHREAD_ONCE_INIT;
@@ -984,7 +1113,8 @@ static void pick_dots(void)
 {
     dots.axpy = axpy_f32;
     dots.f32 = dot_f32, dots.f16 = dot_f16, dots.bf16 = dot_bf16, dots.q8_0 = dot_q8_0, dots.q4_0 = dot_q4_0;
-    dots.q5_0 = dot_q5_0, dots.q4_1 = dot_q4_1, dots.q5_1 = dot_q5_1;
+    dots.q5_0 = dot_q5_0, dots.q4_1 = dot_q4_1, dots.q5_1 = dot_q5_1, dots.iq4_nl = dot_iq4_nl;
+    dots.iq4_xs = dot_iq4_xs;
     dots.q4_k = dot_q4_k, dots.q5_k = dot_q5_k, dots.q6_k = dot_q6_k;
 #if COE_X86
     __builtin_cpu_init();
@@ -1031,6 +1161,8 @@ coe_dot_fn coe_vec_dot_fn(uint32_t type)
     case COE_GGML_Q5_0: return dots.q5_0;
     case COE_GGML_Q4_1: return dots.q4_1;
     case COE_GGML_Q5_1: return dots.q5_1;
+    case COE_GGML_IQ4_NL: return dots.iq4_nl;
+    case COE_GGML_IQ4_XS: return dots.iq4_xs;
     case COE_GGML_Q4_K: return dots.q4_k;
     case COE_GGML_Q5_K: return dots.q5_k;
     case COE_GGML_Q6_K: return dots.q6_k;

@@ -3,7 +3,7 @@
  * dequantizer (plain C, the definition of what the bits mean) and an optimized dot
  * product against activations converted to its "dot type", as llama.cpp does: F32
  * weights meet F32 activations, F16 meet F16, BF16 meet BF16, Q8_0, Q4_0 and Q5_0 meet Q8_0,
- * Q4_1 and Q5_1 meet Q8_1
+ * Q4_1 and Q5_1 meet Q8_1, IQ4_NL meets Q8_0 and IQ4_XS Q8_K
  * (as COE_ACT_Q8_0), the K-quants meet Q8_K. The optimized dots use AVX2 when the CPU has it (checked once
  * at run time) and portable C otherwise. */
 #ifndef COE_QUANT_H
@@ -66,6 +66,23 @@ typedef struct coe_block_q5_1 {
     uint8_t qh[4];
     uint8_t qs[COE_QK / 2];
 } coe_block_q5_1;
+
+/* IQ4_NL and IQ4_XS: 4-bit indexes into a fixed non-linear table (coe_iq4nl_values);
+ * IQ4_NL in blocks of 32 with an F16 scale (dot type Q8_0), IQ4_XS in super-blocks of
+ * 256 with a 6-bit scale per 32 (dot type Q8_K). */
+typedef struct coe_block_iq4_nl {
+    uint16_t d;
+    uint8_t qs[COE_QK / 2];
+} coe_block_iq4_nl;
+
+typedef struct coe_block_iq4_xs {
+    uint16_t d;
+    uint16_t scales_h;            /* the high 2 bits of each 32's scale */
+    uint8_t scales_l[COE_QKK / 64]; /* the low 4 bits, two per byte */
+    uint8_t qs[COE_QKK / 2];
+} coe_block_iq4_xs;
+
+extern const int8_t coe_iq4nl_values[16];
 
 typedef struct coe_block_q4_k {
     uint16_t d, dmin;

@@ -73,7 +73,7 @@ static void test_utf8_tail(void **state)
 
 static const uint32_t types[] = {COE_GGML_F32,  COE_GGML_F16,  COE_GGML_BF16, COE_GGML_Q8_0,
                                  COE_GGML_Q4_0, COE_GGML_Q5_0, COE_GGML_Q4_1, COE_GGML_Q5_1,
-                                 COE_GGML_Q4_K, COE_GGML_Q5_K, COE_GGML_Q6_K};
+                                 COE_GGML_IQ4_NL, COE_GGML_IQ4_XS, COE_GGML_Q4_K, COE_GGML_Q5_K, COE_GGML_Q6_K};
 
 /* Each quantizer's worst error relative to a block's largest value. */
 static double quant_bound(uint32_t t)
@@ -352,6 +352,8 @@ static void test_batching_qwen3moe(void **state)
     check_batching(COE_ARCH_OLMOE, COE_GGML_Q5_0);
     check_batching(COE_ARCH_QWEN2MOE, COE_GGML_Q4_1);
     check_batching(COE_ARCH_OLMOE, COE_GGML_Q5_1);
+    check_batching(COE_ARCH_QWEN2MOE, COE_GGML_IQ4_NL);
+    check_batching(COE_ARCH_OLMOE, COE_GGML_IQ4_XS);
 }
 
 /* The context limit is a clear error, not an overflow. */
