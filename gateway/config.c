@@ -554,6 +554,24 @@ static void resolve_fallbacks(vctx *v, const cJSON *experts, coe_config *c)
                 e->fallbacks[e->n_fallbacks++] = idx;
         }
     }
+    /* Fallbacks are one level deep (a fallback's own fallbacks are not tried), so a
+     * cycle cannot loop; but it usually means a chain was meant: say so. */
+    i = 0;
+    for (const cJSON *j = experts->child; j; j = j->next, i++) {
+        const coe_expert_cfg *e = &c->experts[i];
+        for (int k = 0; k < e->n_fallbacks; k++) {
+            const coe_expert_cfg *f = &c->experts[e->fallbacks[k]];
+            for (int b = 0; b < f->n_fallbacks; b++)
+                if (f->fallbacks[b] == i && e->fallbacks[k] > i) { /* each pair once */
+                    char path[512], p[640];
+                    child_path(path, sizeof path, "experts", j->string);
+                    child_path(p, sizeof p, path, "fallbacks");
+                    diag(v, true, p, "'%s' and '%s' fall back to each other; fallbacks are not chained (only "
+                                     "an expert's own list is tried), so neither reaches the other's fallbacks",
+                         e->name, f->name);
+                }
+        }
+    }
 }
 
 static const char *const fusion_keys[] = {"experts", "router", "selector", "mode", "lambda", "max_tokens",

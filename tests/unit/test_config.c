@@ -170,6 +170,23 @@ static void test_env_only_warns_in_check(void **state)
     coe_buf_free(&d);
 }
 
+/* Two experts that fall back to each other load, with a warning: fallbacks are not
+ * chained, which a cycle usually means the author expected. */
+static void test_fallback_cycle_warns(void **state)
+{
+    (void)state;
+    coe_buf d = COE_BUF_INIT;
+    coe_config *c = parse("{\"experts\":{\"a\":{\"kind\":\"echo\",\"fallbacks\":[\"b\"]},"
+                          "\"b\":{\"kind\":\"echo\",\"fallbacks\":[\"a\",\"c\"]},\"c\":{\"kind\":\"echo\"}}}",
+                          COE_CONFIG_CHECK, &d);
+    assert_non_null(c);
+    assert_string_equal(d.data, "warning: t.json: experts.a.fallbacks: 'a' and 'b' fall back to each other; "
+                                "fallbacks are not chained (only an expert's own list is tried), so neither "
+                                "reaches the other's fallbacks\n");
+    coe_config_unref(&c);
+    coe_buf_free(&d);
+}
+
 static void test_load_file(void **state)
 {
     (void)state;
@@ -186,6 +203,7 @@ int main(void)
         cmocka_unit_test(test_minimal_and_defaults), cmocka_unit_test(test_full),
         cmocka_unit_test(test_json_syntax),          cmocka_unit_test(test_every_error_reported),
         cmocka_unit_test(test_duplicates_and_types), cmocka_unit_test(test_env_only_warns_in_check),
+        cmocka_unit_test(test_fallback_cycle_warns),
         cmocka_unit_test(test_load_file),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
