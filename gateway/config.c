@@ -311,14 +311,17 @@ static void open_local(vctx *v, const char *path, coe_expert_cfg *e)
  * is not told otherwise; local and echo experts serve none of them. */
 static void parse_capabilities(vctx *v, const cJSON *j, const char *path, coe_expert_cfg *e)
 {
-    e->capabilities = e->kind == COE_EXPERT_REMOTE ? COE_CAP_ALL : 0;
+    e->capabilities = e->kind == COE_EXPERT_REMOTE  ? COE_CAP_ALL
+                      : e->kind == COE_EXPERT_LOCAL ? COE_CAP_RESPONSE_FORMAT /* constrained decoding */
+                                                    : 0;
     const cJSON *caps = get(j, "capabilities");
     if (!caps || e->kind != COE_EXPERT_REMOTE)
         return;
     char p[600];
     child_path(p, sizeof p, path, "capabilities");
     if (!cJSON_IsArray(caps)) {
-        verr(v, p, "expected an array of capability names (tools, response_format, n, images), found %s",
+        verr(v, p, "expected an array of capability names (tools, response_format, n, images, embeddings, "
+                   "json_schema), found %s",
              type_name(caps));
         return;
     }
@@ -332,7 +335,7 @@ static void parse_capabilities(vctx *v, const cJSON *j, const char *path, coe_ex
             if (strcmp(c->valuestring, coe_cap_names[i]) == 0)
                 bit = i;
         if (bit < 0)
-            verr(v, cp, "expected one of tools, response_format, n, images");
+            verr(v, cp, "expected one of tools, response_format, n, images, embeddings, json_schema");
         else
             e->capabilities |= 1u << bit;
     }
@@ -596,6 +599,7 @@ static int local_member(vctx *v, const coe_config *c, const cJSON *j, const char
 static void parse_fusion(vctx *v, const cJSON *j, const char *path, coe_config *c, coe_expert_cfg *e)
 {
     e->kind = COE_EXPERT_FUSION;
+    e->capabilities = COE_CAP_RESPONSE_FORMAT; /* constrained decoding, as local experts */
     e->router_expert = -1;
     if (!named_entry(v, j, path, "a fusion group", e->name, fusion_keys))
         return;

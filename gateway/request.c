@@ -110,7 +110,8 @@ static int check_messages(const cJSON *body, coe_api_error *err)
     return 0;
 }
 
-const char *const coe_cap_names[COE_CAP_COUNT] = {"tools", "response_format", "n", "images", "embeddings"};
+const char *const coe_cap_names[COE_CAP_COUNT] = {"tools", "response_format", "n", "images", "embeddings",
+                                                  "json_schema"};
 
 /* What r needs of its expert (see coe_request.needs); r->body has been checked. */
 static void needs_of(coe_request *r)
@@ -125,7 +126,7 @@ static void needs_of(coe_request *r)
     const cJSON *rf = field(r->body, "response_format");
     const cJSON *type = cJSON_IsObject(rf) ? field(rf, "type") : NULL;
     if (cJSON_IsString(type) && strcmp(type->valuestring, "text") != 0)
-        r->needs |= COE_CAP_RESPONSE_FORMAT;
+        r->needs |= strcmp(type->valuestring, "json_object") == 0 ? COE_CAP_RESPONSE_FORMAT : COE_CAP_JSON_SCHEMA;
     const cJSON *n = field(r->body, "n");
     if (cJSON_IsNumber(n) && n->valuedouble > 1)
         r->needs |= COE_CAP_N;

@@ -30,15 +30,16 @@ void coe_api_error_set(coe_api_error *e, int status, const char *type, const cha
  * coe_expert_cfg.capabilities). */
 enum {
     COE_CAP_TOOLS = 1,           /* "tools": it offers functions to call */
-    COE_CAP_RESPONSE_FORMAT = 2, /* "response_format": json_object or json_schema */
+    COE_CAP_RESPONSE_FORMAT = 2, /* "response_format": json_object (any JSON object) */
     COE_CAP_N = 4,               /* "n" > 1: several choices */
     COE_CAP_IMAGES = 8,          /* image parts in its messages */
     COE_CAP_EMBEDDINGS = 16,     /* it is a request for embeddings */
-    COE_CAP_ALL = 31,
+    COE_CAP_JSON_SCHEMA = 32,    /* "response_format": json_schema */
+    COE_CAP_ALL = 63,
 };
-#define COE_CAP_COUNT 5
+#define COE_CAP_COUNT 6
 /* The configuration's name of capability i (bit 1 << i): tools, response_format, n,
- * images, embeddings. */
+ * images, embeddings, json_schema. */
 extern const char *const coe_cap_names[COE_CAP_COUNT];
 
 typedef struct coe_request {

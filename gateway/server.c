@@ -672,8 +672,9 @@ static enum MHD_Result on_body(struct MHD_Connection *conn, conn_ctx *cx)
         char msg[300];
         const char *cap = coe_cap_names[__builtin_ctz(dec.missing)];
         if (dec.route < 0)
-            snprintf(msg, sizeof msg, "expert '%.64s' cannot serve '%s' (local experts serve none of tools, "
-                     "response_format, n > 1 and images; a remote one what its \"capabilities\" list)", req->model, cap);
+            snprintf(msg, sizeof msg, "expert '%.64s' cannot serve '%s' (local experts and fusion groups serve "
+                     "response_format json_object only, echo none; a remote one what its \"capabilities\" list)",
+                     req->model, cap);
         else
             snprintf(msg, sizeof msg, "no expert that route '%.64s' may choose (its category's, its fallback, its "
                      "default) can serve '%s'", req->model, cap);

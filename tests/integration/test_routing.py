@@ -200,7 +200,7 @@ class Capabilities(unittest.TestCase):
                 (image, "messages[0].content[1]", "'images'"),
                 (chat_body("hi", model="plain", n=3), "n", "expert 'plain' cannot serve 'n'"),
                 (chat_body("hi", model="echo", response_format={"type": "json_schema"}), "response_format",
-                 "expert 'echo' cannot serve 'response_format'")):
+                 "expert 'echo' cannot serve 'json_schema'")):
             with self.subTest(param=param):
                 r = post(self.gw.port, body)
                 self.assertEqual(r.status, 400, r.body)
