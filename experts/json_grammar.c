@@ -90,9 +90,7 @@ static bool number_complete(uint8_t mode)
 static bool feed_byte(coe_json_state *s, unsigned char c)
 {
     switch (s->mode) {
-    case M_START:
-        if (is_ws(c))
-            return true;
+    case M_START: /* the answer starts with the object itself, not with padding */
         return c == '{' && open_container(s, c);
     case M_VALUE:
         return is_ws(c) || start_value(s, c);

@@ -21,7 +21,7 @@ typedef struct coe_json_state {
     uint8_t space; /* whitespace bytes in a row, outside strings */
 } coe_json_state;
 
-/* Expects one JSON object (with whitespace around it). */
+/* Expects one JSON object, from its first byte (whitespace may follow it). */
 void coe_json_init(coe_json_state *s);
 /* Feeds n bytes; false (s then undefined) when they cannot continue the text. */
 bool coe_json_feed(coe_json_state *s, const char *bytes, size_t n);

@@ -212,7 +212,7 @@ class Local(unittest.TestCase):
             r = self.chat(max_tokens=48, seed=seed, response_format=fmt)
             choice = r.json()["choices"][0]
             text = choice["message"]["content"]
-            self.assertTrue(text.lstrip().startswith("{"), text)
+            self.assertTrue(text.startswith("{"), text)
             if choice["finish_reason"] == "stop":
                 self.assertIsInstance(json.loads(text), dict)
             streamed, _ = content_of_stream(self.chat(stream=True, max_tokens=48, seed=seed, response_format=fmt))

@@ -18,7 +18,7 @@
 
 static const char *const valid[] = {
     "{}",
-    " {\"a\":1} \n",
+    "{\"a\":1} \n",
     "{\"a\":[1,2.5e-3,-0,1E+9,true,false,null,\"x\\u00e9\\n\\\"\"],\"b\":{\"c\":{}},\"d\":[]}",
     "{\"caf\xC3\xA9\":\"\xE4\xB8\xAD\xF0\x9F\x98\x80\"}",
     "{ \"k\" : [ [ ] , { } ] }",
@@ -29,6 +29,7 @@ static const struct {
     size_t bad_at; /* the first byte refused */
 } invalid[] = {
     {"[1]", 0},                 /* an object is required */
+    {" {}", 0},                 /* from the first byte */
     {"{\"a\":01}", 6},          /* no leading zeros */
     {"{\"a\":1,}", 7},          /* no trailing comma */
     {"{a:1}", 1},               /* keys are strings */
@@ -88,6 +89,7 @@ static void test_invalid(void **state)
     char pad[64];
     memset(pad, ' ', sizeof pad);
     coe_json_init(&s);
+    assert_true(coe_json_feed(&s, "{", 1));
     assert_true(coe_json_feed(&s, pad, COE_JSON_MAX_SPACE));
     assert_false(coe_json_feed(&s, " ", 1));
     coe_json_init(&s);
