@@ -510,40 +510,39 @@ static void fail_locked(local_call *c, const char *fmt, const char *why)
     end_locked(c);
 }
 
-/* A token is drawn from logits (the model's or the fused ones): text, stop sequences,
- * limits. False when c is done. */
+/* Whether token t's bytes continue the JSON text of s (which they then advance). A
+ * token that writes nothing (a control token, or one past the vocabulary) does not. */
+static bool json_takes(const coe_local *L, coe_json_state *s, int t)
+{
+    if (t >= L->vocab.n || L->token_at[t + 1] == L->token_at[t])
+        return false;
+    return coe_json_feed(s, L->token_bytes.data + L->token_at[t], L->token_at[t + 1] - L->token_at[t]);
+}
+
 /* response_format json_object: the logits of the tokens whose bytes cannot continue
  * the JSON object so far set to -inf (an end token only once the object is complete,
  * and then nothing else). Every sampling option then applies to what is left. */
 static const float *constrain(local_call *c, const float *logits)
 {
     const coe_local *L = c->L;
-    const int V = L->model->n_vocab;
     bool done = coe_json_done(&c->json_state);
-    for (int t = 0; t < V; t++) {
-        bool ok;
-        uint32_t at = t < L->vocab.n ? L->token_at[t] : 0, n = t < L->vocab.n ? L->token_at[t + 1] - at : 0;
-        if (coe_token_is_end(&L->vocab, t)) {
-            ok = done;
-        } else if (done || n == 0) {
-            ok = false;
-        } else {
-            coe_json_state s = c->json_state;
-            ok = coe_json_feed(&s, L->token_bytes.data + at, n);
-        }
+    for (int t = 0; t < L->model->n_vocab; t++) {
+        coe_json_state s = c->json_state;
+        bool ok = coe_token_is_end(&L->vocab, t) ? done : !done && json_takes(L, &s, t);
         c->masked[t] = ok ? logits[t] : -INFINITY;
     }
     return c->masked;
 }
 
+/* A token is drawn from logits (the model's or the fused ones): text, stop sequences,
+ * limits. False when c is done. */
 static bool take_token(local_call *c, const float *logits, int expert)
 {
     const coe_local *L = c->L;
     if (c->json)
         logits = constrain(c, logits);
     int tok = coe_sample(&c->sampler, logits);
-    if (c->json && !coe_token_is_end(&L->vocab, tok) && tok < L->vocab.n &&
-        !coe_json_feed(&c->json_state, L->token_bytes.data + L->token_at[tok], L->token_at[tok + 1] - L->token_at[tok])) {
+    if (c->json && !coe_token_is_end(&L->vocab, tok) && !json_takes(L, &c->json_state, tok)) {
         /* No token could continue it (every logit was -inf): end rather than break it. */
         release(c, c->gen.len - coe_utf8_incomplete_tail(c->gen.data, c->gen.len), "stop", false);
         return false;

@@ -282,41 +282,27 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
 
 /* A whole JSON answer: passed on as a result, or as deltas when the client streams
  * (some servers ignore stream: true). */
-/* Embeddings: an object with a "data" array, passed on whole, named by the model the
- * client asked for (as every answer is). */
-static bool handle_embeddings(remote_call *c)
-{
-    cJSON *j = cJSON_ParseWithLength(c->in.data ? c->in.data : "", c->in.len);
-    if (!cJSON_IsObject(j) || !cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(j, "data"))) {
-        cJSON_Delete(j);
-        return false;
-    }
-    cJSON_DeleteItemFromObjectCaseSensitive(j, "model");
-    cJSON_AddStringToObject(j, "model", c->req->model);
-    char *s = cJSON_PrintUnformatted(j);
-    if (s)
-        c->sink.ops->result(c->sink.ctx, s, strlen(s));
-    free(s);
-    read_usage(c, cJSON_GetObjectItemCaseSensitive(j, "usage"));
-    cJSON_Delete(j);
-    return true;
-}
-
+/* A whole (not streamed) answer: its choices, re-emitted as deltas for a streamed
+ * request; for embeddings, the whole object with its "data" array, named by the model
+ * the client asked for (as every answer is). */
 static bool handle_json_body(remote_call *c)
 {
-    if (c->req->endpoint == COE_EP_EMBEDDINGS)
-        return handle_embeddings(c);
+    bool embeddings = c->req->endpoint == COE_EP_EMBEDDINGS;
     cJSON *j = cJSON_ParseWithLength(c->in.data ? c->in.data : "", c->in.len);
-    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(j, "choices");
-    if (!cJSON_IsObject(j) || !cJSON_IsArray(choices)) {
+    const cJSON *part = cJSON_GetObjectItemCaseSensitive(j, embeddings ? "data" : "choices");
+    if (!cJSON_IsObject(j) || !cJSON_IsArray(part)) {
         cJSON_Delete(j);
         return false;
     }
-    if (c->req->stream) {
-        for (const cJSON *ch = choices->child; ch; ch = ch->next)
+    if (c->req->stream) { /* never embeddings: the request parser refuses them streamed */
+        for (const cJSON *ch = part->child; ch; ch = ch->next)
             emit_choice(c, ch, "message");
     } else {
-        char *s = cJSON_PrintUnformatted(choices);
+        if (embeddings) {
+            cJSON_DeleteItemFromObjectCaseSensitive(j, "model");
+            cJSON_AddStringToObject(j, "model", c->req->model);
+        }
+        char *s = cJSON_PrintUnformatted(embeddings ? j : part);
         if (s)
             c->sink.ops->result(c->sink.ctx, s, strlen(s));
         free(s);
