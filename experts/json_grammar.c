@@ -3,7 +3,7 @@
 
 #include <string.h>
 
-enum {
+enum { /* M_VALUE to M_OBJ_NEXT, and M_DONE: between tokens (see feed_byte) */
     M_START,     /* before the top-level object */
     M_VALUE,     /* a value */
     M_ARR_FIRST, /* after '[': a value or ']' */
@@ -89,18 +89,18 @@ static bool number_complete(uint8_t mode)
 
 static bool feed_byte(coe_json_state *s, unsigned char c)
 {
+    /* Between the tokens of the text (not before the object, not inside a string, a
+     * literal or a number, which whitespace ends below), whitespace changes nothing. */
+    if (is_ws(c) && ((s->mode >= M_VALUE && s->mode <= M_OBJ_NEXT) || s->mode == M_DONE))
+        return true;
     switch (s->mode) {
     case M_START: /* the answer starts with the object itself, not with padding */
         return c == '{' && open_container(s, c);
     case M_VALUE:
-        return is_ws(c) || start_value(s, c);
+        return start_value(s, c);
     case M_ARR_FIRST:
-        if (is_ws(c))
-            return true;
         return c == ']' ? close_container(s, c) : start_value(s, c);
     case M_ARR_NEXT:
-        if (is_ws(c))
-            return true;
         if (c == ',') {
             s->mode = M_VALUE;
             return true;
@@ -108,23 +108,17 @@ static bool feed_byte(coe_json_state *s, unsigned char c)
         return c == ']' && close_container(s, c);
     case M_OBJ_FIRST:
     case M_OBJ_KEY:
-        if (is_ws(c))
-            return true;
         if (c == '"') {
             s->mode = M_STRING, s->sub = 0, s->key = true;
             return true;
         }
         return s->mode == M_OBJ_FIRST && c == '}' && close_container(s, c);
     case M_COLON:
-        if (is_ws(c))
-            return true;
         if (c != ':')
             return false;
         s->mode = M_VALUE;
         return true;
     case M_OBJ_NEXT:
-        if (is_ws(c))
-            return true;
         if (c == ',') {
             s->mode = M_OBJ_KEY;
             return true;
@@ -215,9 +209,7 @@ static bool feed_byte(coe_json_state *s, unsigned char c)
             return false;
         s->mode = N_EXP;
         return true;
-    case M_DONE:
-        return is_ws(c);
-    default:
+    default: /* M_DONE: whitespace only, taken above */
         return false;
     }
 }
