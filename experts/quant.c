@@ -501,6 +501,24 @@ void coe_quantize_row(uint32_t type, const float *x, void *dst, int64_t n)
     }
 }
 
+/* The 32 five-bit codes (0..31) of a Q5_0 or Q5_1 block: value j's low four bits in qs
+ * (the low nibbles for j < 16, the high ones after), its fifth bit j of qh. */
+static inline void q5_codes(const uint8_t *qs, const uint8_t *qh_bytes, int codes[COE_QK])
+{
+    uint32_t qh;
+    memcpy(&qh, qh_bytes, 4);
+    for (int j = 0; j < COE_QK / 2; j++) {
+        codes[j] = (qs[j] & 15) | (int)(qh >> j & 1) << 4;
+        codes[j + 16] = (qs[j] >> 4) | (int)(qh >> (j + 16) & 1) << 4;
+    }
+}
+
+/* The 6-bit scale (0..63, 32 meaning zero) of an IQ4_XS super-block's 32-value block ib. */
+static inline int iq4_xs_scale(const coe_block_iq4_xs *b, int ib)
+{
+    return (b->scales_l[ib / 2] >> 4 * (ib % 2) & 15) | (b->scales_h >> 2 * ib & 3) << 4;
+}
+
 /* ---- reference dequantizers ---- */
 
 void coe_dequantize_row(uint32_t type, const void *src, float *y, int64_t n)
@@ -557,8 +575,7 @@ void coe_dequantize_row(uint32_t type, const void *src, float *y, int64_t n)
             const coe_block_iq4_xs *b = (const coe_block_iq4_xs *)src + i;
             float d = coe_f16_to_f32(b->d);
             for (int ib = 0; ib < COE_QKK / 32; ib++, y += 32) {
-                int ls = (b->scales_l[ib / 2] >> 4 * (ib % 2) & 15) | (b->scales_h >> 2 * ib & 3) << 4;
-                float dl = d * (float)(ls - 32);
+                float dl = d * (float)(iq4_xs_scale(b, ib) - 32);
                 for (int j = 0; j < 16; j++) {
                     y[j] = dl * (float)coe_iq4nl_values[b->qs[16 * ib + j] & 15];
                     y[j + 16] = dl * (float)coe_iq4nl_values[b->qs[16 * ib + j] >> 4];
@@ -587,24 +604,20 @@ void coe_dequantize_row(uint32_t type, const void *src, float *y, int64_t n)
         for (int64_t i = 0; i < n / COE_QK; i++, y += COE_QK) {
             const coe_block_q5_1 *b = (const coe_block_q5_1 *)src + i;
             float d = coe_f16_to_f32(b->d), m = coe_f16_to_f32(b->m);
-            uint32_t qh;
-            memcpy(&qh, b->qh, 4);
-            for (int j = 0; j < COE_QK / 2; j++) {
-                y[j] = (float)((b->qs[j] & 15) | (int)(qh >> j & 1) << 4) * d + m;
-                y[j + 16] = (float)((b->qs[j] >> 4) | (int)(qh >> (j + 16) & 1) << 4) * d + m;
-            }
+            int q[COE_QK];
+            q5_codes(b->qs, b->qh, q);
+            for (int j = 0; j < COE_QK; j++)
+                y[j] = (float)q[j] * d + m;
         }
         return;
     case COE_GGML_Q5_0:
         for (int64_t i = 0; i < n / COE_QK; i++, y += COE_QK) {
             const coe_block_q5_0 *b = (const coe_block_q5_0 *)src + i;
             float d = coe_f16_to_f32(b->d);
-            uint32_t qh;
-            memcpy(&qh, b->qh, 4);
-            for (int j = 0; j < COE_QK / 2; j++) {
-                y[j] = d * (float)(((b->qs[j] & 15) | (int)(qh >> j & 1) << 4) - 16);
-                y[j + 16] = d * (float)(((b->qs[j] >> 4) | (int)(qh >> (j + 16) & 1) << 4) - 16);
-            }
+            int q[COE_QK];
+            q5_codes(b->qs, b->qh, q);
+            for (int j = 0; j < COE_QK; j++)
+                y[j] = d * (float)(q[j] - 16);
         }
         return;
     case COE_GGML_Q8_K:
@@ -760,12 +773,10 @@ static float dot_q5_0(const void *w, const void *x, int64_t n)
     const coe_block_q8_0_act *b = x;
     float s = 0;
     for (int64_t i = 0; i < n / COE_QK; i++) {
-        uint32_t qh;
-        memcpy(&qh, a[i].qh, 4);
-        int sum = 0;
-        for (int j = 0; j < COE_QK / 2; j++)
-            sum += (((a[i].qs[j] & 15) | (int)(qh >> j & 1) << 4) - 16) * b[i].qs[j] +
-                   (((a[i].qs[j] >> 4) | (int)(qh >> (j + 16) & 1) << 4) - 16) * b[i].qs[j + 16];
+        int q[COE_QK], sum = 0;
+        q5_codes(a[i].qs, a[i].qh, q);
+        for (int j = 0; j < COE_QK; j++)
+            sum += (q[j] - 16) * b[i].qs[j];
         s += coe_f16_to_f32(a[i].d) * b[i].d * (float)sum;
     }
     return s;
@@ -800,8 +811,7 @@ static float dot_iq4_xs(const void *w, const void *x, int64_t n)
         const uint8_t *qs = a[i].qs;
         const int8_t *q8 = b[i].qs;
         for (int ib = 0; ib < COE_QKK / 32; ib++, qs += 16, q8 += 32) {
-            int ls = (a[i].scales_l[ib / 2] >> 4 * (ib % 2) & 15) | (a[i].scales_h >> 2 * ib & 3) << 4;
-            int s1 = 0, s2 = 0;
+            int ls = iq4_xs_scale(&a[i], ib), s1 = 0, s2 = 0;
             for (int j = 0; j < 16; j++) {
                 s1 += q8[j] * coe_iq4nl_values[qs[j] & 15];
                 s2 += q8[j + 16] * coe_iq4nl_values[qs[j] >> 4];
@@ -834,12 +844,10 @@ static float dot_q5_1(const void *w, const void *x, int64_t n)
     const coe_block_q8_1_act *b = x;
     float s = 0;
     for (int64_t i = 0; i < n / COE_QK; i++) {
-        uint32_t qh;
-        memcpy(&qh, a[i].qh, 4);
-        int sum = 0;
-        for (int j = 0; j < COE_QK / 2; j++)
-            sum += ((a[i].qs[j] & 15) | (int)(qh >> j & 1) << 4) * b[i].qs[j] +
-                   ((a[i].qs[j] >> 4) | (int)(qh >> (j + 16) & 1) << 4) * b[i].qs[j + 16];
+        int q[COE_QK], sum = 0;
+        q5_codes(a[i].qs, a[i].qh, q);
+        for (int j = 0; j < COE_QK; j++)
+            sum += q[j] * b[i].qs[j];
         s += coe_f16_to_f32(a[i].d) * b[i].d * (float)sum + coe_f16_to_f32(a[i].m) * b[i].s;
     }
     return s;
