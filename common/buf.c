@@ -116,6 +116,20 @@ static size_t utf8_seq_len(const unsigned char *s, size_t n)
     return len;
 }
 
+int coe_buf_html_text(coe_buf *b, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        switch (s[i]) {
+        case '&': coe_buf_puts(b, "&amp;"); break;
+        case '<': coe_buf_puts(b, "&lt;"); break;
+        case '>': coe_buf_puts(b, "&gt;"); break;
+        case '"': coe_buf_puts(b, "&quot;"); break;
+        default: coe_buf_append(b, s + i, 1);
+        }
+    }
+    return b->err;
+}
+
 int coe_buf_json_string(coe_buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";

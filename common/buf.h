@@ -25,6 +25,8 @@ int coe_buf_vprintf(coe_buf *b, const char *fmt, va_list ap);
 /* Appends s (n bytes) as a quoted JSON string. Invalid UTF-8 bytes become U+FFFD,
  * so the output is always valid JSON whatever an upstream sent. */
 int coe_buf_json_string(coe_buf *b, const char *s, size_t n);
+/* Appends s (n bytes) as text for HTML and SVG: & < > " escaped. */
+int coe_buf_html_text(coe_buf *b, const char *s, size_t n);
 /* Drops the first n bytes. */
 void coe_buf_consume(coe_buf *b, size_t n);
 /* Empties b, keeping its memory, and clears its error. */

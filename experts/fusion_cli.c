@@ -758,19 +758,6 @@ static void svg_bars(FILE *f, const char *title, const char *const *labels, cons
     fputs("</svg>\n", f);
 }
 
-static void html_escape(FILE *f, const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        switch (s[i]) {
-        case '<': fputs("&lt;", f); break;
-        case '>': fputs("&gt;", f); break;
-        case '&': fputs("&amp;", f); break;
-        case '"': fputs("&quot;", f); break;
-        default: fputc(s[i], f);
-        }
-    }
-}
-
 static int cmd_eval(int argc, char **argv)
 {
     opts o;
@@ -979,15 +966,18 @@ static int cmd_eval(int argc, char **argv)
             for (int k = 0; k < K; k++)
                 fprintf(f, "<span style=\"background:%s;padding:2px 6px\">%s</span> ", colours[k % 8], o.names[k]);
             fputs("</p>\n<pre style=\"white-space:pre-wrap;line-height:1.5\">", f);
-            coe_buf tb = COE_BUF_INIT;
+            coe_buf tb = COE_BUF_INIT, html = COE_BUF_INIT;
             for (size_t i = 0; i < p.n && p.text[i] == 0; i++) {
                 coe_buf_reset(&tb);
+                coe_buf_reset(&html);
                 coe_token_bytes(&g.vocab, p.token[i], &tb);
+                coe_buf_html_text(&html, tb.data ? tb.data : "", tb.len);
                 fprintf(f, "<span style=\"background:%s\">", colours[picked[i] % 8]);
-                html_escape(f, tb.data ? tb.data : "", tb.len);
+                fwrite(html.data ? html.data : "", 1, html.len, f);
                 fputs("</span>", f);
             }
             coe_buf_free(&tb);
+            coe_buf_free(&html);
             fputs("</pre>\n</body>\n", f);
             fclose(f);
         }

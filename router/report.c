@@ -8,18 +8,10 @@
 
 #include "common/err.h"
 
-/* Text for SVG and HTML: & < > " escaped. */
+/* Text for SVG and HTML. */
 static void esc(coe_buf *b, const char *s)
 {
-    for (; *s; s++) {
-        switch (*s) {
-        case '&': coe_buf_puts(b, "&amp;"); break;
-        case '<': coe_buf_puts(b, "&lt;"); break;
-        case '>': coe_buf_puts(b, "&gt;"); break;
-        case '"': coe_buf_puts(b, "&quot;"); break;
-        default: coe_buf_append(b, s, 1);
-        }
-    }
+    coe_buf_html_text(b, s, strlen(s));
 }
 
 static void svg_open(coe_buf *b, int w, int h, const char *title)
