@@ -1,8 +1,8 @@
-/* A model's scheduler: one thread that runs continuous batching over the sequences
- * its callers open (open a sequence, feed tokens, get the last one's logits, close).
- * Every step takes the pending tokens of all admitted sequences (prompts in chunks, so
- * that decoding sequences keep going) into one engine call, which reads each weight
- * once for the whole batch. A plain local expert drives one sequence per request; a
+/* A model's scheduler: continuous batching over the sequences its callers open (open a
+ * sequence, feed tokens, get the last one's logits, close). Every step takes the
+ * pending tokens of all admitted sequences (prompts in chunks, so that decoding
+ * sequences keep going) into one engine call, which reads each weight once for the
+ * whole batch. A plain local expert drives one sequence per request; a
  * fusion group drives its router's and its experts' sequences, on their own models'
  * schedulers, in step. See docs/design-notes.md. */
 #ifndef COE_SCHED_H
@@ -23,14 +23,16 @@ typedef struct coe_sched_opts {
     int max_queue; /* sequences waiting for admission beyond max_batch; more are refused */
 } coe_sched_opts;
 
-/* Starts the engine and the thread over m (borrowed: it must outlive the scheduler). */
+/* Starts the engine over m (borrowed: it must outlive the scheduler) and joins the
+ * driver thread of its thread team, which steps the team's schedulers in turn. */
 int coe_sched_open(coe_sched **out, const coe_model *m, const coe_sched_opts *o);
-/* Stops the thread; sequences still open are released (their release callbacks run). */
+/* Leaves the driver once no step of s is under way (the last one out stops it);
+ * sequences still open are released (their release callbacks run). */
 void coe_sched_close(coe_sched **s);
 const coe_model *coe_sched_model(const coe_sched *s);
 int coe_sched_n_ctx(const coe_sched *s);
 
-/* Called on the scheduler's thread, without its lock, when a feed has run: logits
+/* Called on the driver thread, without its lock, when a feed has run: logits
  * (n_vocab) and hidden (n_embd, the final hidden state) of the last token fed, valid
  * for the call only. On failure both are NULL and error says why; the sequence is then
  * of no further use. The callback may feed this or any other sequence. */
