@@ -33,12 +33,13 @@ struct coe_timer {
     void *arg;
 };
 
-typedef enum { WATCH_WAKE, WATCH_CURL, WATCH_USER } watch_kind;
+typedef enum { WATCH_WAKE, WATCH_CURL, WATCH_USER, WATCH_IO } watch_kind;
 
 struct coe_watch {
     watch_kind kind;
     int fd;
     coe_loop_fn fn;
+    coe_loop_io_fn io_fn;   /* WATCH_IO */
     void *arg;
     bool dead;              /* removed; freed once the current batch of events is done */
     struct coe_watch *next_dead;
@@ -298,6 +299,29 @@ coe_watch *coe_loop_watch(coe_loop *l, int fd, coe_loop_fn fn, void *arg)
     return w;
 }
 
+static uint32_t epoll_events(unsigned events)
+{
+    return (events & COE_IO_IN ? EPOLLIN : 0u) | (events & COE_IO_OUT ? EPOLLOUT : 0u) | EPOLLRDHUP;
+}
+
+coe_watch *coe_loop_watch_io(coe_loop *l, int fd, unsigned events, int exclusive, coe_loop_io_fn fn, void *arg)
+{
+    /* EPOLLEXCLUSIVE takes no EPOLLRDHUP (a listening socket has no peer anyway). */
+    uint32_t ev = exclusive ? (epoll_events(events) & ~(uint32_t)EPOLLRDHUP) | EPOLLEXCLUSIVE : epoll_events(events);
+    coe_watch *w = watch_add(l, WATCH_IO, fd, ev);
+    if (w) {
+        w->io_fn = fn;
+        w->arg = arg;
+    }
+    return w;
+}
+
+int coe_loop_watch_set(coe_loop *l, coe_watch *w, unsigned events)
+{
+    struct epoll_event ev = {.events = epoll_events(events), .data.ptr = w};
+    return epoll_ctl(l->epfd, EPOLL_CTL_MOD, w->fd, &ev) == 0 ? 0 : COE_EIO;
+}
+
 void coe_loop_unwatch(coe_loop *l, coe_watch *w)
 {
     if (w)
@@ -435,6 +459,10 @@ static void *loop_main(void *arg)
                 int running;
                 curl_multi_socket_action(l->multi, w->fd, mask, &running);
                 curl_finished(l);
+            } else if (w->kind == WATCH_IO) {
+                uint32_t e = evs[i].events;
+                w->io_fn(w->arg, (e & EPOLLIN ? COE_IO_IN : 0u) | (e & EPOLLOUT ? COE_IO_OUT : 0u) |
+                                     (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR) ? COE_IO_HUP : 0u));
             } else {
                 w->fn(w->arg);
             }

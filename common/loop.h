@@ -41,6 +41,16 @@ void coe_loop_cancel(coe_loop *loop, coe_timer *t);
 coe_watch *coe_loop_watch(coe_loop *loop, int fd, coe_loop_fn fn, void *arg);
 void coe_loop_unwatch(coe_loop *loop, coe_watch *w);
 
+/* What an I/O watch waits for and reports (level-triggered). COE_IO_HUP is always
+ * reported: the peer closed (or half-closed) its side, or the socket failed. */
+enum { COE_IO_IN = 1, COE_IO_OUT = 2, COE_IO_HUP = 4 };
+typedef void (*coe_loop_io_fn)(void *arg, unsigned events);
+/* Loop thread only: calls fn(arg, what happened) while fd is ready for any of events.
+ * exclusive: of several loops watching the same fd (a listening socket), one wakes. */
+coe_watch *coe_loop_watch_io(coe_loop *loop, int fd, unsigned events, int exclusive, coe_loop_io_fn fn, void *arg);
+/* Changes what a (non-exclusive) I/O watch waits for. */
+int coe_loop_watch_set(coe_loop *loop, coe_watch *w, unsigned events);
+
 /* Loop thread only: an easy handle from the loop's pool (reset, ready to set up),
  * and back. A fresh handle allocates and clears tens of kilobytes, so they are reused. */
 CURL *coe_loop_easy_get(coe_loop *loop);
