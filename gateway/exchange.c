@@ -5,19 +5,16 @@
 
 #include "common/err.h"
 
-coe_exchange *coe_exchange_new(struct MHD_Connection *conn)
+coe_exchange *coe_exchange_new(void (*wake)(void *arg), void *wake_arg)
 {
     coe_exchange *ex = calloc(1, sizeof *ex);
     if (!ex)
         return NULL;
     pthread_mutex_init(&ex->mu, NULL);
     atomic_init(&ex->refs, 1);
-    ex->conn = conn;
-    ex->client_fd = -1;
+    ex->wake = wake;
+    ex->wake_arg = wake_arg;
     ex->max_pending = 16u << 20;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci)
-        ex->client_fd = ci->connect_fd;
     return ex;
 }
 
@@ -41,11 +38,9 @@ void coe_exchange_unref(coe_exchange **exp)
 /* Under mu. */
 static void wake(coe_exchange *ex)
 {
-    if (ex->suspended && ex->conn) {
-        ex->suspended = false;
-        MHD_resume_connection(ex->conn);
-        if (ex->kick)
-            ex->kick(ex->kick_arg);
+    if (ex->waiting && ex->wake) {
+        ex->waiting = false;
+        ex->wake(ex->wake_arg);
     }
 }
 
@@ -152,10 +147,8 @@ bool coe_exchange_wait_head(coe_exchange *ex)
 {
     pthread_mutex_lock(&ex->mu);
     bool ready = ex->head_ready || ex->client_gone;
-    if (!ready && !ex->suspended) {
-        ex->suspended = true;
-        MHD_suspend_connection(ex->conn);
-    }
+    if (!ready)
+        ex->waiting = true;
     pthread_mutex_unlock(&ex->mu);
     return ready;
 }
@@ -167,7 +160,7 @@ ssize_t coe_exchange_read(coe_exchange *ex, char *buf, size_t max)
     void *drained_arg = NULL;
     pthread_mutex_lock(&ex->mu);
     if (ex->client_gone) {
-        n = MHD_CONTENT_READER_END_WITH_ERROR;
+        n = COE_EXCHANGE_ABORT;
     } else if (ex->out.len > 0) {
         size_t k = ex->out.len < max ? ex->out.len : max;
         memcpy(buf, ex->out.data, k);
@@ -179,14 +172,9 @@ ssize_t coe_exchange_read(coe_exchange *ex, char *buf, size_t max)
             ex->drained = NULL;
         }
     } else if (ex->finished) {
-        n = MHD_CONTENT_READER_END_OF_STREAM;
+        n = COE_EXCHANGE_END;
     } else {
-        /* Nothing yet: sleep until the loop writes (returning 0 without suspending
-         * would make libmicrohttpd spin). */
-        if (!ex->suspended) {
-            ex->suspended = true;
-            MHD_suspend_connection(ex->conn);
-        }
+        ex->waiting = true; /* nothing yet: woken by the next write */
         n = 0;
     }
     pthread_mutex_unlock(&ex->mu);
@@ -201,8 +189,8 @@ bool coe_exchange_detach(coe_exchange *ex)
     bool early = !ex->finished || ex->out.len > 0;
     if (early)
         ex->client_gone = true;
-    ex->conn = NULL;
-    ex->client_fd = -1;
+    ex->wake = NULL;
+    ex->waiting = false;
     pthread_mutex_unlock(&ex->mu);
     return early;
 }

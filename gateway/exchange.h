@@ -1,7 +1,7 @@
-/* The mailbox between one HTTP connection (libmicrohttpd threads) and the loop
- * thread that answers it. The loop side sets the response head, appends body bytes
- * and finishes; the HTTP side waits for the head, then drains bytes. Waiting is done
- * by suspending the connection, and every loop-side change resumes it: no polling. */
+/* The mailbox between one HTTP connection and what answers it (the worker's loop,
+ * or a compute thread for local experts). The answering side sets the response head,
+ * appends body bytes and finishes; the HTTP side waits for the head, then drains
+ * bytes. While the HTTP side waits, every change calls its wake hook: no polling. */
 #ifndef COE_EXCHANGE_H
 #define COE_EXCHANGE_H
 
@@ -9,8 +9,6 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <sys/types.h>
-
-#include <microhttpd.h>
 
 #include "backends/backend.h"
 #include "common/buf.h"
@@ -20,9 +18,9 @@ typedef struct coe_exchange {
     pthread_mutex_t mu;
     atomic_int refs;
     /* HTTP side, under mu */
-    struct MHD_Connection *conn; /* NULL once the connection has ended */
-    int client_fd;
-    bool suspended;
+    void (*wake)(void *arg);     /* brings the HTTP side back; NULL once it has ended */
+    void *wake_arg;
+    bool waiting;                /* the HTTP side waits for a change */
     bool client_gone;            /* the client hung up before the end */
     /* response head, under mu; set once */
     bool head_ready;
@@ -45,15 +43,11 @@ typedef struct coe_exchange {
     bool have_usage;
     /* loop thread only: the dispatch answering this exchange, NULL when none */
     void *owner;
-    /* Called after each resume: libmicrohttpd in external mode needs its owner to
-     * run it again (set by the server; NULL for none). */
-    void (*kick)(void *arg);
-    void *kick_arg;
-    /* list of live exchanges, for the hang-up sweep (owned by the server) */
-    struct coe_exchange *prev, *next;
 } coe_exchange;
 
-coe_exchange *coe_exchange_new(struct MHD_Connection *conn);
+/* wake(wake_arg) is called (under the exchange's lock, from any thread) when the HTTP
+ * side waits and something changes; it must only schedule the HTTP side. */
+coe_exchange *coe_exchange_new(void (*wake)(void *arg), void *wake_arg);
 coe_exchange *coe_exchange_ref(coe_exchange *ex);
 void coe_exchange_unref(coe_exchange **ex);
 
@@ -73,20 +67,24 @@ void coe_exchange_end_with_error(coe_exchange *ex, const char *p, size_t n, int 
 void coe_exchange_respond(coe_exchange *ex, int status, const char *expert, long retry_after_s,
                           const char *body, size_t len);
 /* Any thread: the client is gone or the server is stopping; wake the connection so
- * that libmicrohttpd closes it, and never suspend it again. */
+ * that it closes. */
 void coe_exchange_abort(coe_exchange *ex);
 void coe_exchange_set_usage(coe_exchange *ex, const coe_usage *u);
 /* The X-Coegate-Fusion header of an answer not yet sent (truncated to fit). */
 void coe_exchange_set_fusion(coe_exchange *ex, const char *value);
 
-/* HTTP side, from within a libmicrohttpd callback of the connection. */
-/* True when the head is ready (or the exchange was aborted); otherwise suspends the
- * connection until a change. */
+/* HTTP side, on the connection's thread. */
+/* True when the head is ready (or the exchange was aborted); otherwise the HTTP side
+ * waits, and is woken at the next change. */
 bool coe_exchange_wait_head(coe_exchange *ex);
-/* Content-reader: copies up to max bytes, or suspends and returns 0 when none is
- * ready yet; returns MHD's end-of-stream or end-with-error markers at the end. */
+/* Copies up to max body bytes; 0 when none is ready yet (then the HTTP side is woken
+ * at the next change); COE_EXCHANGE_END at the end; COE_EXCHANGE_ABORT when the
+ * stream must be cut short (the client is gone, the server stops). */
+#define COE_EXCHANGE_END (-1)
+#define COE_EXCHANGE_ABORT (-2)
 ssize_t coe_exchange_read(coe_exchange *ex, char *buf, size_t max);
-/* The connection ended; returns true if it ended before the body was finished. */
+/* The connection ended (no wake after this returns); returns true if it ended before
+ * the body was finished. */
 bool coe_exchange_detach(coe_exchange *ex);
 
 #endif

@@ -1,4 +1,4 @@
-/* The HTTP server: libmicrohttpd with an epoll thread pool, the OpenAI-compatible
+/* The HTTP server: worker threads with an event loop each (gateway/http.c), the OpenAI-compatible
  * endpoints, limits, authentication and the access log. */
 #ifndef COE_SERVER_H
 #define COE_SERVER_H
