@@ -11,7 +11,9 @@
 #include "gateway/config.h"
 #include "gateway/request.h"
 
-/* One streamed piece of one choice. Strings are borrowed for the call only. */
+/* One streamed piece of one choice, or (coe_sink_ops.choice) a whole choice: what a
+ * backend reports as data; gateway/openai.c writes every wire shape from it. Strings
+ * are borrowed for the call only. */
 typedef struct coe_delta {
     int index;                  /* choice index */
     const char *role;           /* "assistant" on the first delta, else NULL */
@@ -22,6 +24,7 @@ typedef struct coe_delta {
     const char *logprobs;       /* the choice's logprobs as raw JSON text, or NULL */
     const char *finish_reason;  /* "stop", "length", "tool_calls", ... or NULL */
     const char *extra;          /* more members of the choice as raw JSON ("k":v,...), or NULL */
+    const char *message_extra;  /* more members of the message or delta (an upstream's), or NULL */
 } coe_delta;
 
 typedef struct coe_usage {
@@ -46,13 +49,15 @@ typedef struct coe_failure {
 } coe_failure;
 
 /* Where a backend call reports. A streamed request (req->stream) gets deltas, any
- * other gets one result; then usage, when known. Each call ends with exactly one
- * done or fail, unless it is cancelled, after which nothing more is reported. */
+ * other gets its choices (or, for embeddings, one result); then usage, when known.
+ * Each call ends with exactly one done or fail, unless it is cancelled, after which
+ * nothing more is reported. */
 typedef struct coe_sink_ops {
     void (*delta)(void *ctx, const coe_delta *d);
-    /* A non-streamed answer: the raw JSON array of choices, OpenAI-shaped (for
-     * embeddings, the whole answer object). */
-    void (*result)(void *ctx, const char *choices_json, size_t len);
+    /* A non-streamed answer's choice, whole (once per choice). */
+    void (*choice)(void *ctx, const coe_delta *whole);
+    /* A non-streamed answer for embeddings: the upstream's whole answer object. */
+    void (*result)(void *ctx, const char *json, size_t len);
     void (*usage)(void *ctx, const coe_usage *u);
     void (*done)(void *ctx);
     void (*fail)(void *ctx, const coe_failure *f);

@@ -50,15 +50,8 @@ static void finish(echo_call *c)
         d.finish_reason = reason;
         sink.ops->delta(sink.ctx, &d);
     } else {
-        coe_buf b = COE_BUF_INIT;
-        coe_buf_puts(&b, c->req->endpoint == COE_EP_CHAT
-                             ? "[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":"
-                             : "[{\"index\":0,\"text\":");
-        coe_buf_json_string(&b, c->text, c->pos);
-        coe_buf_printf(&b, "%s,\"logprobs\":null,\"finish_reason\":\"%s\"}]",
-                       c->req->endpoint == COE_EP_CHAT ? "}" : "", reason);
-        sink.ops->result(sink.ctx, b.data, b.len);
-        coe_buf_free(&b);
+        coe_delta whole = {.content = c->text, .content_len = c->pos, .finish_reason = reason};
+        sink.ops->choice(sink.ctx, &whole);
     }
     sink.ops->usage(sink.ctx, &u);
     free(c->text);

@@ -373,27 +373,24 @@ static void deliver(void *arg)
         c->n_all += n_recs;
     }
     if (finish) {
-        coe_buf b = COE_BUF_INIT;
-        coe_buf_puts(&b, c->chat ? "[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":"
-                                 : "[{\"index\":0,\"text\":");
-        coe_buf_json_string(&b, c->full.data ? c->full.data : "", c->full.len);
-        coe_buf_puts(&b, c->chat ? "},\"logprobs\":" : ",\"logprobs\":");
-        if (c->logprobs)
-            logprobs_json(c, &b, c->all_recs, c->n_all);
-        else
-            coe_buf_puts(&b, "null");
-        coe_buf_printf(&b, ",\"finish_reason\":\"%s\"", finish);
+        coe_buf lp = COE_BUF_INIT, ext = COE_BUF_INIT;
+        coe_delta whole = {.content = c->full.data ? c->full.data : "", .content_len = c->full.len,
+                           .finish_reason = finish};
+        if (c->logprobs) {
+            logprobs_json(c, &lp, c->all_recs, c->n_all);
+            whole.logprobs = lp.data;
+        }
         if (c->F) {
-            coe_buf_puts(&b, ",");
-            fusion_json(c, &b, counts, c->all_recs, c->n_all);
+            fusion_json(c, &ext, counts, c->all_recs, c->n_all);
+            whole.extra = ext.data;
             char header[512];
             fusion_header(c, counts, header, sizeof header);
             if (sink.ops->note)
                 sink.ops->note(sink.ctx, "X-Coegate-Fusion", header);
         }
-        coe_buf_puts(&b, "}]");
-        sink.ops->result(sink.ctx, b.data, b.len);
-        coe_buf_free(&b);
+        sink.ops->choice(sink.ctx, &whole);
+        coe_buf_free(&lp);
+        coe_buf_free(&ext);
         sink.ops->usage(sink.ctx, &usage);
         loop_finished(c);
         sink.ops->done(sink.ctx);

@@ -139,23 +139,55 @@ static const char *str_or_null(const cJSON *o, const char *key)
     return cJSON_IsString(j) ? j->valuestring : NULL;
 }
 
-/* Re-emits one choice of a chunk (or of a whole message, converted) as a delta. */
-static void emit_choice(remote_call *c, const cJSON *ch, const char *delta_key)
+/* The members of o other than those named in known, as raw JSON ("k":v,...), or
+ * NULL when there are none (the caller frees). */
+static char *other_members(const cJSON *o, const char *const *known)
 {
+    coe_buf b = COE_BUF_INIT;
+    for (const cJSON *m = cJSON_IsObject(o) ? o->child : NULL; m; m = m->next) {
+        bool skip = false;
+        for (const char *const *k = known; *k && !skip; k++)
+            skip = strcmp(*k, m->string) == 0;
+        if (skip)
+            continue;
+        char *v = cJSON_PrintUnformatted(m);
+        if (!v) {
+            coe_buf_free(&b);
+            return NULL;
+        }
+        if (b.len)
+            coe_buf_puts(&b, ",");
+        coe_buf_json_string(&b, m->string, strlen(m->string));
+        coe_buf_printf(&b, ":%s", v);
+        free(v);
+    }
+    if (b.err)
+        coe_buf_free(&b);
+    return b.len ? coe_buf_steal(&b) : NULL;
+}
+
+/* Reports one choice of the upstream's answer: of a chunk (key "delta") or of a whole
+ * answer (key "message"), as a delta, or as the whole choice when the client did not
+ * stream. Members coegate does not know are passed on as they are. */
+static void emit_choice(remote_call *c, const cJSON *ch, const char *key)
+{
+    static const char *const choice_known[] = {"index", "message", "delta", "text", "logprobs", "finish_reason", NULL};
+    static const char *const message_known[] = {"role", "content", "reasoning_content", "tool_calls", NULL};
     if (!cJSON_IsObject(ch))
         return;
     coe_delta d = {0};
     const cJSON *idx = cJSON_GetObjectItemCaseSensitive(ch, "index");
     d.index = cJSON_IsNumber(idx) && idx->valuedouble >= 0 && idx->valuedouble < 1024 ? (int)idx->valuedouble : 0;
-    char *tool_calls = NULL, *logprobs = NULL;
+    char *tool_calls = NULL, *logprobs = NULL, *extra = NULL, *message_extra = NULL;
     if (c->req->endpoint == COE_EP_CHAT) {
-        const cJSON *delta = cJSON_GetObjectItemCaseSensitive(ch, delta_key);
-        d.role = str_or_null(delta, "role");
-        d.content = str_or_null(delta, "content");
-        d.reasoning = str_or_null(delta, "reasoning_content");
-        const cJSON *tc = cJSON_GetObjectItemCaseSensitive(delta, "tool_calls");
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(ch, key);
+        d.role = str_or_null(m, "role");
+        d.content = str_or_null(m, "content");
+        d.reasoning = str_or_null(m, "reasoning_content");
+        const cJSON *tc = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
         if (cJSON_IsArray(tc))
             d.tool_calls = tool_calls = cJSON_PrintUnformatted(tc);
+        d.message_extra = message_extra = other_members(m, message_known);
     } else {
         d.content = str_or_null(ch, "text");
     }
@@ -165,12 +197,17 @@ static void emit_choice(remote_call *c, const cJSON *ch, const char *delta_key)
     if (lp && !cJSON_IsNull(lp))
         d.logprobs = logprobs = cJSON_PrintUnformatted(lp);
     d.finish_reason = str_or_null(ch, "finish_reason");
+    d.extra = extra = other_members(ch, choice_known);
     if (d.finish_reason)
         c->saw_finish = true;
-    if (d.role || d.content || d.reasoning || d.tool_calls || d.logprobs || d.finish_reason)
+    if (!c->req->stream)
+        c->sink.ops->choice(c->sink.ctx, &d);
+    else if (d.role || d.content || d.reasoning || d.tool_calls || d.logprobs || d.finish_reason || d.message_extra)
         c->sink.ops->delta(c->sink.ctx, &d);
     free(tool_calls);
     free(logprobs);
+    free(extra);
+    free(message_extra);
 }
 
 /* The upstream's message, key scrubbed, cut to 200 bytes (at a character boundary).
@@ -280,11 +317,9 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
     return len;
 }
 
-/* A whole JSON answer: passed on as a result, or as deltas when the client streams
- * (some servers ignore stream: true). */
-/* A whole (not streamed) answer: its choices, re-emitted as deltas for a streamed
- * request; for embeddings, the whole object with its "data" array, named by the model
- * the client asked for (as every answer is). */
+/* A whole (not streamed) answer: its choices, reported whole, or as deltas when the
+ * client streams (some servers ignore stream: true); for embeddings, the whole object
+ * with its "data" array, named by the model the client asked for (as every answer is). */
 static bool handle_json_body(remote_call *c)
 {
     bool embeddings = c->req->endpoint == COE_EP_EMBEDDINGS;
@@ -294,15 +329,13 @@ static bool handle_json_body(remote_call *c)
         cJSON_Delete(j);
         return false;
     }
-    if (c->req->stream) { /* never embeddings: the request parser refuses them streamed */
+    if (!embeddings) {
         for (const cJSON *ch = part->child; ch; ch = ch->next)
             emit_choice(c, ch, "message");
     } else {
-        if (embeddings) {
-            cJSON_DeleteItemFromObjectCaseSensitive(j, "model");
-            cJSON_AddStringToObject(j, "model", c->req->model);
-        }
-        char *s = cJSON_PrintUnformatted(embeddings ? j : part);
+        cJSON_DeleteItemFromObjectCaseSensitive(j, "model");
+        cJSON_AddStringToObject(j, "model", c->req->model);
+        char *s = cJSON_PrintUnformatted(j);
         if (s)
             c->sink.ops->result(c->sink.ctx, s, strlen(s));
         free(s);

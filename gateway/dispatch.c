@@ -17,7 +17,7 @@ typedef struct dispatch {
     coe_config *cfg;
     coe_request *req;
     coe_exchange *ex;
-    coe_reply_ctx reply;
+    coe_reply reply;
     int candidates[65]; /* the expert, then its fallbacks */
     int n_candidates;
     int cand;           /* index into candidates */
@@ -28,7 +28,8 @@ typedef struct dispatch {
     bool holds_slot;    /* counted in the current expert's inflight */
     bool committed;     /* something reached the client: no more retries */
     coe_failure last;
-    coe_buf choices;    /* a non-streamed result, until done */
+    coe_choices choices; /* a non-streamed answer, until done */
+    coe_buf result;     /* a non-streamed answer for embeddings, until done */
     coe_failure first;  /* the chosen expert's failure, once it has fallen back */
     coe_buf then;       /* "; then 'b': why" for each fallback that failed too */
     coe_usage usage;
@@ -40,7 +41,6 @@ typedef struct dispatch {
     bool trial;         /* this attempt is its expert's half-open circuit trial */
     bool paused;        /* the backend stopped taking in the answer: the client is slow */
     coe_timer *resume;  /* resumes it, outside the client's read */
-    uint64_t roles_sent; /* chat streams: choices (by index, below 64) whose role went out */
 } dispatch;
 
 const char *coe_error_type(int status)
@@ -130,7 +130,9 @@ static void free_dispatch(dispatch *d)
     coe_exchange_unref(&d->ex);
     coe_request_free(&d->req);
     coe_config_unref(&d->cfg);
-    coe_buf_free(&d->choices);
+    coe_choices_free(&d->choices);
+    coe_buf_free(&d->result);
+    coe_reply_free(&d->reply);
     coe_buf_free(&d->then);
     free(d);
 }
@@ -152,8 +154,7 @@ static void end_cut(dispatch *d)
     coe_api_error_set(&e, 507, "server_error", "client_too_slow", NULL,
                       "the client read the stream too slowly: over %zu bytes were waiting for it", d->ex->max_pending);
     coe_buf b = COE_BUF_INIT;
-    coe_openai_error(&b, &e, true);
-    coe_openai_done(&b);
+    coe_reply_stream_error(&b, &d->reply, &e);
     if (b.err)
         coe_exchange_end_with_error(d->ex, coe_openai_oom_events, strlen(coe_openai_oom_events), 507);
     else
@@ -271,6 +272,7 @@ static void record_failure(dispatch *d, const coe_failure *f)
 static void attempt_start(dispatch *d)
 {
     coe_expert_cfg *e = current_expert(d);
+    coe_choices_free(&d->choices); /* of an attempt that failed */
     if (guarded(e) && !coe_breaker_allow(&e->breaker, coe_now_ms(), &d->trial)) {
         /* A retry that finds the circuit open keeps the failure that caused it. */
         if (d->attempt == 0)
@@ -366,31 +368,26 @@ static void try_next(dispatch *d)
     fail_request(d, &d->first, d->then.data);
 }
 
-/* Every choice's first chunk of a chat stream says role "assistant", as OpenAI's do,
- * whatever the expert sends (llama-server's say nothing). */
 static void on_delta(void *ctx, const coe_delta *delta)
 {
     dispatch *d = ctx;
     commit(d);
-    coe_delta with_role;
-    if (d->req->endpoint == COE_EP_CHAT && delta->index < 64 && !(d->roles_sent >> delta->index & 1)) {
-        d->roles_sent |= 1ull << delta->index;
-        if (!delta->role) {
-            with_role = *delta;
-            with_role.role = "assistant";
-            delta = &with_role;
-        }
-    }
     coe_buf b = COE_BUF_INIT;
-    coe_openai_chunk(&b, &d->reply, delta);
+    coe_reply_delta(&b, &d->reply, delta);
     send_buf(d, &b);
 }
 
-static void on_result(void *ctx, const char *choices, size_t len)
+static void on_choice(void *ctx, const coe_delta *whole)
 {
     dispatch *d = ctx;
-    coe_buf_reset(&d->choices);
-    coe_buf_append(&d->choices, choices, len);
+    coe_choices_add(&d->choices, whole);
+}
+
+static void on_result(void *ctx, const char *json, size_t len)
+{
+    dispatch *d = ctx;
+    coe_buf_reset(&d->result);
+    coe_buf_append(&d->result, json, len);
 }
 
 static void on_usage(void *ctx, const coe_usage *u)
@@ -422,9 +419,7 @@ static void on_done(void *ctx)
     coe_buf b = COE_BUF_INIT;
     if (d->req->stream) {
         commit(d);
-        if (d->reply.include_usage && d->have_usage)
-            coe_openai_usage_chunk(&b, &d->reply, &d->usage);
-        coe_openai_done(&b);
+        coe_reply_stream_end(&b, &d->reply, d->have_usage ? &d->usage : NULL);
         send_buf(d, &b);
         if (d->cut)
             end_cut(d);
@@ -432,12 +427,14 @@ static void on_done(void *ctx)
             coe_exchange_finish(d->ex);
     } else if (d->req->endpoint == COE_EP_EMBEDDINGS) {
         commit(d);
-        respond_built(d, 200, 0, &d->choices, NULL); /* the expert's whole answer, as it is */
+        respond_built(d, 200, 0, &d->result, NULL); /* the expert's whole answer, as it is */
     } else {
         commit(d);
-        coe_openai_body(&b, &d->reply, d->choices.data ? d->choices.data : "[]", d->choices.len,
-                        d->have_usage ? &d->usage : NULL);
-        respond_built(d, 200, 0, &b, &d->choices);
+        if (d->choices.err)
+            b.err = d->choices.err;
+        else
+            coe_reply_body(&b, &d->reply, &d->choices, d->have_usage ? &d->usage : NULL);
+        respond_built(d, 200, 0, &b, NULL);
         coe_buf_free(&b);
     }
     free_dispatch(d);
@@ -466,10 +463,8 @@ static void on_fail(void *ctx, const coe_failure *f)
     coe_api_error_set(&e, f->status, coe_error_type(f->status), NULL, f->param[0] ? f->param : NULL, "%s",
                       f->message);
     coe_buf b = COE_BUF_INIT;
-    if (d->req->stream) {
-        coe_openai_error(&b, &e, true);
-        coe_openai_done(&b);
-    }
+    if (d->req->stream)
+        coe_reply_stream_error(&b, &d->reply, &e);
     send_buf(d, &b);
     if (d->cut)
         end_cut(d);
@@ -485,7 +480,7 @@ static void on_note(void *ctx, const char *header, const char *value)
         coe_exchange_set_fusion(d->ex, value);
 }
 
-static const coe_sink_ops sink_ops = {on_delta, on_result, on_usage, on_done, on_fail, on_note};
+static const coe_sink_ops sink_ops = {on_delta, on_choice, on_result, on_usage, on_done, on_fail, on_note};
 
 static void start_task(void *arg)
 {
@@ -506,10 +501,7 @@ int coe_dispatch_start(coe_loop *loop, coe_config *cfg, coe_request *req, int ex
     d->ex = coe_exchange_ref(ex);
     d->sink.ops = &sink_ops;
     d->sink.ctx = d;
-    d->reply.endpoint = req->endpoint;
-    snprintf(d->reply.id, sizeof d->reply.id, "%s-%s", req->endpoint == COE_EP_CHAT ? "chatcmpl" : "cmpl", id);
-    d->reply.created = coe_wall_s();
-    d->reply.include_usage = req->include_usage;
+    coe_reply_init(&d->reply, req, id);
     const coe_expert_cfg *e = &cfg->experts[expert];
     d->candidates[d->n_candidates++] = expert;
     for (int i = 0; i < e->n_fallbacks && d->n_candidates < 65; i++)

@@ -12,7 +12,7 @@ static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 #define N_BUCKETS (sizeof buckets / sizeof buckets[0])
 #define MAX_EXPERTS 1024
 
-static const char *const endpoint_names[] = {"chat_completions", "completions", "embeddings", "models",
+static const char *const endpoint_names[] = {"chat_completions", "completions", "embeddings", "responses", "models",
                                              "health",           "metrics",     "other"};
 static const char *const event_names[] = {"answered",        "failed",          "retried",      "fell_back",
                                           "circuit_opened",  "short_circuited", "prompt_tokens", "completion_tokens"};

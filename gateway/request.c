@@ -302,6 +302,251 @@ fail:
     return rc;
 }
 
+/* ---- POST /v1/responses ---- */
+
+/* One input content part as a chat content part (added to parts). */
+static int responses_part(const cJSON *part, const char *p, cJSON *parts, coe_api_error *err)
+{
+    const cJSON *type = field(part, "type");
+    if (!cJSON_IsObject(part) || !cJSON_IsString(type))
+        return BAD(err, p, "'%s' must be an object with a string 'type'", p);
+    const char *t = type->valuestring;
+    cJSON *out = cJSON_CreateObject();
+    if (!out)
+        return COE_ENOMEM;
+    cJSON_AddItemToArray(parts, out);
+    if (strcmp(t, "input_text") == 0 || strcmp(t, "output_text") == 0) {
+        const cJSON *text = field(part, "text");
+        if (!cJSON_IsString(text))
+            return BAD(err, p, "'%s.text' must be a string", p);
+        cJSON_AddStringToObject(out, "type", "text");
+        cJSON_AddStringToObject(out, "text", text->valuestring);
+        return 0;
+    }
+    if (strcmp(t, "input_image") == 0) {
+        const cJSON *url = field(part, "image_url");
+        if (!cJSON_IsString(url))
+            return BAD(err, p, "'%s.image_url' must be a URL string (file ids are not served)", p);
+        cJSON_AddStringToObject(out, "type", "image_url");
+        cJSON *iu = cJSON_AddObjectToObject(out, "image_url");
+        cJSON_AddStringToObject(iu, "url", url->valuestring);
+        const cJSON *detail = field(part, "detail");
+        if (cJSON_IsString(detail))
+            cJSON_AddStringToObject(iu, "detail", detail->valuestring);
+        return 0;
+    }
+    return BAD(err, p, "'%s' of type '%.40s' is not served (input_text, output_text and input_image are)", p, t);
+}
+
+/* input (a string, or an array of messages) as chat messages (added to msgs). */
+static int responses_input(const cJSON *input, cJSON *msgs, coe_api_error *err)
+{
+    if (cJSON_IsString(input)) {
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddItemToArray(msgs, m);
+        cJSON_AddStringToObject(m, "role", "user");
+        cJSON_AddStringToObject(m, "content", input->valuestring);
+        return 0;
+    }
+    if (!cJSON_IsArray(input) || !input->child)
+        return BAD(err, "input", "'input' must be a string or a non-empty array of messages");
+    int i = 0;
+    for (const cJSON *item = input->child; item; item = item->next, i++) {
+        char p[64];
+        snprintf(p, sizeof p, "input[%d]", i);
+        if (!cJSON_IsObject(item))
+            return BAD(err, p, "'%s' must be an object", p);
+        const cJSON *type = field(item, "type");
+        if (type && !(cJSON_IsString(type) && strcmp(type->valuestring, "message") == 0))
+            return BAD(err, p, "'%s' of type '%.40s' is not served (messages are)", p,
+                       cJSON_IsString(type) ? type->valuestring : "?");
+        const cJSON *role = field(item, "role");
+        static const char *const roles[] = {"user", "assistant", "system", "developer", NULL};
+        bool known = false;
+        for (const char *const *r = roles; cJSON_IsString(role) && *r; r++)
+            known |= strcmp(*r, role->valuestring) == 0;
+        if (!known) {
+            snprintf(p, sizeof p, "input[%d].role", i);
+            return BAD(err, p, "'%s' must be one of user, assistant, system, developer", p);
+        }
+        cJSON *m = cJSON_CreateObject();
+        if (!m)
+            return COE_ENOMEM;
+        cJSON_AddItemToArray(msgs, m);
+        cJSON_AddStringToObject(m, "role", role->valuestring);
+        const cJSON *content = field(item, "content");
+        snprintf(p, sizeof p, "input[%d].content", i);
+        if (cJSON_IsString(content)) {
+            cJSON_AddStringToObject(m, "content", content->valuestring);
+        } else if (cJSON_IsArray(content)) {
+            cJSON *parts = cJSON_AddArrayToObject(m, "content");
+            int k = 0;
+            for (const cJSON *part = content->child; part; part = part->next, k++) {
+                char pp[80];
+                snprintf(pp, sizeof pp, "%s[%d]", p, k);
+                int rc = responses_part(part, pp, parts, err);
+                if (rc)
+                    return rc;
+            }
+        } else {
+            return BAD(err, p, "'%s' must be a string or an array of content parts", p);
+        }
+    }
+    return 0;
+}
+
+/* text.format as the chat request's response_format (added to chat). */
+static int responses_format(const cJSON *text, cJSON *chat, coe_api_error *err)
+{
+    if (!text || cJSON_IsNull(text))
+        return 0;
+    const cJSON *format = field(text, "format");
+    if (!cJSON_IsObject(text) || (format && !cJSON_IsNull(format) && !cJSON_IsObject(format)))
+        return BAD(err, "text.format", "'text.format' must be an object");
+    const cJSON *type = field(format, "type");
+    if (!format || cJSON_IsNull(format))
+        return 0;
+    if (!cJSON_IsString(type))
+        return BAD(err, "text.format.type", "'text.format.type' must be text, json_object or json_schema");
+    if (strcmp(type->valuestring, "text") == 0)
+        return 0;
+    cJSON *rf = cJSON_AddObjectToObject(chat, "response_format");
+    if (strcmp(type->valuestring, "json_object") == 0) {
+        cJSON_AddStringToObject(rf, "type", "json_object");
+        return 0;
+    }
+    if (strcmp(type->valuestring, "json_schema") != 0)
+        return BAD(err, "text.format.type", "'text.format.type' must be text, json_object or json_schema");
+    const cJSON *name = field(format, "name"), *schema = field(format, "schema"), *strict = field(format, "strict");
+    if (!cJSON_IsString(name))
+        return BAD(err, "text.format.name", "'text.format.name' is required with json_schema");
+    if (!cJSON_IsObject(schema))
+        return BAD(err, "text.format.schema", "'text.format.schema' must be an object");
+    cJSON_AddStringToObject(rf, "type", "json_schema");
+    cJSON *js = cJSON_AddObjectToObject(rf, "json_schema");
+    cJSON_AddStringToObject(js, "name", name->valuestring);
+    cJSON_AddItemToObject(js, "schema", cJSON_Duplicate(schema, true));
+    if (cJSON_IsBool(strict))
+        cJSON_AddBoolToObject(js, "strict", cJSON_IsTrue(strict));
+    return 0;
+}
+
+/* The chat request's name of a Responses field, for errors found in the translation. */
+static void responses_param(coe_api_error *err)
+{
+    static const char *const names[][2] = {{"max_tokens", "max_output_tokens"}, {"response_format", "text.format"},
+                                           {"messages", "input"}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        size_t n = strlen(names[i][0]);
+        if (strncmp(err->param, names[i][0], n) == 0 && (err->param[n] == '\0' || err->param[n] == '.' ||
+                                                         err->param[n] == '[')) {
+            char rest[96];
+            snprintf(rest, sizeof rest, "%s", err->param + n);
+            snprintf(err->param, sizeof err->param, "%s%s", names[i][1], rest);
+            return;
+        }
+    }
+}
+
+int coe_request_parse_responses(const char *text, size_t len, int max_depth, coe_request **out, coe_api_error *err)
+{
+    *out = NULL;
+    if (len == 0)
+        return BAD(err, "", "the request body is empty; expected a JSON object");
+    if (coe_json_depth(text, len, max_depth) > max_depth)
+        return BAD(err, "", "the request body is nested more than %d levels deep", max_depth);
+    size_t off = 0;
+    cJSON *body = coe_json_parse(text, len, &off);
+    if (!body)
+        return BAD(err, "", "the request body is not valid JSON (error near byte %zu)", off);
+    cJSON *chat = cJSON_CreateObject();
+    cJSON *msgs = chat ? cJSON_AddArrayToObject(chat, "messages") : NULL;
+    int rc = 0;
+    char *chat_text = NULL;
+    if (!msgs) {
+        rc = COE_ENOMEM;
+        goto fail;
+    }
+    if (!cJSON_IsObject(body)) {
+        rc = BAD(err, "", "the request body must be a JSON object");
+        goto fail;
+    }
+    /* Fields the translation carries, those accepted and ignored (coegate stores
+     * nothing and has no service tiers), and the rest refused by name. */
+    static const char *const carried[] = {"model", "input", "instructions", "stream", "max_output_tokens",
+                                          "temperature", "top_p", "text", "user", "seed", NULL};
+    static const char *const ignored[] = {"store", "metadata", "parallel_tool_calls", "truncation", "service_tier",
+                                          "reasoning", "include", "prompt_cache_key", "safety_identifier",
+                                          "top_logprobs", "tool_choice", NULL};
+    for (const cJSON *f = body->child; f; f = f->next) {
+        bool known = false;
+        for (const char *const *k = carried; *k && !known; k++)
+            known = strcmp(*k, f->string) == 0;
+        for (const char *const *k = ignored; *k && !known; k++)
+            known = strcmp(*k, f->string) == 0;
+        bool empty = cJSON_IsNull(f) || cJSON_IsFalse(f) || (cJSON_IsArray(f) && !f->child);
+        if (!known && !empty) {
+            rc = BAD(err, f->string,
+                     strcmp(f->string, "tools") == 0 ? "'tools' are not served on /v1/responses; use /v1/chat/completions"
+                     : strcmp(f->string, "previous_response_id") == 0 || strcmp(f->string, "conversation") == 0
+                         ? "'%s' needs stored responses, which coegate does not keep: send the whole conversation "
+                           "in 'input'"
+                         : "unknown or unsupported parameter '%s'",
+                     f->string);
+            goto fail;
+        }
+    }
+    const cJSON *input = field(body, "input"), *instructions = field(body, "instructions");
+    if (!input) {
+        rc = BAD(err, "input", "'input' is required");
+        goto fail;
+    }
+    if (instructions && !cJSON_IsNull(instructions)) {
+        if (!cJSON_IsString(instructions)) {
+            rc = BAD(err, "instructions", "'instructions' must be a string");
+            goto fail;
+        }
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddItemToArray(msgs, m);
+        cJSON_AddStringToObject(m, "role", "system");
+        cJSON_AddStringToObject(m, "content", instructions->valuestring);
+    }
+    if ((rc = responses_input(input, msgs, err)) || (rc = responses_format(field(body, "text"), chat, err)))
+        goto fail;
+    static const char *const same[][2] = {{"model", "model"}, {"stream", "stream"}, {"temperature", "temperature"},
+                                          {"top_p", "top_p"}, {"user", "user"}, {"seed", "seed"},
+                                          {"max_output_tokens", "max_tokens"}};
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+        const cJSON *v = field(body, same[i][0]);
+        if (v && !cJSON_IsNull(v))
+            cJSON_AddItemToObject(chat, same[i][1], cJSON_Duplicate(v, true));
+    }
+    if (cJSON_IsTrue(field(body, "stream"))) {
+        cJSON *so = cJSON_AddObjectToObject(chat, "stream_options");
+        cJSON_AddTrueToObject(so, "include_usage"); /* the completed event always carries usage */
+    }
+    chat_text = cJSON_PrintUnformatted(chat);
+    if (!chat_text) {
+        rc = COE_ENOMEM;
+        goto fail;
+    }
+    if ((rc = coe_request_parse(chat_text, strlen(chat_text), COE_EP_CHAT, max_depth + 2, out, err))) {
+        responses_param(err);
+        goto fail;
+    }
+    (*out)->responses = body;
+    free(chat_text);
+    cJSON_Delete(chat);
+    return 0;
+fail:
+    if (rc == COE_ENOMEM)
+        coe_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+    free(chat_text);
+    cJSON_Delete(chat);
+    cJSON_Delete(body);
+    return rc;
+}
+
 void coe_request_free(coe_request **rp)
 {
     coe_request *r = *rp;
@@ -309,6 +554,7 @@ void coe_request_free(coe_request **rp)
     if (!r)
         return;
     cJSON_Delete(r->body);
+    cJSON_Delete(r->responses);
     free(r);
 }
 

@@ -45,6 +45,10 @@ extern const char *const coe_cap_names[COE_CAP_COUNT];
 typedef struct coe_request {
     coe_endpoint endpoint;
     cJSON *body;          /* owned: the whole request, unknown fields included */
+    /* POST /v1/responses: body is its chat-completions translation (what the experts
+     * get, endpoint COE_EP_CHAT), answered in the Responses API's shapes; this is the
+     * request as sent (owned), for what the answer repeats. NULL otherwise. */
+    cJSON *responses;
     const char *model;    /* borrowed from body; "auto" when absent */
     bool stream;
     bool include_usage;   /* stream_options.include_usage */
@@ -61,6 +65,12 @@ const char *coe_request_cap_param(const coe_request *r, unsigned cap);
  * fills err (status 400 naming the field). */
 int coe_request_parse(const char *body, size_t len, coe_endpoint ep, int max_depth,
                       coe_request **out, coe_api_error *err);
+/* POST /v1/responses (text input and output, streamed or not): checks the body and
+ * translates it into a chat completions request. Errors name the Responses field.
+ * Tools, stored conversations (previous_response_id) and background runs are refused
+ * with 400 naming the field. */
+int coe_request_parse_responses(const char *body, size_t len, int max_depth, coe_request **out,
+                                coe_api_error *err);
 void coe_request_free(coe_request **r);
 
 /* The text of the last user message (chat) or of the prompt (completions), borrowed

@@ -45,12 +45,14 @@ struct coe_server {
 };
 
 /* In the order of coe_metric_endpoint, so that one indexes the other. */
-typedef enum { EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_MODELS, EP_MODEL, EP_HEALTH, EP_METRICS, EP_UNKNOWN } endpoint;
+typedef enum {
+    EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_RESPONSES, EP_MODELS, EP_MODEL, EP_HEALTH, EP_METRICS, EP_UNKNOWN
+} endpoint;
 
 /* The endpoints that take a request body (POST); the others answer GET and HEAD. */
 static bool takes_post(endpoint ep)
 {
-    return ep == EP_CHAT || ep == EP_COMPLETIONS || ep == EP_EMBEDDINGS;
+    return ep == EP_CHAT || ep == EP_COMPLETIONS || ep == EP_EMBEDDINGS || ep == EP_RESPONSES;
 }
 
 /* What one HTTP request carries between the connection's calls. */
@@ -256,6 +258,8 @@ static endpoint classify(const char *url)
         return EP_COMPLETIONS;
     if (strcmp(url, "/v1/embeddings") == 0)
         return EP_EMBEDDINGS;
+    if (strcmp(url, "/v1/responses") == 0)
+        return EP_RESPONSES;
     if (strcmp(url, "/v1/models") == 0)
         return EP_MODELS;
     if (strncmp(url, "/v1/models/", 11) == 0 && url[11])
@@ -296,6 +300,7 @@ static coe_metric_endpoint metric_endpoint(endpoint ep)
     case EP_CHAT: return COE_METRIC_CHAT;
     case EP_COMPLETIONS: return COE_METRIC_COMPLETIONS;
     case EP_EMBEDDINGS: return COE_METRIC_EMBEDDINGS;
+    case EP_RESPONSES: return COE_METRIC_RESPONSES;
     case EP_MODELS: case EP_MODEL: return COE_METRIC_MODELS;
     case EP_HEALTH: return COE_METRIC_HEALTH;
     case EP_METRICS: return COE_METRIC_METRICS;
@@ -378,8 +383,10 @@ static int handle_body(conn_ctx *cx, const char *body, size_t len)
         return fail(cx, 503, "shutting_down", NULL, "the gateway is shutting down");
     coe_api_error err;
     coe_request *req = NULL;
-    coe_endpoint ep = cx->ep == EP_CHAT ? COE_EP_CHAT : cx->ep == EP_EMBEDDINGS ? COE_EP_EMBEDDINGS : COE_EP_COMPLETIONS;
-    if (coe_request_parse(body, len, ep, sc->max_json_depth, &req, &err))
+    coe_endpoint ep = cx->ep == EP_COMPLETIONS ? COE_EP_COMPLETIONS : cx->ep == EP_EMBEDDINGS ? COE_EP_EMBEDDINGS
+                                                                                              : COE_EP_CHAT;
+    if (cx->ep == EP_RESPONSES ? coe_request_parse_responses(body, len, sc->max_json_depth, &req, &err)
+                               : coe_request_parse(body, len, ep, sc->max_json_depth, &req, &err))
         return send_error(cx, &err);
     log_word(cx->model, sizeof cx->model, req->model);
     coe_route_decision dec;

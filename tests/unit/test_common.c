@@ -160,12 +160,27 @@ static void test_buf_sticky_error(void **state)
     coe_buf_free(&b);
 }
 
+/* Every data line of SSE text parses as JSON ("[DONE]" aside). */
+static void assert_events_parse(const char *text)
+{
+    for (const char *p = strstr(text, "data: "); p; p = strstr(p, "data: ")) {
+        p += 6;
+        const char *end = strstr(p, "\n\n");
+        assert_non_null(end);
+        if (strncmp(p, "[DONE]", 6) != 0) {
+            cJSON *j = cJSON_ParseWithLength(p, (size_t)(end - p));
+            assert_non_null(j);
+            cJSON_Delete(j);
+        }
+        p = end;
+    }
+}
+
 /* The response writers with an allocation failing at each point in turn: the output is
  * marked failed, or it is complete, valid JSON. Never a body with a piece missing. */
 static void test_response_writers_out_of_memory(void **state)
 {
     (void)state;
-    coe_reply_ctx c = {.endpoint = COE_EP_CHAT, .id = "chatcmpl-1", .created = 1, .model = "m"};
     char content[3000];
     memset(content, 'w', sizeof content - 1);
     content[sizeof content - 1] = '\0';
@@ -173,33 +188,43 @@ static void test_response_writers_out_of_memory(void **state)
     coe_usage u = {5, 7, 12};
     coe_api_error e;
     coe_api_error_set(&e, 400, "invalid_request_error", NULL, "messages", "%s", content);
-    const char *choices = "[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\"}}]";
-    for (int writer = 0; writer < 3; writer++) {
+    cJSON *responses = cJSON_Parse("{\"input\":\"x\",\"temperature\":0.5,\"metadata\":{\"a\":\"b\"}}");
+    coe_choices cs = {0};
+    assert_int_equal(coe_choices_add(&cs, &d), 0);
+    for (int writer = 0; writer < 6; writer++) {
         int failed = 0;
-        for (long k = 0; k < 64; k++) {
+        for (long k = 0; k < 200; k++) {
+            coe_reply r = {.endpoint = COE_EP_CHAT, .id = "chatcmpl-1", .created = 1, .model = "m"};
+            if (writer >= 3) {
+                r.responses = responses;
+                snprintf(r.id, sizeof r.id, "resp_1");
+            }
             coe_buf b = COE_BUF_INIT;
             coe_buf_fail_after(k);
-            int rc = writer == 0   ? coe_openai_chunk(&b, &c, &d)
-                     : writer == 1 ? coe_openai_body(&b, &c, choices, strlen(choices), &u)
-                                   : coe_openai_error(&b, &e, false);
+            int rc = writer == 0   ? coe_reply_delta(&b, &r, &d)
+                     : writer == 1 ? coe_reply_body(&b, &r, &cs, &u)
+                     : writer == 2 ? coe_openai_error(&b, &e, false)
+                     : writer == 3 ? coe_reply_body(&b, &r, &cs, &u)
+                     : writer == 4 ? (coe_reply_delta(&b, &r, &d), coe_reply_stream_end(&b, &r, &u))
+                                   : (coe_reply_delta(&b, &r, &d), coe_reply_stream_error(&b, &r, &e));
             coe_buf_fail_after(-1);
             if (b.err) {
                 assert_int_not_equal(rc, 0);
                 failed++;
+            } else if (writer == 0 || writer >= 4) {
+                assert_events_parse(b.data);
             } else {
-                const char *json = b.data;
-                if (writer == 0) {
-                    assert_memory_equal(json, "data: ", 6);
-                    json += 6;
-                }
-                cJSON *j = cJSON_Parse(json);
+                cJSON *j = cJSON_Parse(b.data);
                 assert_non_null(j);
                 cJSON_Delete(j);
             }
             coe_buf_free(&b);
+            coe_reply_free(&r);
         }
         assert_true(failed > 0); /* the failures were really injected */
     }
+    coe_choices_free(&cs);
+    cJSON_Delete(responses);
 }
 
 int main(void)
