@@ -106,8 +106,10 @@ struct local_call {
     size_t n_ids, cap_ids, n_prompt;
     int fed[MAX_SEQS];    /* ids each sequence has been given */
     coe_sampler sampler;
-    bool json;            /* response_format json_object: only tokens that continue a JSON object */
+    bool json;            /* response_format json_object or json_schema: only tokens that continue it */
     coe_json_state json_state;
+    coe_json_schema *schema; /* json_schema's, compiled; NULL for json_object */
+    char param[128];      /* the field at fault, when the request cannot be served */
     float *masked;        /* n_vocab: the logits with the tokens that cannot continue it at -inf */
     long n_gen;
     int n_ctx;
@@ -151,6 +153,7 @@ static void call_unref(local_call *c)
     free(c->expert_logits);
     free(c->fused);
     free(c->masked);
+    coe_json_schema_free(&c->schema);
     coe_buf_free(&c->out_text);
     free(c->out_recs);
     pthread_mutex_destroy(&c->mu);
@@ -516,15 +519,16 @@ static bool json_takes(const coe_local *L, coe_json_state *s, int t)
     return coe_json_feed(s, L->token_bytes.data + L->token_at[t], L->token_at[t + 1] - L->token_at[t]);
 }
 
-/* response_format json_object: the logits of the tokens whose bytes cannot continue
- * the JSON object so far set to -inf (an end token only once the object is complete,
+/* response_format json_object or json_schema: the logits of the tokens whose bytes
+ * cannot continue the JSON object so far (valid against the schema) set to -inf (an end token only once the object is complete,
  * and then nothing else). Every sampling option then applies to what is left. */
 static const float *constrain(local_call *c, const float *logits)
 {
     const coe_local *L = c->L;
     bool done = coe_json_done(&c->json_state);
     for (int t = 0; t < L->model->n_vocab; t++) {
-        coe_json_state s = c->json_state;
+        coe_json_state s;
+        coe_json_copy(&s, &c->json_state);
         bool ok = coe_token_is_end(&L->vocab, t) ? done : !done && json_takes(L, &s, t);
         c->masked[t] = ok ? logits[t] : -INFINITY;
     }
@@ -1102,12 +1106,36 @@ static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_reque
         c->top_logprobs = (int)lp->valuedouble;
     }
     c->trace = c->F && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(body, "coegate_fusion_trace"));
-    /* Routing sends only json_object here (a JSON schema needs an expert that checks it). */
+    /* Constrained decoding: any JSON object, or one valid against a schema of the
+     * subset that experts/json_grammar.h enforces (another schema is refused: an
+     * expert that checks it may take the request). */
     const cJSON *rf = cJSON_GetObjectItemCaseSensitive(body, "response_format");
     const cJSON *rft = cJSON_IsObject(rf) ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
-    if (cJSON_IsString(rft) && strcmp(rft->valuestring, "json_object") == 0) {
+    bool want_schema = cJSON_IsString(rft) && strcmp(rft->valuestring, "json_schema") == 0;
+    if (want_schema) {
+        const cJSON *js = cJSON_GetObjectItemCaseSensitive(rf, "json_schema");
+        const cJSON *schema = cJSON_IsObject(js) ? cJSON_GetObjectItemCaseSensitive(js, "schema") : NULL;
+        char why[160], path[80];
+        if (!schema) {
+            snprintf(err, errlen, "'response_format.json_schema.schema' is required");
+            snprintf(c->param, sizeof c->param, "response_format.json_schema.schema");
+            *param = c->param;
+            return false;
+        }
+        if (!(c->schema = coe_json_schema_compile(schema, why, sizeof why, path, sizeof path))) {
+            if (!*why) {
+                *err = '\0';
+                return false;
+            }
+            snprintf(err, errlen, "expert '%.60s' cannot enforce this schema: %.150s", e->name, why);
+            snprintf(c->param, sizeof c->param, "response_format.json_schema.schema%s", path);
+            *param = c->param;
+            return false;
+        }
+    }
+    if (want_schema || (cJSON_IsString(rft) && strcmp(rft->valuestring, "json_object") == 0)) {
         c->json = true;
-        coe_json_init(&c->json_state);
+        coe_json_init_schema(&c->json_state, c->schema);
         if (!(c->masked = malloc((size_t)L->model->n_vocab * sizeof *c->masked))) {
             *err = '\0';
             return false;

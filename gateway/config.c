@@ -312,7 +312,7 @@ static void open_local(vctx *v, const char *path, coe_expert_cfg *e)
 static void parse_capabilities(vctx *v, const cJSON *j, const char *path, coe_expert_cfg *e)
 {
     e->capabilities = e->kind == COE_EXPERT_REMOTE  ? COE_CAP_ALL
-                      : e->kind == COE_EXPERT_LOCAL ? COE_CAP_RESPONSE_FORMAT /* constrained decoding */
+                      : e->kind == COE_EXPERT_LOCAL ? COE_CAP_RESPONSE_FORMAT | COE_CAP_JSON_SCHEMA /* constrained decoding */
                                                     : 0;
     const cJSON *caps = get(j, "capabilities");
     if (!caps || e->kind != COE_EXPERT_REMOTE)
@@ -599,7 +599,7 @@ static int local_member(vctx *v, const coe_config *c, const cJSON *j, const char
 static void parse_fusion(vctx *v, const cJSON *j, const char *path, coe_config *c, coe_expert_cfg *e)
 {
     e->kind = COE_EXPERT_FUSION;
-    e->capabilities = COE_CAP_RESPONSE_FORMAT; /* constrained decoding, as local experts */
+    e->capabilities = COE_CAP_RESPONSE_FORMAT | COE_CAP_JSON_SCHEMA; /* constrained decoding, as local experts */
     e->router_expert = -1;
     if (!named_entry(v, j, path, "a fusion group", e->name, fusion_keys))
         return;

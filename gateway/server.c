@@ -407,7 +407,7 @@ static int handle_body(conn_ctx *cx, const char *body, size_t len)
         const char *cap = coe_cap_names[__builtin_ctz(dec.missing)];
         if (dec.route < 0)
             snprintf(msg, sizeof msg, "expert '%.64s' cannot serve '%s' (local experts and fusion groups serve "
-                     "response_format json_object only, echo none; a remote one what its \"capabilities\" list)",
+                     "response_format and json_schema only, echo none; a remote one what its \"capabilities\" list)",
                      req->model, cap);
         else
             snprintf(msg, sizeof msg, "no expert that route '%.64s' may choose (its category's, its fallback, its "

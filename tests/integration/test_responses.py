@@ -147,6 +147,18 @@ class Responses(unittest.TestCase):
         if resp["status"] == "completed":
             self.assertIsInstance(json.loads(output_text(resp)), dict)
 
+    def test_json_schema_on_a_local_expert(self):
+        schema = {"type": "object", "required": ["kind"], "additionalProperties": False,
+                  "properties": {"kind": {"type": "string", "enum": ["cat", "dog"]}}}
+        r = responses(self.gw.port, {"model": "local", "input": "a pet", "max_output_tokens": 60, "seed": 2,
+                                     "text": {"format": {"type": "json_schema", "name": "pet", "schema": schema}}})
+        self.assertEqual(r.status, 200, r.body)
+        resp = r.json()
+        if resp["status"] == "completed":
+            self.assertIn(json.loads(output_text(resp))["kind"], ("cat", "dog"))
+        else:
+            self.assertTrue(output_text(resp).startswith("{"))
+
     def test_refusals_name_the_field(self):
         cases = [
             ({"model": "e"}, "input"),
