@@ -1,6 +1,7 @@
 /* JSON's grammar as a pushdown automaton over bytes: see experts/json_grammar.h. */
 #include "experts/json_grammar.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +46,8 @@ typedef struct jnode {
     uint64_t required;
     int items;       /* an array's element schema (0: any) */
     int min_items, max_items; /* max -1: none */
+    bool has_lo, has_hi, lo_excl, hi_excl; /* a number's bounds */
+    double lo, hi;
 } jnode;
 
 struct coe_json_schema {
@@ -173,7 +176,8 @@ static int compile_object(compiler *c, int n, const cJSON *j, const char *path, 
 static int compile_node(compiler *c, const cJSON *j, const char *path, int depth)
 {
     static const char *const known[] = {"type", "properties", "required", "additionalProperties", "items", "minItems",
-                                        "maxItems", "enum", "const", "title", "description", "default", "examples",
+                                        "maxItems", "enum", "const", "minimum", "maximum", "exclusiveMinimum",
+                                        "exclusiveMaximum", "title", "description", "default", "examples",
                                         "$schema", "$id", NULL};
     if (!cJSON_IsObject(j))
         return refuse(c, path, "%s", "a schema must be an object");
@@ -233,6 +237,27 @@ static int compile_node(compiler *c, const cJSON *j, const char *path, int depth
     }
     if ((types & T_OBJECT) && compile_object(c, n, j, path, depth))
         return -1;
+    static const char *const bound_names[] = {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"};
+    for (int b = 0; b < 4; b++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, bound_names[b]);
+        if (!v)
+            continue;
+        if (!cJSON_IsNumber(v))
+            return refuse(c, path, "'%s' must be a number", bound_names[b]);
+        jnode *nd = &c->s->nodes[n];
+        bool excl = b & 1, upper = b >= 2;
+        double x = v->valuedouble;
+        /* Of two bounds on one side, the tighter counts. */
+        if (upper && (!nd->has_hi || x < nd->hi || (x == nd->hi && excl)))
+            nd->has_hi = true, nd->hi = x, nd->hi_excl = excl;
+        if (!upper && (!nd->has_lo || x > nd->lo || (x == nd->lo && excl)))
+            nd->has_lo = true, nd->lo = x, nd->lo_excl = excl;
+    }
+    {
+        const jnode *nd = &c->s->nodes[n];
+        if (nd->has_lo && nd->has_hi && (nd->lo > nd->hi || (nd->lo == nd->hi && (nd->lo_excl || nd->hi_excl))))
+            return refuse(c, path, "%s", "the bounds leave no number");
+    }
     const cJSON *ap = cJSON_GetObjectItemCaseSensitive(j, "additionalProperties");
     if (ap && !cJSON_IsBool(ap))
         return refuse(c, path, "%s", "'additionalProperties' is enforced as false or true only (no schema)");
@@ -426,6 +451,80 @@ static bool close_container(coe_json_state *s, unsigned char c)
     return true;
 }
 
+/* ---- bounded numbers ---- */
+
+#define MAX_BOUNDED_DIGITS 18
+
+static const jnode *number_node(const coe_json_state *s)
+{
+    if (!s->schema)
+        return NULL;
+    const jnode *n = &s->schema->nodes[value_node(s)];
+    return n->has_lo || n->has_hi ? n : NULL;
+}
+
+static long double pow10_ld(int k)
+{
+    long double p = 1;
+    while (k-- > 0)
+        p *= 10;
+    return p;
+}
+
+/* Whether some value in the set of magnitudes from m0 to m1 (m1 itself only when
+ * closed), with the number's sign, lies within n's bounds. */
+static bool meets(const coe_json_state *s, const jnode *n, long double m0, long double m1, bool closed)
+{
+    /* Signed: [x0, x1], each end attained or not. */
+    long double x0 = s->neg ? -m1 : m0, x1 = s->neg ? -m0 : m1;
+    bool x0_in = s->neg ? closed : true, x1_in = s->neg ? true : closed;
+    if (n->has_lo && (x1 < n->lo || (x1 == n->lo && (!x1_in || n->lo_excl))))
+        return false;
+    if (n->has_hi && (x0 > n->hi || (x0 == n->hi && (!x0_in || n->hi_excl))))
+        return false;
+    return true;
+}
+
+/* Whether the number read so far can still end within n's bounds. */
+static bool number_viable(const coe_json_state *s, const jnode *n)
+{
+    if (s->digits == 0) /* "-" alone: any magnitude */
+        return meets(s, n, 0, INFINITY, false);
+    long double a = (long double)s->mant;
+    if (s->frac) { /* more fraction digits: from a / 10^f up to (a + 1) / 10^f */
+        long double scale = pow10_ld(s->frac_digits);
+        return meets(s, n, a / scale, (a + 1) / scale, false);
+    }
+    bool more_int = !(s->digits == 1 && s->mant == 0); /* no digit after a leading zero */
+    if (meets(s, n, a, s->int_only ? a : a + 1, s->int_only))
+        return true;
+    for (int m = 1; more_int && s->digits + m <= MAX_BOUNDED_DIGITS; m++) {
+        long double p = pow10_ld(m);
+        if (meets(s, n, a * p, s->int_only ? (a + 1) * p - 1 : (a + 1) * p, s->int_only))
+            return true;
+    }
+    return false;
+}
+
+/* Whether the number, ending now, is within n's bounds. */
+static bool number_within(const coe_json_state *s, const jnode *n)
+{
+    long double v = (long double)s->mant / pow10_ld(s->frac ? s->frac_digits : 0);
+    return meets(s, n, v, v, true);
+}
+
+/* A digit of a bounded number. */
+static bool bounded_digit(coe_json_state *s, const jnode *n, unsigned char c)
+{
+    if (s->digits == MAX_BOUNDED_DIGITS)
+        return false;
+    s->mant = s->mant * 10 + (uint64_t)(c - '0');
+    s->digits++;
+    if (s->frac)
+        s->frac_digits++;
+    return number_viable(s, n);
+}
+
 /* The first byte of a value, of the types its schema allows. */
 static bool start_value(coe_json_state *s, unsigned char c)
 {
@@ -457,7 +556,9 @@ static bool start_value(coe_json_state *s, unsigned char c)
             return false;
         s->int_only = !(types & T_NUMBER);
         s->mode = c == '-' ? N_MINUS : c == '0' ? N_ZERO : N_INT;
-        return true;
+        s->neg = c == '-', s->frac = false, s->digits = 0, s->frac_digits = 0, s->mant = 0;
+        const jnode *bn = number_node(s);
+        return !bn || (c == '-' ? number_viable(s, bn) : bounded_digit(s, bn, c));
     }
     for (int i = 0; i < 3; i++)
         if (c == (unsigned char)literals[i][0]) {
@@ -574,32 +675,41 @@ static bool feed_byte(coe_json_state *s, unsigned char c)
             s->sub = (uint8_t)((s->sub & 0xF0) | (at + 1));
         return true;
     }
-    case N_MINUS:
+    case N_MINUS: {
         if (!is_digit(c))
             return false;
         s->mode = c == '0' ? N_ZERO : N_INT;
-        return true;
+        const jnode *bn = number_node(s);
+        return !bn || bounded_digit(s, bn, c);
+    }
     case N_ZERO:
     case N_INT:
     case N_FRAC:
-    case N_EXP:
+    case N_EXP: {
+        const jnode *bn = number_node(s);
         if (is_digit(c) && s->mode != N_ZERO)
-            return true;
+            return !bn || bounded_digit(s, bn, c);
         if (c == '.' && (s->mode == N_ZERO || s->mode == N_INT) && !s->int_only) {
             s->mode = N_DOT;
-            return true;
+            s->frac = true;
+            return !bn || number_viable(s, bn);
         }
-        if ((c == 'e' || c == 'E') && s->mode != N_EXP && !s->int_only) {
+        if ((c == 'e' || c == 'E') && s->mode != N_EXP && !s->int_only && !bn) {
             s->mode = N_E;
             return true;
         }
+        if (bn && !number_within(s, bn))
+            return false;
         after_value(s); /* the number ended: the byte belongs to what follows */
         return feed_byte(s, c);
-    case N_DOT:
+    }
+    case N_DOT: {
         if (!is_digit(c))
             return false;
         s->mode = N_FRAC;
-        return true;
+        const jnode *bn = number_node(s);
+        return !bn || bounded_digit(s, bn, c);
+    }
     case N_E:
         if (c == '+' || c == '-') {
             s->mode = N_ESIGN;

@@ -18,7 +18,9 @@
 /* A compiled JSON Schema of the subset that constrained decoding enforces: "type"
  * (object, array, string, number, integer, boolean, null, or a list of them),
  * "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
- * "enum" and "const" (of strings); annotations ("title", "description", "default",
+ * "enum" and "const" (of strings), "minimum", "maximum", "exclusiveMinimum" and
+ * "exclusiveMaximum" (a bounded number is written with at most 18 digits and no
+ * exponent); annotations ("title", "description", "default",
  * "examples", "$schema", "$id") are ignored. Any other keyword is refused, so that what
  * is accepted always validates. Objects hold only their listed properties, each once. */
 typedef struct coe_json_schema coe_json_schema;
@@ -45,6 +47,10 @@ typedef struct coe_json_state {
     bool key;      /* the string being read is an object key */
     uint8_t space; /* whitespace bytes in a row, outside strings */
     bool int_only; /* the number being read must be an integer */
+    bool neg, frac;  /* a bounded number: its sign, whether its '.' was read, */
+    uint8_t digits;  /* its digits so far (at most 18), those after the '.', */
+    uint8_t frac_digits;
+    uint64_t mant;   /* and their value */
     uint8_t pos;   /* bytes of a constrained string (a key, an enum value) so far */
     uint64_t cand; /* the names or values it may still be, by index */
     coe_json_frame frames[COE_JSON_MAX_DEPTH]; /* with a schema: each open container's */

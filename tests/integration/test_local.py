@@ -247,12 +247,13 @@ class Local(unittest.TestCase):
             self.assertEqual(streamed, text)
         self.assertGreater(complete, 0)
         # A schema outside the subset: 400 naming the part at fault.
+        schema = {"type": "object", "properties": {"age": {"type": "integer", "pattern": "^[0-9]+$"}}}
         r = post(self.gw.port, chat_body("hi", model="qwen", response_format={"type": "json_schema", "json_schema": {
-            "name": "x", "schema": {"type": "object", "properties": {"age": {"type": "integer", "minimum": 0}}}}}))
+            "name": "x", "schema": schema}}))
         self.assertEqual(r.status, 400, r.body)
         err = r.json()["error"]
         self.assertEqual(err["param"], "response_format.json_schema.schema.properties.age")
-        self.assertIn("'minimum' is outside", err["message"])
+        self.assertIn("'pattern' is outside", err["message"])
 
     def test_logit_bias(self):
         # +100 on one token makes greedy decoding repeat it; an id past the vocabulary

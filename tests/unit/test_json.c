@@ -138,8 +138,9 @@ static const char *const SCHEMA =
     "{\"type\":\"object\",\"$schema\":\"http://json-schema.org/draft-07/schema#\",\"additionalProperties\":false,"
     "\"required\":[\"name\",\"age\",\"tags\"],\"properties\":{"
     "\"name\":{\"type\":\"string\",\"description\":\"who\"},"
-    "\"age\":{\"type\":\"integer\"},"
-    "\"score\":{\"type\":[\"number\",\"null\"]},"
+    "\"age\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":150},"
+    "\"score\":{\"type\":[\"number\",\"null\"],\"exclusiveMinimum\":0,\"maximum\":1},"
+    "\"big\":{\"type\":\"integer\",\"minimum\":-9007199254740991,\"maximum\":9007199254740991},"
     "\"ok\":{\"type\":\"boolean\"},"
     "\"kind\":{\"type\":\"string\",\"enum\":[\"cat\",\"catfish\",\"dog\"]},"
     "\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\"},\"minItems\":1,\"maxItems\":2},"
@@ -181,9 +182,9 @@ static void test_schema_texts(void **state)
     coe_json_schema *schema = compile(SCHEMA, why, path);
     assert_non_null(schema);
     static const char *const valid_texts[] = {
-        "{\"name\":\"a\\n\\u00e9\",\"age\":-3,\"tags\":[\"x\"]}",
+        "{\"name\":\"a\\n\\u00e9\",\"age\":-0,\"tags\":[\"x\"],\"big\":-9007199254740991}",
         "{ \"tags\" : [ \"x\" , \"y\" ] , \"age\" : 0 , \"name\" : \"\" , \"score\" : null }",
-        "{\"name\":\"a\",\"age\":1,\"tags\":[\"x\"],\"score\":-1.5e3,\"ok\":true,\"kind\":\"catfish\","
+        "{\"name\":\"a\",\"age\":150,\"tags\":[\"x\"],\"score\":0.25,\"ok\":true,\"kind\":\"catfish\","
         "\"extra\":{\"any\":[1,{\"b\":null}]},\"pos\":{\"x\":2}}",
         "{\"name\":\"a\",\"age\":1,\"tags\":[\"x\"],\"kind\":\"cat\"}",
     };
@@ -209,6 +210,14 @@ static void test_schema_texts(void **state)
         {"{\"pos\":{}", 8},                                             /* x is required there */
         {"{\"ok\":null", 6},                                            /* a boolean */
         {"{\"score\":true", 9},
+        {"{\"age\":-1", 8},                                           /* minimum 0 */
+        {"{\"age\":151", 9},                                          /* maximum 150 */
+        {"{\"age\":1000", 10},
+        {"{\"score\":0,", 10},                                        /* exclusiveMinimum 0 */
+        {"{\"score\":0.0,", 12},
+        {"{\"score\":1.5", 11},                                       /* maximum 1 */
+        {"{\"score\":1e0", 10},                                       /* no exponent when bounded */
+        {"{\"big\":9007199254740992", 22},
     };
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
         bool done;
@@ -227,6 +236,8 @@ static void test_schema_refusals(void **state)
     } cases[] = {
         {"{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\",\"pattern\":\"x\"}}}", ".properties.a",
          "'pattern' is outside"},
+        {"{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"number\",\"minimum\":2,\"exclusiveMaximum\":2}}}",
+         ".properties.a", "no number"},
         {"{\"type\":\"array\"}", "", "root must be of type object"},
         {"{\"type\":\"object\",\"properties\":{\"a\":{}},\"required\":[\"b\"]}", "", "'required' names 'b'"},
         {"{\"type\":\"object\",\"properties\":{\"a\":{\"enum\":[\"x\\\"y\"]}}}", ".properties.a", "a quote"},
@@ -266,6 +277,14 @@ static bool validates(const cJSON *v, const cJSON *schema)
         for (const cJSON *e = en->child; e; e = e->next)
             in |= cJSON_IsString(v) && strcmp(e->valuestring, v->valuestring) == 0;
         if (!in)
+            return false;
+    }
+    if (cJSON_IsNumber(v)) {
+        const cJSON *b;
+        if (((b = cJSON_GetObjectItemCaseSensitive(schema, "minimum")) && v->valuedouble < b->valuedouble) ||
+            ((b = cJSON_GetObjectItemCaseSensitive(schema, "maximum")) && v->valuedouble > b->valuedouble) ||
+            ((b = cJSON_GetObjectItemCaseSensitive(schema, "exclusiveMinimum")) && v->valuedouble <= b->valuedouble) ||
+            ((b = cJSON_GetObjectItemCaseSensitive(schema, "exclusiveMaximum")) && v->valuedouble >= b->valuedouble))
             return false;
     }
     const cJSON *props = cJSON_GetObjectItemCaseSensitive(schema, "properties");
