@@ -53,3 +53,10 @@ long long coe_wall_s(void)
 {
     return (long long)time(NULL);
 }
+
+long long coe_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

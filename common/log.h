@@ -16,5 +16,6 @@ void coe_log(coe_log_level level, const char *fmt, ...) __attribute__((format(pr
 long long coe_now_ms(void);
 long long coe_now_us(void);
 long long coe_wall_s(void);
+long long coe_wall_ms(void);
 
 #endif

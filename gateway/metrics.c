@@ -13,7 +13,7 @@ static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 #define MAX_EXPERTS 1024
 
 static const char *const endpoint_names[] = {"chat_completions", "completions", "embeddings", "responses", "models",
-                                             "health",           "metrics",     "other"};
+                                             "health",           "metrics",     "console",   "other"};
 static const char *const event_names[] = {"answered",        "failed",          "retried",      "fell_back",
                                           "circuit_opened",  "short_circuited", "prompt_tokens", "completion_tokens"};
 
@@ -73,6 +73,15 @@ void coe_metrics_expert(const char *expert, coe_expert_event ev, long n)
     expert_counters *e = n > 0 ? find_expert(expert) : NULL;
     if (e)
         atomic_fetch_add_explicit(&e->n[ev], (unsigned long long)n, memory_order_relaxed);
+}
+
+unsigned long long coe_metrics_expert_count(const char *expert, coe_expert_event ev)
+{
+    int n = atomic_load_explicit(&n_experts, memory_order_acquire);
+    for (int i = 0; i < n; i++)
+        if (strcmp(experts[i].name, expert) == 0)
+            return atomic_load_explicit(&experts[i].n[ev], memory_order_relaxed);
+    return 0;
 }
 
 int coe_metrics_render(coe_buf *b, int inflight)

@@ -9,7 +9,7 @@
 typedef enum coe_metric_endpoint {
     COE_METRIC_CHAT, COE_METRIC_COMPLETIONS, COE_METRIC_EMBEDDINGS, COE_METRIC_RESPONSES, COE_METRIC_MODELS,
     COE_METRIC_HEALTH,
-    COE_METRIC_METRICS, COE_METRIC_OTHER, COE_METRIC_N_ENDPOINTS
+    COE_METRIC_METRICS, COE_METRIC_CONSOLE, COE_METRIC_OTHER, COE_METRIC_N_ENDPOINTS
 } coe_metric_endpoint;
 
 typedef enum coe_expert_event {
@@ -28,6 +28,8 @@ typedef enum coe_expert_event {
 void coe_metrics_request(coe_metric_endpoint ep, int status, double seconds);
 /* n occurrences of ev for the expert named expert (borrowed). */
 void coe_metrics_expert(const char *expert, coe_expert_event ev, long n);
+/* The count of ev for the expert named expert so far (0 when none). */
+unsigned long long coe_metrics_expert_count(const char *expert, coe_expert_event ev);
 /* Appends the exposition text (Prometheus format 0.0.4). */
 int coe_metrics_render(coe_buf *out, int inflight);
 

@@ -14,6 +14,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "gateway/auth.h"
+#include "gateway/console.h"
 #include "gateway/dispatch.h"
 #include "gateway/exchange.h"
 #include "gateway/http.h"
@@ -46,7 +47,8 @@ struct coe_server {
 
 /* In the order of coe_metric_endpoint, so that one indexes the other. */
 typedef enum {
-    EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_RESPONSES, EP_MODELS, EP_MODEL, EP_HEALTH, EP_METRICS, EP_UNKNOWN
+    EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_RESPONSES, EP_MODELS, EP_MODEL, EP_HEALTH, EP_METRICS, EP_CONSOLE,
+    EP_CONSOLE_STATE, EP_UNKNOWN
 } endpoint;
 
 /* The endpoints that take a request body (POST); the others answer GET and HEAD. */
@@ -131,6 +133,22 @@ static int send_body(conn_ctx *cx, int status, const char *ctype, const char *bo
     closing(cx);
     cx->status = status;
     return coe_http_respond(cx->conn, status, h, n, body, len);
+}
+
+/* The console's page: its script and style are inline, and it may load nothing else. */
+static int send_console(conn_ctx *cx)
+{
+    coe_http_header h[MAX_HEADERS];
+    int n = 0;
+    h[n++] = (coe_http_header){"Content-Type", "text/html; charset=utf-8"};
+    h[n++] = (coe_http_header){"Content-Security-Policy",
+                               "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "img-src data:; frame-ancestors 'none'"};
+    h[n++] = (coe_http_header){"Cache-Control", "no-cache"};
+    n += common_headers(h + n, cx, NULL);
+    closing(cx);
+    cx->status = 200;
+    return coe_http_respond(cx->conn, 200, h, n, coe_console_html, coe_console_html_len);
 }
 
 /* A body built in b, or a fixed 503 when building it ran out of memory. */
@@ -268,6 +286,10 @@ static endpoint classify(const char *url)
         return EP_HEALTH;
     if (strcmp(url, "/metrics") == 0)
         return EP_METRICS;
+    if (strcmp(url, "/console") == 0 || strcmp(url, "/console/") == 0)
+        return EP_CONSOLE;
+    if (strcmp(url, "/console/api/state") == 0)
+        return EP_CONSOLE_STATE;
     return EP_UNKNOWN;
 }
 
@@ -304,6 +326,7 @@ static coe_metric_endpoint metric_endpoint(endpoint ep)
     case EP_MODELS: case EP_MODEL: return COE_METRIC_MODELS;
     case EP_HEALTH: return COE_METRIC_HEALTH;
     case EP_METRICS: return COE_METRIC_METRICS;
+    case EP_CONSOLE: case EP_CONSOLE_STATE: return COE_METRIC_CONSOLE;
     default: return COE_METRIC_OTHER;
     }
 }
@@ -347,7 +370,8 @@ static int check_head(conn_ctx *cx, const coe_http_head *h)
     /* HEAD asks what GET would answer; the connection leaves the body out. */
     if (strcmp(h->method, want_get ? "GET" : "POST") != 0 && !(want_get && strcmp(h->method, "HEAD") == 0))
         return fail(cx, 405, "method_not_allowed", NULL, want_get ? "use GET here" : "use POST here");
-    if (cx->ep != EP_HEALTH && !coe_auth_check(sc, coe_http_head_field(h, "Authorization")))
+    /* The console's page holds nothing secret: it asks for the key its calls need. */
+    if (cx->ep != EP_HEALTH && cx->ep != EP_CONSOLE && !coe_auth_check(sc, coe_http_head_field(h, "Authorization")))
         return fail(cx, 401, "invalid_api_key", NULL, "missing or wrong API key: send 'Authorization: Bearer KEY'");
     coe_http_set_body_limit(cx->conn, takes_post(cx->ep) ? sc->max_body_bytes : 0);
     return 0;
@@ -370,6 +394,15 @@ static int handle_body(conn_ctx *cx, const char *body, size_t len)
         return send_models(cx);
     if (cx->ep == EP_MODEL)
         return send_model(cx);
+    if (cx->ep == EP_CONSOLE)
+        return send_console(cx);
+    if (cx->ep == EP_CONSOLE_STATE) {
+        coe_buf b = COE_BUF_INIT;
+        coe_console_state(&b, cx->cfg, atomic_load(&s->inflight));
+        int rc = send_built(cx, 200, "application/json", &b, 0);
+        coe_buf_free(&b);
+        return rc;
+    }
     if (cx->ep == EP_METRICS) {
         coe_buf b = COE_BUF_INIT;
         coe_metrics_render(&b, atomic_load(&s->inflight));
@@ -531,6 +564,19 @@ static void on_end(void *arg, coe_http_conn *conn, int outcome)
         atomic_fetch_sub(&s->inflight, 1);
     double seconds = (double)(coe_now_us() - cx->start_us) / 1e6;
     coe_metrics_request(metric_endpoint(cx->ep), cx->status, seconds);
+    if (cx->ep != EP_CONSOLE && cx->ep != EP_CONSOLE_STATE) {
+        coe_console_entry ce = {.at_ms = coe_wall_ms(), .status = cx->status, .ms = seconds * 1000.0,
+                                .prompt_tokens = usage.prompt_tokens, .completion_tokens = usage.completion_tokens};
+        snprintf(ce.id, sizeof ce.id, "%s", cx->id);
+        snprintf(ce.method, sizeof ce.method, "%s", cx->method);
+        snprintf(ce.path, sizeof ce.path, "%s", cx->path);
+        snprintf(ce.model, sizeof ce.model, "%s", cx->model);
+        snprintf(ce.rule, sizeof ce.rule, "%s", cx->rule ? cx->rule : "");
+        snprintf(ce.category, sizeof ce.category, "%s", cx->category ? cx->category : "");
+        snprintf(ce.confidence, sizeof ce.confidence, "%s", cx->category ? cx->confidence : "");
+        snprintf(ce.expert, sizeof ce.expert, "%s", strcmp(expert, "-") ? expert : "");
+        coe_console_record(&ce);
+    }
     if (cx->cfg->server.access_log) {
         char tokens[64] = "prompt_tokens=- completion_tokens=-";
         if (usage.prompt_tokens >= 0)

@@ -5,7 +5,7 @@
 # with UndefinedBehaviorSanitizer, and under ThreadSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh chromium   # the web console is tested in headless Chromium
 BUILD_DIR=build scripts/build.sh -Dwerror=true
 
 status=0
