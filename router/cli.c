@@ -49,8 +49,10 @@ static const char eval_usage[] =
     "(billions), it also builds the category-to-expert table from TRAIN.jsonl for each\n"
     "cost weight and reports, for experts of at most --max-active B, the quality versus\n"
     "mean cost curve, the best accuracy within --budget B, the best single expert, the\n"
-    "per-question oracle, and AUC and APGR between --weak and --strong. --report DIR\n"
-    "writes report.json, report.md, SVG charts and an index.html that shows them.\n";
+    "per-question oracle, and AUC and APGR between --weak and --strong (both within\n"
+    "--max-active; otherwise the report says why they are missing). --report DIR writes\n"
+    "report.json, report.md, SVG charts (the quality-cost chart on a log cost axis when\n"
+    "costs span more than 20 times) and an index.html with the charts and every table.\n";
 
 static const char usage[] =
     "usage: coegate router train --data TRAIN.jsonl [--dev DEV.jsonl] --out ROUTER.gguf [options]\n"

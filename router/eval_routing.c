@@ -150,11 +150,21 @@ int coe_eval_routing(const coe_router *m, const coe_eval *classes, const coe_dat
         if (weak && !strcmp(pool->names[r->expert[e]], weak))
             r->weak = e;
     }
-    if ((strong && r->strong < 0) || (weak && r->weak < 0)) {
-        coe_buf_printf(diag, "the strong and weak experts must be among the eligible experts (at most %g B)\n",
-                       max_active);
-        free(train_col);
-        return COE_EINVAL;
+    const char *names[2] = {strong, weak}, *roles[2] = {"strong", "weak"};
+    for (int k = 0; k < 2; k++) {
+        int in_pool = -1;
+        for (int i = 0; names[k] && i < pool->n; i++)
+            if (!strcmp(pool->names[i], names[k]))
+                in_pool = i;
+        if (names[k] && in_pool < 0) {
+            coe_buf_printf(diag, "the %s expert '%s' is not in the models file\n", roles[k], names[k]);
+            free(train_col);
+            return COE_EINVAL;
+        }
+        if (names[k] && (k == 0 ? r->strong : r->weak) < 0 && !r->apgr_note[0])
+            snprintf(r->apgr_note, sizeof r->apgr_note,
+                     "no AUC or APGR: the %s expert '%.60s' has %g B active parameters, over --max-active %g B",
+                     roles[k], names[k], pool->cost[in_pool], max_active);
     }
 
     /* Route on the router's finer classes when it has them and the training rows
@@ -324,6 +334,8 @@ int coe_routing_markdown(const coe_routing_eval *r, const coe_pool *pool, const 
     if (r->has_apgr)
         coe_buf_printf(b, "\nbetween %s (weak) and %s (strong): AUC %.4f, APGR %.4f\n", pool->names[r->expert[r->weak]],
                        pool->names[r->expert[r->strong]], r->auc, r->apgr);
+    else if (r->apgr_note[0])
+        coe_buf_printf(b, "\n%s\n", r->apgr_note);
     else if (r->strong >= 0 && r->weak >= 0)
         coe_buf_puts(b, "\nAUC and APGR need a strong expert both costlier and more accurate than the weak one\n");
     coe_buf_puts(b, "\n## Quality versus mean cost\n\n| cost weight | accuracy | mean active B |\n|---|---|---|\n");
@@ -350,5 +362,9 @@ int coe_routing_json(const coe_routing_eval *r, const coe_pool *pool, coe_buf *b
                        r->curve[r->at_budget].cost);
     if (r->has_apgr)
         coe_buf_printf(b, ",\"auc\":%.6f,\"apgr\":%.6f", r->auc, r->apgr);
+    if (r->apgr_note[0]) {
+        coe_buf_puts(b, ",\"apgr_note\":");
+        coe_buf_json_string(b, r->apgr_note, strlen(r->apgr_note));
+    }
     return coe_buf_puts(b, "}");
 }

@@ -42,12 +42,14 @@ typedef struct coe_routing_eval {
     int strong, weak;         /* indexes into expert[], -1 when not named */
     double auc, apgr;         /* between weak and strong (RouteLLM's summary numbers) */
     bool has_apgr;            /* strong and weak named, strong costlier and more accurate */
+    char apgr_note[200];      /* why there is no AUC/APGR when they were asked for, or "" */
     bool fine;                /* routed on the router's finer classes */
 } coe_routing_eval;
 
 /* classes: m's predictions on test. train and test must have been loaded with the
  * router's categories; when m has finer classes and train was loaded with their
- * field, routing uses them. strong and weak may be NULL. */
+ * field, routing uses them. strong and weak may be NULL; a name not in the pool is an
+ * error, one over max_active only leaves AUC and APGR out (apgr_note says why). */
 int coe_eval_routing(const coe_router *m, const coe_eval *classes, const coe_dataset *train, const coe_dataset *test,
                      const coe_pool *pool, double max_active, double budget, const char *strong,
                      const char *weak, coe_routing_eval *out, coe_buf *diag);

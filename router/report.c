@@ -2,7 +2,9 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -58,13 +60,20 @@ static void confusion_svg(const coe_eval *e, coe_buf *b)
     coe_buf_puts(b, "</svg>\n");
 }
 
-/* A square plot area with axes from 0 to xmax and ymin to ymax. */
+/* A square plot area with axes from 0 (or xmin, on a log scale) to xmax and ymin to ymax. */
 typedef struct plot {
     int x0, y0, size;
     double xmax, ymin, ymax;
+    bool logx;
+    double xmin; /* with logx */
 } plot;
 
-static double px(const plot *p, double x) { return p->x0 + x / p->xmax * p->size; }
+static double px(const plot *p, double x)
+{
+    if (p->logx)
+        return p->x0 + (log10(x) - log10(p->xmin)) / (log10(p->xmax) - log10(p->xmin)) * p->size;
+    return p->x0 + x / p->xmax * p->size;
+}
 static double py(const plot *p, double y) { return p->y0 + p->size - (y - p->ymin) / (p->ymax - p->ymin) * p->size; }
 
 static void axes(coe_buf *b, const plot *p, const char *xlabel, const char *ylabel)
@@ -72,11 +81,23 @@ static void axes(coe_buf *b, const plot *p, const char *xlabel, const char *ylab
     coe_buf_printf(b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#333\"/>\n", p->x0,
                    p->y0, p->size, p->size);
     for (int i = 0; i <= 4; i++) {
-        double xv = p->xmax * i / 4, yv = p->ymin + (p->ymax - p->ymin) * i / 4;
-        coe_buf_printf(b, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%.3g</text>\n", px(p, xv),
-                       p->y0 + p->size + 14, xv);
+        double yv = p->ymin + (p->ymax - p->ymin) * i / 4;
         coe_buf_printf(b, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%.3g</text>\n", p->x0 - 4, py(p, yv) + 4, yv);
+        if (!p->logx)
+            coe_buf_printf(b, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%.3g</text>\n", px(p, p->xmax * i / 4),
+                           p->y0 + p->size + 14, p->xmax * i / 4);
     }
+    /* A log axis: 1, 2 and 5 of each decade in range. */
+    for (double dec = pow(10, floor(log10(p->xmin))); p->logx && dec <= p->xmax; dec *= 10)
+        for (int m = 1; m <= 5; m += m == 1 ? 1 : 3) {
+            double xv = dec * m;
+            if (xv < p->xmin || xv > p->xmax)
+                continue;
+            coe_buf_printf(b, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#333\"/>\n", px(p, xv),
+                           p->y0 + p->size, px(p, xv), p->y0 + p->size + 4);
+            coe_buf_printf(b, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%g</text>\n", px(p, xv),
+                           p->y0 + p->size + 16, xv);
+        }
     coe_buf_printf(b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", p->x0 + p->size / 2,
                    p->y0 + p->size + 32, xlabel);
     coe_buf_printf(b, "<text x=\"14\" y=\"%d\" transform=\"rotate(-90 14 %d)\" text-anchor=\"middle\">%s</text>\n",
@@ -86,7 +107,7 @@ static void axes(coe_buf *b, const plot *p, const char *xlabel, const char *ylab
 /* Accuracy against confidence per bin; the diagonal is perfect calibration. */
 static void reliability_svg(const coe_eval *e, coe_buf *b)
 {
-    plot p = {60, 40, 320, 1, 0, 1};
+    plot p = {60, 40, 320, 1, 0, 1, false, 0};
     svg_open(b, 420, 420, "Reliability diagram");
     axes(b, &p, "confidence", "accuracy");
     coe_buf_printf(b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#aaa\" stroke-dasharray=\"4\"/>\n",
@@ -104,37 +125,157 @@ static void reliability_svg(const coe_eval *e, coe_buf *b)
     coe_buf_printf(b, "<text x=\"%d\" y=\"%d\">ECE %.4f</text>\n</svg>\n", p.x0 + 8, p.y0 + 16, e->ece);
 }
 
-/* The efficient routing points, and each expert alone. */
+/* A label placed on a chart, for keeping labels apart. */
+typedef struct label {
+    double x, y, w;
+} label;
+
+/* The efficient routing points, each expert alone, the per-question oracle and the
+ * budget; on a log cost axis when costs span more than 20 times. Expert labels that
+ * would overlap another label or a point are moved down, with a line back to theirs. */
 static void curve_svg(const coe_routing_eval *r, const coe_pool *pool, coe_buf *b)
 {
-    double xmax = 0, ymin = 1, ymax = 0;
+    double xmin = INFINITY, xmax = 0, ymin = fmin(1, r->oracle), ymax = r->oracle;
     for (int e = 0; e < r->n_experts; e++) {
-        xmax = fmax(xmax, pool->cost[r->expert[e]]);
+        double c = pool->cost[r->expert[e]];
+        xmax = fmax(xmax, c);
+        if (c > 0)
+            xmin = fmin(xmin, c);
         ymin = fmin(ymin, r->alone[e]);
         ymax = fmax(ymax, r->alone[e]);
     }
     for (int i = 0; i < r->n_curve; i++) {
         ymin = fmin(ymin, r->curve[i].accuracy);
         ymax = fmax(ymax, r->curve[i].accuracy);
+        if (r->curve[i].cost > 0)
+            xmin = fmin(xmin, r->curve[i].cost);
     }
-    plot p = {60, 40, 360, xmax * 1.1, fmax(0, ymin - 0.02), fmin(1, ymax + 0.02)};
-    svg_open(b, 600, 460, "Quality versus mean active parameters");
-    axes(b, &p, "mean active parameters (B)", "accuracy");
+    bool logx = isfinite(xmin) && xmax / xmin > 20;
+    plot p = {60, 40, 360, xmax * (logx ? 1.5 : 1.1), fmax(0, ymin - 0.02), fmin(1, ymax + 0.02), logx, xmin / 1.5};
+    svg_open(b, 640, 470, "Quality versus mean active parameters");
+    axes(b, &p, logx ? "mean active parameters (B, log scale)" : "mean active parameters (B)", "accuracy");
+    coe_buf_printf(b, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#2a9d5c\" stroke-dasharray=\"6 3\">"
+                      "<title>per-question oracle %.4f</title></line>\n",
+                   p.x0, py(&p, r->oracle), p.x0 + p.size, py(&p, r->oracle), r->oracle);
     coe_buf_puts(b, "<polyline fill=\"none\" stroke=\"#d6604a\" stroke-width=\"2\" points=\"");
     for (int i = 0; i < r->n_curve; i++)
-        coe_buf_printf(b, "%.1f,%.1f ", px(&p, r->curve[i].cost), py(&p, r->curve[i].accuracy));
+        if (!logx || r->curve[i].cost > 0)
+            coe_buf_printf(b, "%.1f,%.1f ", px(&p, r->curve[i].cost), py(&p, r->curve[i].accuracy));
     coe_buf_puts(b, "\"/>\n");
+    /* Points first (labels must not cover them), then labels from the top down. */
+    label *placed = calloc((size_t)r->n_experts * 2, sizeof *placed);
+    int *order = calloc((size_t)r->n_experts, sizeof *order);
+    int n_placed = 0, n_order = 0;
     for (int e = 0; e < r->n_experts; e++) {
+        double c = pool->cost[r->expert[e]];
+        if (logx && c <= 0)
+            continue;
+        double x = px(&p, c), y = py(&p, r->alone[e]);
+        coe_buf_printf(b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"#333\"><title>%.4f at %g B</title></circle>\n",
+                       x, y, r->alone[e], c);
+        if (placed && order) {
+            placed[n_placed++] = (label){x - 5, y + 4, 10};
+            int k = n_order++;
+            while (k > 0 && r->alone[order[k - 1]] < r->alone[e]) {
+                order[k] = order[k - 1];
+                k--;
+            }
+            order[k] = e;
+        }
+    }
+    for (int i = 0; i < n_order; i++) {
+        int e = order[i];
         double x = px(&p, pool->cost[r->expert[e]]), y = py(&p, r->alone[e]);
-        coe_buf_printf(b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"#333\"/>\n<text x=\"%.1f\" y=\"%.1f\">", x, y,
-                       x + 6, y - 4);
-        esc(b, pool->names[r->expert[e]]);
+        const char *name = pool->names[r->expert[e]];
+        double w = 6.2 * (double)strlen(name), lx = x + 6, ly = y - 4;
+        for (bool moved = true; moved;) {
+            moved = false;
+            for (int k = 0; k < n_placed; k++)
+                if (fabs(placed[k].y - ly) < 11 && lx < placed[k].x + placed[k].w && placed[k].x < lx + w) {
+                    ly = placed[k].y + 11;
+                    moved = true;
+                }
+        }
+        placed[n_placed++] = (label){lx, ly, w};
+        if (ly > y - 4 + 0.5)
+            coe_buf_printf(b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#bbb\"/>\n", x, y, lx,
+                           ly - 4);
+        coe_buf_printf(b, "<text x=\"%.1f\" y=\"%.1f\">", lx, ly);
+        esc(b, name);
         coe_buf_puts(b, "</text>\n");
     }
-    if (r->budget < xmax * 1.1)
+    free(order);
+    free(placed);
+    if (r->budget < p.xmax && (!logx || r->budget > p.xmin))
         coe_buf_printf(b, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#999\" stroke-dasharray=\"3\"/>\n",
                        px(&p, r->budget), p.y0, px(&p, r->budget), p.y0 + p.size);
-    coe_buf_puts(b, "</svg>\n");
+    /* The legend, right of the plot. */
+    int lx = p.x0 + p.size + 16, ly = p.y0 + 10;
+    coe_buf_printf(b, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#d6604a\" stroke-width=\"2\"/>"
+                      "<text x=\"%d\" y=\"%d\">routed (best per cost)</text>\n",
+                   lx, ly, lx + 22, ly, lx + 28, ly + 4);
+    ly += 18;
+    coe_buf_printf(b, "<circle cx=\"%d\" cy=\"%d\" r=\"4\" fill=\"#333\"/><text x=\"%d\" y=\"%d\">an expert alone</text>\n",
+                   lx + 11, ly, lx + 28, ly + 4);
+    ly += 18;
+    coe_buf_printf(b, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#2a9d5c\" stroke-dasharray=\"6 3\"/>"
+                      "<text x=\"%d\" y=\"%d\">oracle %.4f</text>\n",
+                   lx, ly, lx + 22, ly, lx + 28, ly + 4, r->oracle);
+    ly += 18;
+    coe_buf_printf(b, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#999\" stroke-dasharray=\"3\"/>"
+                      "<text x=\"%d\" y=\"%d\">budget %g B</text>\n</svg>\n",
+                   lx, ly, lx + 22, ly, lx + 28, ly + 4, r->budget);
+}
+
+/* The routing figures as HTML: each expert alone, the table chosen at the budget,
+ * AUC and APGR, and the curve's points. */
+static void routing_html(const coe_routing_eval *r, const coe_pool *pool, const coe_eval *e, coe_buf *b)
+{
+    coe_buf_puts(b, "<h2>Routing with the expert pool</h2>\n<table><tr><th>expert alone</th><th>accuracy</th>"
+                    "<th>active B</th></tr>\n");
+    for (int k = 0; k < r->n_experts; k++) {
+        coe_buf_puts(b, "<tr><td>");
+        esc(b, pool->names[r->expert[k]]);
+        coe_buf_printf(b, "%s</td><td>%.4f</td><td>%.1f</td></tr>\n", k == r->best_single ? " (best)" : "", r->alone[k],
+                       pool->cost[r->expert[k]]);
+    }
+    coe_buf_printf(b, "</table>\n<p>Per-question oracle over these experts: %.4f.</p>\n", r->oracle);
+    if (r->at_budget >= 0) {
+        const coe_curve_point *pt = &r->curve[r->at_budget];
+        coe_buf_printf(b, "<p>Routed by predicted %s, mean active &le; %g B: accuracy <b>%.4f</b> at %.2f B "
+                          "(cost weight %.4f).</p>\n",
+                       r->fine ? "finer class" : "category", r->budget, pt->accuracy, pt->cost, pt->weight);
+        if (!r->fine) {
+            coe_buf_puts(b, "<table><tr><th>category</th><th>expert (when the classifier is sure)</th></tr>\n");
+            for (int c = 0; c < e->n_classes; c++) {
+                coe_buf_puts(b, "<tr><td>");
+                esc(b, e->categories[c]);
+                coe_buf_puts(b, "</td><td>");
+                esc(b, pool->names[r->expert[r->table_at_budget[c]]]);
+                coe_buf_puts(b, "</td></tr>\n");
+            }
+            coe_buf_puts(b, "</table>\n");
+        }
+    } else {
+        coe_buf_printf(b, "<p>No routing reaches a mean active of %g B or less.</p>\n", r->budget);
+    }
+    if (r->has_apgr) {
+        coe_buf_puts(b, "<p>Between ");
+        esc(b, pool->names[r->expert[r->weak]]);
+        coe_buf_puts(b, " (weak) and ");
+        esc(b, pool->names[r->expert[r->strong]]);
+        coe_buf_printf(b, " (strong): AUC <b>%.4f</b>, APGR <b>%.4f</b>.</p>\n", r->auc, r->apgr);
+    } else if (r->apgr_note[0]) {
+        coe_buf_puts(b, "<p>");
+        esc(b, r->apgr_note);
+        coe_buf_puts(b, ".</p>\n");
+    }
+    coe_buf_puts(b, "<h3>Quality versus mean cost</h3>\n<table><tr><th>cost weight</th><th>accuracy</th>"
+                    "<th>mean active B</th></tr>\n");
+    for (int i = 0; i < r->n_curve; i++)
+        coe_buf_printf(b, "<tr><td>%.4f</td><td>%.4f</td><td>%.2f</td></tr>\n", r->curve[i].weight,
+                       r->curve[i].accuracy, r->curve[i].cost);
+    coe_buf_puts(b, "</table>\n");
 }
 
 static int write_file(const char *dir, const char *name, const coe_buf *b, coe_buf *diag)
@@ -188,10 +329,8 @@ int coe_report_write(const char *dir, const coe_eval *e, const coe_routing_eval 
                        e->f1[c]);
     }
     coe_buf_puts(&html, "</table>\n");
-    if (r && r->at_budget >= 0)
-        coe_buf_printf(&html, "<h2>Routing</h2>\n<p>Mean active &le; %g B: accuracy <b>%.4f</b> at %.2f B; "
-                              "per-question oracle %.4f.</p>\n",
-                       r->budget, r->curve[r->at_budget].accuracy, r->curve[r->at_budget].cost, r->oracle);
+    if (r)
+        routing_html(r, pool, e, &html);
     coe_buf_puts(&html, "<p>Machine-readable: <a href=\"report.json\">report.json</a>; "
                         "for people: <a href=\"report.md\">report.md</a>.</p>\n</body></html>\n");
     int rc = write_file(dir, "report.md", &md, diag);

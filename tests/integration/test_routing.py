@@ -220,7 +220,8 @@ class Evaluation(unittest.TestCase):
     def test_report_with_an_expert_pool(self):
         # "fast" (1B) is right on code and writing, "deep" (8B) on everything.
         with tempfile.TemporaryDirectory() as d:
-            rows = [json.loads(line) for line in open("configs/demo-queries.jsonl")]
+            with open("configs/demo-queries.jsonl") as f:
+                rows = [json.loads(line) for line in f]
             right = {"code": {"fast": 1, "deep": 1}, "math": {"fast": 0, "deep": 1}, "writing": {"fast": 1, "deep": 1}}
             for name, part in (("train", rows[:200]), ("test", rows[200:])):
                 with open(os.path.join(d, name + ".jsonl"), "w") as f:
@@ -255,9 +256,35 @@ class Evaluation(unittest.TestCase):
             for svg in ("confusion.svg", "reliability.svg", "quality-cost.svg"):
                 root = ET.parse(os.path.join(report, svg)).getroot()
                 self.assertTrue(root.tag.endswith("svg"), svg)
-            html = open(os.path.join(report, "index.html")).read()
+            with open(os.path.join(report, "index.html")) as f:
+                html = f.read()
             self.assertEqual(html.count("<svg"), 3)
             self.assertIn("Router evaluation", html)
+            # The routing figures are in the page too: each expert alone, the table at
+            # the budget, AUC and APGR, the curve's points; the chart has its oracle
+            # line and a legend.
+            for text in ("<th>expert alone</th>", "<td>deep (best)</td>", "<th>category</th><th>expert",
+                         "AUC <b>", "APGR <b>", "<th>cost weight</th>", "Per-question oracle"):
+                self.assertIn(text, html)
+            with open(os.path.join(report, "quality-cost.svg")) as f:
+                curve = f.read()
+            self.assertIn("oracle 1.0000", curve)
+            self.assertIn("an expert alone", curve)
+            # A strong expert over --max-active: the report comes out without AUC/APGR,
+            # saying why; a name that is not in the pool is an error.
+            args = [COEGATE, "router", "eval", "--router", router, "--data", os.path.join(d, "test.jsonl"),
+                    "--train", os.path.join(d, "train.jsonl"), "--models", os.path.join(d, "models.json"),
+                    "--budget", "4", "--max-active", "4", "--weak", "fast", "--report", report]
+            r = subprocess.run(args + ["--strong", "deep"], capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(report, "report.json")) as f:
+                routing = json.load(f)["routing"]
+            self.assertNotIn("apgr", routing)
+            self.assertIn("over --max-active 4 B", routing["apgr_note"])
+            self.assertIn("over --max-active 4 B", r.stdout)
+            r = subprocess.run(args + ["--strong", "nosuch"], capture_output=True, text=True, timeout=120)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("the strong expert 'nosuch' is not in the models file", r.stderr)
 
 
 if __name__ == "__main__":
