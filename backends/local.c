@@ -1058,12 +1058,6 @@ void coe_local_metrics(const coe_config *c, coe_buf *b)
 
 /* ---- the backend interface ---- */
 
-static double number(const cJSON *body, const char *key, double def)
-{
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(body, key);
-    return cJSON_IsNumber(j) ? j->valuedouble : def;
-}
-
 static uint64_t fresh_seed(void)
 {
     static atomic_uint_fast64_t counter;
@@ -1087,34 +1081,25 @@ static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_reque
     c->max_tokens = coe_effective_max_tokens(e, req);
     /* Requests needing tools, n > 1 or images never get here: routing sends them only to
      * experts with those capabilities (router/route.h), and local experts have none. */
+    /* The parser has read and checked these (gateway/request.h). */
+    const coe_decoding *d = &req->decoding;
     coe_sampling *s = &c->sampling;
     *s = coe_sampling_default();
-    s->temperature = (float)number(body, "temperature", 1);
-    s->top_p = (float)number(body, "top_p", 1);
-    s->top_k = (int)number(body, "top_k", 0);
-    s->min_p = (float)number(body, "min_p", 0);
-    s->presence_penalty = (float)number(body, "presence_penalty", 0);
-    s->frequency_penalty = (float)number(body, "frequency_penalty", 0);
-    const cJSON *seed = cJSON_GetObjectItemCaseSensitive(body, "seed");
-    s->seed = cJSON_IsNumber(seed) ? (uint64_t)(int64_t)seed->valuedouble : fresh_seed();
-    const cJSON *lp = cJSON_GetObjectItemCaseSensitive(body, "logprobs");
-    if (c->chat) {
-        c->logprobs = cJSON_IsTrue(lp);
-        c->top_logprobs = (int)number(body, "top_logprobs", 0);
-    } else if (cJSON_IsNumber(lp)) {
-        c->logprobs = true;
-        c->top_logprobs = (int)lp->valuedouble;
-    }
-    c->trace = c->F && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(body, "coegate_fusion_trace"));
+    s->temperature = (float)d->temperature;
+    s->top_p = (float)d->top_p;
+    s->top_k = d->top_k;
+    s->min_p = (float)d->min_p;
+    s->presence_penalty = (float)d->presence_penalty;
+    s->frequency_penalty = (float)d->frequency_penalty;
+    s->seed = d->has_seed ? (uint64_t)(int64_t)d->seed : fresh_seed();
+    c->logprobs = d->logprobs;
+    c->top_logprobs = d->top_logprobs;
+    c->trace = c->F && d->fusion_trace;
     /* Constrained decoding: any JSON object, or one valid against a schema of the
      * subset that experts/json_grammar.h enforces (another schema is refused: an
      * expert that checks it may take the request). */
-    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(body, "response_format");
-    const cJSON *rft = cJSON_IsObject(rf) ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
-    bool want_schema = cJSON_IsString(rft) && strcmp(rft->valuestring, "json_schema") == 0;
-    if (want_schema) {
-        const cJSON *js = cJSON_GetObjectItemCaseSensitive(rf, "json_schema");
-        const cJSON *schema = cJSON_IsObject(js) ? cJSON_GetObjectItemCaseSensitive(js, "schema") : NULL;
+    if (d->format == COE_FORMAT_JSON_SCHEMA) {
+        const cJSON *schema = d->schema;
         char why[160], path[80];
         if (!schema) {
             snprintf(err, errlen, "'response_format.json_schema.schema' is required");
@@ -1133,7 +1118,7 @@ static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_reque
             return false;
         }
     }
-    if (want_schema || (cJSON_IsString(rft) && strcmp(rft->valuestring, "json_object") == 0)) {
+    if (d->format != COE_FORMAT_TEXT) {
         c->json = true;
         coe_json_init_schema(&c->json_state, c->schema);
         if (!(c->masked = malloc((size_t)L->model->n_vocab * sizeof *c->masked))) {
@@ -1141,14 +1126,8 @@ static bool read_request(local_call *c, const coe_expert_cfg *e, const coe_reque
             return false;
         }
     }
-    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(body, "stop");
-    if (cJSON_IsString(stop) && *stop->valuestring) {
-        c->stop[c->n_stop++] = strdup(stop->valuestring);
-    } else if (cJSON_IsArray(stop)) {
-        for (const cJSON *x = stop->child; x && c->n_stop < MAX_STOPS; x = x->next)
-            if (cJSON_IsString(x) && *x->valuestring)
-                c->stop[c->n_stop++] = strdup(x->valuestring);
-    }
+    for (int i = 0; i < d->n_stop && c->n_stop < MAX_STOPS; i++)
+        c->stop[c->n_stop++] = strdup(d->stop[i]);
     for (int i = 0; i < c->n_stop; i++)
         if (!c->stop[i])
             return false;
@@ -1262,16 +1241,16 @@ static bool prepare(local_call *c, const coe_expert_cfg *e, const coe_request *r
         *oom = true;
         return false;
     }
-    /* logit_bias: the request parser has checked its shape; the ids are this vocabulary's. */
-    const cJSON *bias = cJSON_GetObjectItemCaseSensitive(req->body, "logit_bias");
-    for (const cJSON *b = cJSON_IsObject(bias) ? bias->child : NULL; b; b = b->next) {
-        long id = strtol(b->string, NULL, 10);
+    /* logit_bias: the request parser has read it; the ids are this vocabulary's. */
+    const coe_decoding *d = &req->decoding;
+    for (int i = 0; i < d->n_bias; i++) {
+        long id = d->bias_ids[i];
         if (id >= c->L->model->n_vocab) {
             fail_call(c, COE_FAIL_NEXT, 400, "logit_bias", "'logit_bias': token %ld is outside the vocabulary of "
                       "expert '%s' (%d tokens)", id, e->name, c->L->model->n_vocab);
             return false;
         }
-        if (coe_sampler_bias(&c->sampler, (int)id, (float)b->valuedouble)) {
+        if (coe_sampler_bias(&c->sampler, (int)id, d->bias[i])) {
             *oom = true;
             return false;
         }

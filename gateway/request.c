@@ -113,6 +113,64 @@ static int check_messages(const cJSON *body, coe_api_error *err)
 const char *const coe_cap_names[COE_CAP_COUNT] = {"tools", "response_format", "n", "images", "embeddings",
                                                   "json_schema"};
 
+static double number_or(const cJSON *body, const char *key, double def)
+{
+    const cJSON *j = field(body, key);
+    return cJSON_IsNumber(j) ? j->valuedouble : def;
+}
+
+/* The decoding fields of a checked chat or completions body (see coe_decoding). */
+static int read_decoding(coe_request *r)
+{
+    const cJSON *body = r->body;
+    coe_decoding *d = &r->decoding;
+    d->temperature = number_or(body, "temperature", 1);
+    d->top_p = number_or(body, "top_p", 1);
+    d->top_k = (int)number_or(body, "top_k", 0);
+    d->min_p = number_or(body, "min_p", 0);
+    d->presence_penalty = number_or(body, "presence_penalty", 0);
+    d->frequency_penalty = number_or(body, "frequency_penalty", 0);
+    const cJSON *seed = field(body, "seed");
+    d->has_seed = cJSON_IsNumber(seed);
+    d->seed = d->has_seed ? (long long)seed->valuedouble : 0;
+    const cJSON *lp = field(body, "logprobs");
+    if (r->endpoint == COE_EP_CHAT) {
+        d->logprobs = cJSON_IsTrue(lp);
+        d->top_logprobs = (int)number_or(body, "top_logprobs", 0);
+    } else if (cJSON_IsNumber(lp)) {
+        d->logprobs = true;
+        d->top_logprobs = (int)lp->valuedouble;
+    }
+    const cJSON *stop = field(body, "stop");
+    for (const cJSON *x = cJSON_IsArray(stop) ? stop->child : stop; x && d->n_stop < 4;
+         x = cJSON_IsArray(stop) ? x->next : NULL)
+        if (cJSON_IsString(x) && *x->valuestring)
+            d->stop[d->n_stop++] = x->valuestring;
+    const cJSON *rf = field(body, "response_format");
+    const cJSON *type = cJSON_IsObject(rf) ? field(rf, "type") : NULL;
+    if (cJSON_IsString(type) && strcmp(type->valuestring, "json_object") == 0)
+        d->format = COE_FORMAT_JSON_OBJECT;
+    if (cJSON_IsString(type) && strcmp(type->valuestring, "json_schema") == 0) {
+        d->format = COE_FORMAT_JSON_SCHEMA;
+        const cJSON *js = field(rf, "json_schema");
+        d->schema = cJSON_IsObject(js) && cJSON_IsObject(field(js, "schema")) ? field(js, "schema") : NULL;
+    }
+    d->fusion_trace = cJSON_IsTrue(field(body, "coegate_fusion_trace"));
+    const cJSON *bias = field(body, "logit_bias");
+    int n = cJSON_IsObject(bias) ? cJSON_GetArraySize(bias) : 0;
+    if (n > 0) {
+        d->bias_ids = malloc((size_t)n * sizeof *d->bias_ids);
+        d->bias = malloc((size_t)n * sizeof *d->bias);
+        if (!d->bias_ids || !d->bias)
+            return COE_ENOMEM;
+        for (const cJSON *b = bias->child; b; b = b->next, d->n_bias++) {
+            d->bias_ids[d->n_bias] = strtol(b->string, NULL, 10);
+            d->bias[d->n_bias] = (float)b->valuedouble;
+        }
+    }
+    return 0;
+}
+
 /* What r needs of its expert (see coe_request.needs); r->body has been checked. */
 static void needs_of(coe_request *r)
 {
@@ -288,6 +346,11 @@ checked:;
     /* Newer clients send max_completion_tokens (OpenAI's name since o1), older ones
      * max_tokens; with both, the smaller wins. */
     needs_of(r);
+    if (ep != COE_EP_EMBEDDINGS && read_decoding(r)) {
+        coe_api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+        coe_request_free(&r);
+        return COE_ENOMEM;
+    }
     r->max_tokens = -1;
     const char *const limits[] = {"max_tokens", "max_completion_tokens"};
     for (int i = 0; i < 2; i++) {
@@ -555,6 +618,8 @@ void coe_request_free(coe_request **rp)
         return;
     cJSON_Delete(r->body);
     cJSON_Delete(r->responses);
+    free(r->decoding.bias_ids);
+    free(r->decoding.bias);
     free(r);
 }
 

@@ -42,6 +42,31 @@ enum {
  * images, embeddings, json_schema. */
 extern const char *const coe_cap_names[COE_CAP_COUNT];
 
+/* What response_format asks for. */
+typedef enum { COE_FORMAT_TEXT, COE_FORMAT_JSON_OBJECT, COE_FORMAT_JSON_SCHEMA } coe_format;
+
+/* The decoding fields, read and checked once by the parser, for the experts that
+ * decode themselves (local ones); absent fields hold OpenAI's defaults. */
+typedef struct coe_decoding {
+    double temperature;        /* 1 */
+    double top_p;              /* 1 */
+    int top_k;                 /* 0: off */
+    double min_p;              /* 0 */
+    double presence_penalty, frequency_penalty;
+    bool has_seed;
+    long long seed;
+    bool logprobs;             /* chat "logprobs": true, or the completions' "logprobs": N */
+    int top_logprobs;          /* chat "top_logprobs", or the completions' N */
+    const char *stop[4];       /* non-empty stop strings, borrowed from the body */
+    int n_stop;
+    coe_format format;
+    const cJSON *schema;       /* response_format.json_schema.schema (borrowed), or NULL */
+    int n_bias;                /* logit_bias, as token ids and biases (owned) */
+    long *bias_ids;
+    float *bias;
+    bool fusion_trace;         /* coegate_fusion_trace: the expert of each token (fusion groups) */
+} coe_decoding;
+
 typedef struct coe_request {
     coe_endpoint endpoint;
     cJSON *body;          /* owned: the whole request, unknown fields included */
@@ -54,6 +79,7 @@ typedef struct coe_request {
     bool include_usage;   /* stream_options.include_usage */
     long max_tokens;      /* max_tokens or max_completion_tokens; -1 when absent */
     unsigned needs;       /* COE_CAP_* */
+    coe_decoding decoding;
     char image_param[64]; /* the first image part's path, with COE_CAP_IMAGES */
 } coe_request;
 

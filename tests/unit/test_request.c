@@ -77,6 +77,42 @@ static void test_defaults(void **state)
     coe_request_free(&r);
 }
 
+/* The decoding fields, read once by the parser for the experts that decode. */
+static void test_decoding_fields(void **state)
+{
+    (void)state;
+    coe_request *r = ok(COE_EP_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}");
+    const coe_decoding *d = &r->decoding;
+    assert_true(d->temperature == 1 && d->top_p == 1 && d->top_k == 0 && d->min_p == 0);
+    assert_false(d->has_seed || d->logprobs || d->fusion_trace);
+    assert_int_equal(d->n_stop + d->n_bias, 0);
+    assert_int_equal(d->format, COE_FORMAT_TEXT);
+    coe_request_free(&r);
+    r = ok(COE_EP_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":0.25,\"top_k\":5,"
+                        "\"seed\":-3,\"logprobs\":true,\"top_logprobs\":4,\"stop\":[\"a\",\"\",\"b\"],"
+                        "\"logit_bias\":{\"17\":-100,\"300\":2.5},\"coegate_fusion_trace\":true,"
+                        "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\","
+                        "\"schema\":{\"type\":\"object\"}}}}");
+    d = &r->decoding;
+    assert_true(d->temperature == 0.25 && d->top_k == 5 && d->has_seed && d->seed == -3);
+    assert_true(d->logprobs && d->top_logprobs == 4 && d->fusion_trace);
+    assert_int_equal(d->n_stop, 2); /* an empty stop string stops nothing */
+    assert_string_equal(d->stop[1], "b");
+    assert_int_equal(d->n_bias, 2);
+    assert_true(d->bias_ids[1] == 300 && d->bias[1] == 2.5f && d->bias[0] == -100.0f);
+    assert_int_equal(d->format, COE_FORMAT_JSON_SCHEMA);
+    assert_non_null(cJSON_GetObjectItemCaseSensitive(d->schema, "type"));
+    coe_request_free(&r);
+    r = ok(COE_EP_COMPLETIONS, "{\"prompt\":\"p\",\"logprobs\":3,\"stop\":\"end\","
+                               "\"response_format\":{\"type\":\"json_object\"}}");
+    d = &r->decoding;
+    assert_true(d->logprobs && d->top_logprobs == 3);
+    assert_int_equal(d->n_stop, 1);
+    assert_string_equal(d->stop[0], "end");
+    assert_int_equal(d->format, COE_FORMAT_JSON_OBJECT);
+    coe_request_free(&r);
+}
+
 static void test_bad_json(void **state)
 {
     (void)state;
@@ -139,6 +175,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_chat),
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_decoding_fields),
         cmocka_unit_test(test_bad_json),
         cmocka_unit_test(test_bad_fields),
     };
