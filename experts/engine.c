@@ -380,21 +380,28 @@ static void rms_norm(const float *x, const float *weight, float *y, int n, float
         y[i] = x[i] * scale * weight[i];
 }
 
-/* ggml's rope without YaRN's correction: pair i turns by
- * freq_scale * (pos * base^(-2i/rope_dim) / freqs[i]), in the same float operations,
- * so that no scaling and no factors give the plain angle bit for bit. */
-static void rope(const coe_model *m, float *x, int n_heads, int head_dim, int pos)
+/* ggml's rope: pair i turns by freq_scale * (pos * base^(-2i/rope_dim) / freqs[i]),
+ * mixed with the unscaled angle by YaRN's ramp, the rotation scaled by mscale, in the
+ * same float operations, so that no scaling and no factors give the plain angle bit
+ * for bit. */
+void coe_rope(const coe_model *m, float *x, int n_heads, int head_dim, int pos)
 {
     const int rope_dim = m->rope_dim;
     const bool neox = m->rope_neox;
+    const float ext = m->rope_ext_factor, low = m->rope_corr_dims[0], high = m->rope_corr_dims[1];
     float theta_scale = powf(m->rope_base, -2.0f / (float)rope_dim);
     for (int h = 0; h < n_heads; h++) {
         float *v = x + (size_t)h * (size_t)head_dim;
         float theta = (float)pos;
         for (int i = 0; i < rope_dim; i += 2, theta *= theta_scale) {
             float ff = m->rope_freqs ? m->rope_freqs[i / 2] : 1.0f;
-            float angle = m->rope_freq_scale * (theta / ff);
-            float c = cosf(angle), s = sinf(angle);
+            float extrap = theta / ff, angle = m->rope_freq_scale * extrap;
+            if (ext != 0) {
+                float y = ((float)(i / 2) - low) / fmaxf(0.001f, high - low);
+                float mix = (1 - fminf(1, fmaxf(0, y))) * ext;
+                angle = angle * (1 - mix) + extrap * mix;
+            }
+            float c = cosf(angle) * m->rope_mscale, s = sinf(angle) * m->rope_mscale;
             int a = neox ? i / 2 : i, b = neox ? i / 2 + rope_dim / 2 : i + 1;
             float x0 = v[a], x1 = v[b];
             v[a] = x0 * c - x1 * s;
@@ -637,8 +644,8 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
                 for (int h = 0; h < m->n_head_kv; h++)
                     rms_norm(k + h * hd, l->k_norm, k + h * hd, hd, m->eps);
             }
-            rope(m, q, m->n_head, hd, e->pos[t]);
-            rope(m, k, m->n_head_kv, hd, e->pos[t]);
+            coe_rope(m, q, m->n_head, hd, e->pos[t]);
+            coe_rope(m, k, m->n_head_kv, hd, e->pos[t]);
             memcpy(b->seq[t]->k[il] + (size_t)e->pos[t] * (size_t)KVd, k, (size_t)KVd * sizeof(float));
             memcpy(b->seq[t]->v[il] + (size_t)e->pos[t] * (size_t)KVd, e->v + (size_t)t * (size_t)KVd,
                    (size_t)KVd * sizeof(float));

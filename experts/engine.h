@@ -52,4 +52,8 @@ typedef struct coe_batch {
  * sequence that would exceed n_ctx, with a message in diag. */
 int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf *diag);
 
+/* Rotates the first rope_dim values of each of n_heads heads (head_dim apart) for
+ * position pos, as m's RoPE says (scaling, frequency factors, YaRN). */
+void coe_rope(const coe_model *m, float *x, int n_heads, int head_dim, int pos);
+
 #endif

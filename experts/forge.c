@@ -239,7 +239,7 @@ static int check_spec(const coe_forge_spec *s, coe_buf *diag)
     NEED(s->n_expert > 0 || s->arch == COE_ARCH_LLAMA, "%s models have experts: give --experts", coe_arch_name(s->arch));
     NEED(s->n_vocab >= 512 && s->n_vocab <= 1000000, "--vocab must be 512 to 1000000");
     NEED(coe_quant_supported(s->type) && s->type != COE_GGML_Q8_K,
-         "--type must be one of f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k");
+         "--type must be one of f32, f16, bf16, q8_0, q4_0, q5_0, q4_1, q5_1, iq4_nl, iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k");
     uint32_t block, bytes;
     coe_ggml_type_layout(s->type, &block, &bytes);
     int hd = s->head_dim ? s->head_dim : s->n_embd / s->n_head;
@@ -393,9 +393,10 @@ static const char usage[] =
     "Writes a random-weight GGUF model of a supported architecture, with a built-in\n"
     "SentencePiece vocabulary and a ChatML chat template. Weights are random, so text\n"
     "is gibberish; shapes, types, speed and the serving path are real. TYPE is one of\n"
-    "f32 f16 bf16 q8_0 q4_0 q5_0 q4_1 q5_1 iq4_nl q4_k q5_k q6_k iq4_xs (default f32). Defaults: a 2-layer model of\n"
-    "embedding 64 with 4 experts, 2 used. --ff is each expert's width (or the dense one\n"
-    "with --experts 0); --ff-shared adds qwen2moe's shared expert (default 128 there).\n";
+    "f32 f16 bf16 q8_0 q4_0 q5_0 q4_1 q5_1 iq4_nl q2_k q3_k q4_k q5_k q6_k iq4_xs (default f32).\n"
+    "Defaults: a 2-layer model of embedding 64 with 4 experts, 2 used. --ff is each\n"
+    "expert's width (or the dense one with --experts 0); --ff-shared adds qwen2moe's\n"
+    "shared expert (default 128 there).\n";
 
 static bool parse_int(const char *s, int *out)
 {
@@ -427,7 +428,8 @@ int coe_forge_main(int argc, char **argv)
     } types[] = {{"f32", COE_GGML_F32}, {"f16", COE_GGML_F16}, {"bf16", COE_GGML_BF16}, {"q8_0", COE_GGML_Q8_0},
                  {"q4_0", COE_GGML_Q4_0}, {"q5_0", COE_GGML_Q5_0}, {"q4_1", COE_GGML_Q4_1}, {"q5_1", COE_GGML_Q5_1},
                  {"iq4_nl", COE_GGML_IQ4_NL}, {"iq4_xs", COE_GGML_IQ4_XS},
-                 {"q4_k", COE_GGML_Q4_K}, {"q5_k", COE_GGML_Q5_K}, {"q6_k", COE_GGML_Q6_K}};
+                 {"q2_k", COE_GGML_Q2_K}, {"q3_k", COE_GGML_Q3_K}, {"q4_k", COE_GGML_Q4_K}, {"q5_k", COE_GGML_Q5_K},
+                 {"q6_k", COE_GGML_Q6_K}};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!val) {

@@ -1,5 +1,6 @@
 #include "experts/model.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,11 +79,62 @@ static float hparam_f(loader *L, const char *suffix, double def)
     return (float)v;
 }
 
+/* An optional number ARCH.suffix: def where absent; false (and a failure) when it is
+ * not a finite number. */
+static bool optional_f(loader *L, const char *suffix, double def, double *out)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", L->m->arch_name, suffix);
+    const coe_gguf_kv *kv = coe_gguf_find_kv(L->g, key);
+    *out = def;
+    if (kv && (!coe_gguf_get_f64(&kv->value, out) || !isfinite(*out) || fabs(*out) > 1e12)) {
+        fail(L, COE_EINVAL, "key '%s' must be a number", key);
+        return false;
+    }
+    return true;
+}
+
+/* ggml's YaRN correction dimension: the pair index whose wavelength fits n_rot turns
+ * in the original context (in its float operations). */
+static float yarn_corr_dim(int n_dims, int n_ctx_orig, float n_rot, float base)
+{
+    return (float)n_dims * logf((float)n_ctx_orig / (n_rot * 2 * 3.14159265358979323846f)) / (2 * logf(base));
+}
+
+void coe_rope_yarn(coe_model *m, int n_ctx_orig, float ext_factor, float attn_factor, float beta_fast,
+                   float beta_slow)
+{
+    m->rope_ext_factor = ext_factor;
+    m->rope_mscale = attn_factor;
+    if (ext_factor != 0)
+        m->rope_mscale *= 1.0f + 0.1f * logf(1.0f / m->rope_freq_scale);
+    /* ggml takes the rotated dimensions as n_dims. */
+    float start = floorf(yarn_corr_dim(m->rope_dim, n_ctx_orig, beta_fast, m->rope_base));
+    float end = ceilf(yarn_corr_dim(m->rope_dim, n_ctx_orig, beta_slow, m->rope_base));
+    m->rope_corr_dims[0] = fmaxf(0, start);
+    m->rope_corr_dims[1] = fminf((float)(m->rope_dim - 1), end);
+}
+
+/* YaRN as llama.cpp sets it up from the file: ext_factor 1 (or the file's
+ * rope.scaling.yarn_ext_factor), beta_fast 32 and beta_slow 1 (or the file's), the
+ * original context (rope.scaling.original_context_length, else the training one),
+ * and the rotation's magnitude rope.scaling.attn_factor times 1 + 0.1 ln(factor)
+ * (llama.cpp's context and ggml's kernel together). */
+static void rope_yarn(loader *L)
+{
+    double ext, attn, fast, slow;
+    if (!optional_f(L, "rope.scaling.yarn_ext_factor", 1, &ext) || !optional_f(L, "rope.scaling.attn_factor", 1, &attn) ||
+        !optional_f(L, "rope.scaling.yarn_beta_fast", 32, &fast) || !optional_f(L, "rope.scaling.yarn_beta_slow", 1, &slow))
+        return;
+    int n_ctx_orig = hparam(L, "rope.scaling.original_context_length", L->m->n_ctx_train, 1 << 24);
+    coe_rope_yarn(L->m, n_ctx_orig, (float)ext, (float)attn, (float)fast, (float)slow);
+}
+
 /* RoPE scaling as llama.cpp reads it: rope.scaling.type (default linear) with
  * rope.scaling.factor (or the older rope.scale_linear) dividing every angle; "none"
- * ignores the factor. YaRN and LongRoPE change the angles in other ways the engine
- * does not compute, so they are refused by name rather than silently run as linear
- * (YaRN at factor 1 changes nothing and is accepted). */
+ * ignores the factor; "yarn" as rope_yarn. LongRoPE (and anything else) changes the
+ * angles in ways the engine does not compute, so it is refused by name rather than
+ * silently run as linear. */
 static void rope_scaling(loader *L)
 {
     coe_model *m = L->m;
@@ -110,9 +162,13 @@ static void rope_scaling(loader *L)
     if (factor == 0)
         factor = 1;
     m->rope_freq_scale = strcmp(type, "none") == 0 ? 1.0f : 1.0f / (float)factor; /* in float, as llama.cpp */
-    if (strcmp(type, "none") != 0 && strcmp(type, "linear") != 0 && !(strcmp(type, "yarn") == 0 && factor == 1))
-        fail(L, COE_EUNSUPPORTED, "RoPE scaling '%s' (key '%s.rope.scaling.type') is not supported (none and linear are)",
-             type, m->arch_name);
+    m->rope_mscale = 1;
+    if (strcmp(type, "yarn") == 0)
+        rope_yarn(L);
+    else if (strcmp(type, "none") != 0 && strcmp(type, "linear") != 0)
+        fail(L, COE_EUNSUPPORTED,
+             "RoPE scaling '%s' (key '%s.rope.scaling.type') is not supported (none, linear and yarn are)", type,
+             m->arch_name);
 }
 
 /* The tensor name, checked for presence, shape {d0, d1, d2} (0: that dimension
@@ -148,7 +204,7 @@ static const coe_gguf_tensor *tensor(loader *L, const char *name, bool required,
     }
     if (!coe_quant_supported(t->type) || t->type == COE_GGML_Q8_K) {
         fail(L, COE_EUNSUPPORTED, "tensor '%s' has type %s, which the engine does not compute with "
-             "(F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K, IQ4_XS are supported)", name, coe_ggml_type_name(t->type));
+             "(F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS are supported)", name, coe_ggml_type_name(t->type));
         return NULL;
     }
     uint32_t block, bytes;

@@ -49,6 +49,10 @@ typedef struct coe_model {
     float rope_base, eps;
     float rope_freq_scale; /* 1 / the linear scaling factor (rope.scaling.*); 1: none */
     float *rope_freqs;     /* rope_dim / 2 divisors of each pair's angle (rope_freqs.weight), or NULL */
+    /* YaRN (rope.scaling.type yarn), as ggml computes it: each pair's angle mixes the
+     * scaled and the unscaled one by a ramp over the pairs between corr_dims, and the
+     * rotation is scaled by mscale. ext_factor 0: plain (linear) scaling. */
+    float rope_ext_factor, rope_mscale, rope_corr_dims[2];
     bool rope_neox;   /* rotate halves (x[i], x[i+d/2]) instead of adjacent pairs */
     bool norm_topk;   /* renormalize the k selected expert weights to sum 1 */
     coe_weight tok_embd, output;
@@ -56,6 +60,11 @@ typedef struct coe_model {
     coe_layer *layers;
     size_t bytes_per_token; /* weights one decoded token reads: attention, router, shared and k experts, head */
 } coe_model;
+
+/* Sets up YaRN on m (its rope_dim, rope_base and rope_freq_scale set), as llama.cpp and
+ * ggml do for these parameters. */
+void coe_rope_yarn(coe_model *m, int n_ctx_orig, float ext_factor, float attn_factor, float beta_fast,
+                   float beta_slow);
 
 /* Opens path (the weights; the vocabulary is experts/tokenizer.h's). Errors name the
  * file and the key or tensor, and what is wrong with it. */

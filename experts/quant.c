@@ -89,8 +89,9 @@ bool coe_quant_supported(uint32_t type)
 {
     switch (type) {
     case COE_GGML_F32: case COE_GGML_F16: case COE_GGML_BF16: case COE_GGML_Q8_0: case COE_GGML_Q4_0:
-    case COE_GGML_Q5_0: case COE_GGML_Q4_1: case COE_GGML_Q5_1: case COE_GGML_Q4_K: case COE_GGML_Q5_K:
-    case COE_GGML_Q6_K: case COE_GGML_Q8_K: case COE_GGML_IQ4_NL: case COE_GGML_IQ4_XS:
+    case COE_GGML_Q5_0: case COE_GGML_Q4_1: case COE_GGML_Q5_1: case COE_GGML_Q2_K: case COE_GGML_Q3_K:
+    case COE_GGML_Q4_K: case COE_GGML_Q5_K: case COE_GGML_Q6_K: case COE_GGML_Q8_K: case COE_GGML_IQ4_NL:
+    case COE_GGML_IQ4_XS:
         return true;
     default:
         return false;
@@ -116,7 +117,8 @@ uint32_t coe_dot_type(uint32_t type)
         return COE_ACT_Q8_0;
     case COE_GGML_Q4_1: case COE_GGML_Q5_1:
         return COE_ACT_Q8_1;
-    case COE_GGML_Q4_K: case COE_GGML_Q5_K: case COE_GGML_Q6_K: case COE_GGML_IQ4_XS:
+    case COE_GGML_Q2_K: case COE_GGML_Q3_K: case COE_GGML_Q4_K: case COE_GGML_Q5_K: case COE_GGML_Q6_K:
+    case COE_GGML_IQ4_XS:
         return COE_GGML_Q8_K;
     default:
         return type;
@@ -432,6 +434,97 @@ static void quantize_q5_k(const float *x, coe_block_q5_k *y, int64_t nb)
     }
 }
 
+/* Q2_K and Q3_K keep value p (0..255) of a super-block in byte 32 * (p / 128) + p % 32
+ * of qs, bits 2 * ((p % 128) / 32) and up; Q3_K's third bit is bit p / 32 of hmask[p % 32]. */
+static void k23_pack(uint8_t *qs, const int *low2, int n)
+{
+    memset(qs, 0, (size_t)n / 4);
+    for (int p = 0; p < n; p++)
+        qs[32 * (p / 128) + p % 32] |= (uint8_t)(low2[p] << (2 * ((p % 128) / 32)));
+}
+
+static int k23_low2(const uint8_t *qs, int p)
+{
+    return qs[32 * (p / 128) + p % 32] >> (2 * ((p % 128) / 32)) & 3;
+}
+
+/* A plain quantizer (not llama.cpp's search for the best scales): per 16 values the
+ * range's step and minimum, then the super-block's d and dmin as their largest / 15. */
+static void quantize_q2_k(const float *x, coe_block_q2_k *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += COE_QKK) {
+        float step[16], low[16], smax = 0, mmax = 0;
+        for (int j = 0; j < 16; j++) {
+            float lo = 0, hi = 0;
+            for (int k = 0; k < 16; k++) {
+                lo = fminf(lo, x[16 * j + k]);
+                hi = fmaxf(hi, x[16 * j + k]);
+            }
+            step[j] = (hi - lo) / 3;
+            low[j] = -lo;
+            smax = fmaxf(smax, step[j]);
+            mmax = fmaxf(mmax, low[j]);
+        }
+        y[i].d = coe_f32_to_f16(smax / 15);
+        y[i].dmin = coe_f32_to_f16(mmax / 15);
+        float d = coe_f16_to_f32(y[i].d), dmin = coe_f16_to_f32(y[i].dmin);
+        int codes[COE_QKK];
+        for (int j = 0; j < 16; j++) {
+            int sc = d > 0 ? clampi(nearest(step[j] / d), 0, 15) : 0;
+            int m = dmin > 0 ? clampi(nearest(low[j] / dmin), 0, 15) : 0;
+            y[i].scales[j] = (uint8_t)(sc | m << 4);
+            float s = d * (float)sc, off = dmin * (float)m;
+            for (int k = 0; k < 16; k++)
+                codes[16 * j + k] = s > 0 ? clampi(nearest((x[16 * j + k] + off) / s), 0, 3) : 0;
+        }
+        k23_pack(y[i].qs, codes, COE_QKK);
+    }
+}
+
+static void quantize_q3_k(const float *x, coe_block_q3_k *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += COE_QKK) {
+        float scale[16], smax = 0;
+        for (int j = 0; j < 16; j++) {
+            float amax = 0;
+            for (int k = 0; k < 16; k++)
+                amax = fmaxf(amax, fabsf(x[16 * j + k]));
+            scale[j] = amax / 4;
+            smax = fmaxf(smax, scale[j]);
+        }
+        y[i].d = coe_f32_to_f16(smax / 31);
+        float d = coe_f16_to_f32(y[i].d);
+        memset(y[i].scales, 0, sizeof y[i].scales);
+        memset(y[i].hmask, 0, sizeof y[i].hmask);
+        int low2[COE_QKK];
+        for (int j = 0; j < 16; j++) {
+            int sc = d > 0 ? clampi(nearest(scale[j] / d), -32, 31) : 0, l = sc + 32;
+            if (j < 8)
+                y[i].scales[j] = (uint8_t)(l & 15);
+            else
+                y[i].scales[j - 8] |= (uint8_t)((l & 15) << 4);
+            y[i].scales[j % 4 + 8] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
+            float s = d * (float)sc;
+            for (int k = 0; k < 16; k++) {
+                int p = 16 * j + k, q = (s != 0 ? clampi(nearest(x[p] / s), -4, 3) : 0) + 4;
+                if (q > 3)
+                    y[i].hmask[p % 32] |= (uint8_t)(1 << (p / 32));
+                low2[p] = q & 3;
+            }
+        }
+        k23_pack(y[i].qs, low2, COE_QKK);
+    }
+}
+
+/* The 16 scales of a Q3_K super-block, -32..31. */
+static void q3_k_scales(const uint8_t packed[12], int out[16])
+{
+    for (int j = 0; j < 16; j++) {
+        int low = j < 8 ? packed[j] & 15 : packed[j - 8] >> 4;
+        out[j] = (low | (packed[8 + j % 4] >> (2 * (j / 4)) & 3) << 4) - 32;
+    }
+}
+
 /* Where value p (0..255) of a Q6_K block keeps its bits. */
 static void q6_k_at(int p, int *ql, int *high_nibble, int *qh, int *shift)
 {
@@ -497,6 +590,8 @@ void coe_quantize_row(uint32_t type, const float *x, void *dst, int64_t n)
     case COE_GGML_Q4_K: quantize_q4_k(x, dst, n / COE_QKK); break;
     case COE_GGML_Q5_K: quantize_q5_k(x, dst, n / COE_QKK); break;
     case COE_GGML_Q6_K: quantize_q6_k(x, dst, n / COE_QKK); break;
+    case COE_GGML_Q2_K: quantize_q2_k(x, dst, n / COE_QKK); break;
+    case COE_GGML_Q3_K: quantize_q3_k(x, dst, n / COE_QKK); break;
     default: break;
     }
 }
@@ -648,6 +743,28 @@ void coe_dequantize_row(uint32_t type, const void *src, float *y, int64_t n)
                     y[64 * c + l] = d * (float)sc0 * (float)lo - dmin * (float)m0;
                     y[64 * c + 32 + l] = d * (float)sc1 * (float)hi - dmin * (float)m1;
                 }
+            }
+        }
+        return;
+    case COE_GGML_Q2_K:
+        for (int64_t i = 0; i < n / COE_QKK; i++, y += COE_QKK) {
+            const coe_block_q2_k *b = (const coe_block_q2_k *)src + i;
+            float d = coe_f16_to_f32(b->d), dmin = coe_f16_to_f32(b->dmin);
+            for (int p = 0; p < COE_QKK; p++) {
+                int sc = b->scales[p / 16];
+                y[p] = d * (float)(sc & 15) * (float)k23_low2(b->qs, p) - dmin * (float)(sc >> 4);
+            }
+        }
+        return;
+    case COE_GGML_Q3_K:
+        for (int64_t i = 0; i < n / COE_QKK; i++, y += COE_QKK) {
+            const coe_block_q3_k *b = (const coe_block_q3_k *)src + i;
+            float d = coe_f16_to_f32(b->d);
+            int sc[16];
+            q3_k_scales(b->scales, sc);
+            for (int p = 0; p < COE_QKK; p++) {
+                int q = k23_low2(b->qs, p) - (b->hmask[p % 32] >> (p / 32) & 1 ? 0 : 4);
+                y[p] = d * (float)sc[p / 16] * (float)q;
             }
         }
         return;
@@ -900,6 +1017,49 @@ static float dot_q5_k(const void *w, const void *x, int64_t n)
     return dot_k4(w, true, x, n);
 }
 
+/* As llama.cpp: integer sums per 16 values, the minimums through Q8_K's block sums. */
+static float dot_q2_k(const void *w, const void *x, int64_t n)
+{
+    const coe_block_q2_k *a = w;
+    const coe_block_q8_k *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n / COE_QKK; i++) {
+        int summs = 0, isum = 0;
+        for (int j = 0; j < 16; j++)
+            summs += b[i].bsums[j] * (a[i].scales[j] >> 4);
+        for (int j = 0; j < 16; j++) {
+            int g = 0;
+            for (int k = 0; k < 16; k++)
+                g += b[i].qs[16 * j + k] * k23_low2(a[i].qs, 16 * j + k);
+            isum += (a[i].scales[j] & 15) * g;
+        }
+        float dall = b[i].d * coe_f16_to_f32(a[i].d), dmin = b[i].d * coe_f16_to_f32(a[i].dmin);
+        s += dall * (float)isum - dmin * (float)summs;
+    }
+    return s;
+}
+
+static float dot_q3_k(const void *w, const void *x, int64_t n)
+{
+    const coe_block_q3_k *a = w;
+    const coe_block_q8_k *b = x;
+    float s = 0;
+    for (int64_t i = 0; i < n / COE_QKK; i++) {
+        int sc[16], isum = 0;
+        q3_k_scales(a[i].scales, sc);
+        for (int j = 0; j < 16; j++) {
+            int g = 0;
+            for (int k = 0; k < 16; k++) {
+                int p = 16 * j + k;
+                g += b[i].qs[p] * (k23_low2(a[i].qs, p) - (a[i].hmask[p % 32] >> (p / 32) & 1 ? 0 : 4));
+            }
+            isum += sc[j] * g;
+        }
+        s += coe_f16_to_f32(a[i].d) * b[i].d * (float)isum;
+    }
+    return s;
+}
+
 static float dot_q6_k(const void *w, const void *x, int64_t n)
 {
     const coe_block_q6_k *a = w;
@@ -1106,13 +1266,15 @@ AVX2 static float dot_q4_0_avx2(const void *w, const void *x, int64_t n)
 AVX2 static float dot_q4_k_avx2(const void *w, const void *x, int64_t n) { return dot_q4_k(w, x, n); }
 AVX2 static float dot_q5_k_avx2(const void *w, const void *x, int64_t n) { return dot_q5_k(w, x, n); }
 AVX2 static float dot_q6_k_avx2(const void *w, const void *x, int64_t n) { return dot_q6_k(w, x, n); }
+AVX2 static float dot_q2_k_avx2(const void *w, const void *x, int64_t n) { return dot_q2_k(w, x, n); }
+AVX2 static float dot_q3_k_avx2(const void *w, const void *x, int64_t n) { return dot_q3_k(w, x, n); }
 #endif
 
 static struct {
     void (*axpy)(float *y, float a, const float *x, int64_t n);
     coe_dot4_fn q8_0_x4;
     bool vnni;
-    coe_dot_fn f32, f16, bf16, q8_0, q4_0, q5_0, q4_1, q5_1, iq4_nl, iq4_xs, q4_k, q5_k, q6_k;
+    coe_dot_fn f32, f16, bf16, q8_0, q4_0, q5_0, q4_1, q5_1, iq4_nl, iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k;
     bool simd;
 } dots;
 static pthread_once_t dots_once = PTHREAD_ONCE_INIT;
@@ -1123,7 +1285,7 @@ static void pick_dots(void)
     dots.f32 = dot_f32, dots.f16 = dot_f16, dots.bf16 = dot_bf16, dots.q8_0 = dot_q8_0, dots.q4_0 = dot_q4_0;
     dots.q5_0 = dot_q5_0, dots.q4_1 = dot_q4_1, dots.q5_1 = dot_q5_1, dots.iq4_nl = dot_iq4_nl;
     dots.iq4_xs = dot_iq4_xs;
-    dots.q4_k = dot_q4_k, dots.q5_k = dot_q5_k, dots.q6_k = dot_q6_k;
+    dots.q2_k = dot_q2_k, dots.q3_k = dot_q3_k, dots.q4_k = dot_q4_k, dots.q5_k = dot_q5_k, dots.q6_k = dot_q6_k;
 #if COE_X86
     __builtin_cpu_init();
     /* COEGATE_NO_SIMD=1 forces the portable kernels, =vnni only leaves VNNI out (tests run each path). */
@@ -1133,6 +1295,7 @@ static void pick_dots(void)
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && (!no || strcmp(no, "vnni") == 0)) {
         dots.f32 = dot_f32_avx2, dots.f16 = dot_f16_avx2, dots.bf16 = dot_bf16_avx2, dots.q8_0 = dot_q8_0_avx2;
         dots.q4_0 = dot_q4_0_avx2, dots.q4_k = dot_q4_k_avx2, dots.q5_k = dot_q5_k_avx2, dots.q6_k = dot_q6_k_avx2;
+        dots.q2_k = dot_q2_k_avx2, dots.q3_k = dot_q3_k_avx2;
         dots.q8_0_x4 = dot4_q8_0_avx2;
         dots.axpy = axpy_f32_avx2;
         dots.simd = true;
@@ -1171,6 +1334,8 @@ coe_dot_fn coe_vec_dot_fn(uint32_t type)
     case COE_GGML_Q5_1: return dots.q5_1;
     case COE_GGML_IQ4_NL: return dots.iq4_nl;
     case COE_GGML_IQ4_XS: return dots.iq4_xs;
+    case COE_GGML_Q2_K: return dots.q2_k;
+    case COE_GGML_Q3_K: return dots.q3_k;
     case COE_GGML_Q4_K: return dots.q4_k;
     case COE_GGML_Q5_K: return dots.q5_k;
     case COE_GGML_Q6_K: return dots.q6_k;

@@ -4,7 +4,7 @@
  * product against activations converted to its "dot type", as llama.cpp does: F32
  * weights meet F32 activations, F16 meet F16, BF16 meet BF16, Q8_0, Q4_0 and Q5_0 meet Q8_0,
  * Q4_1 and Q5_1 meet Q8_1, IQ4_NL meets Q8_0 and IQ4_XS Q8_K
- * (as COE_ACT_Q8_0), the K-quants meet Q8_K. The optimized dots use AVX2 when the CPU has it (checked once
+ * (as COE_ACT_Q8_0), the K-quants (Q2_K to Q6_K) meet Q8_K. The optimized dots use AVX2 when the CPU has it (checked once
  * at run time) and portable C otherwise. */
 #ifndef COE_QUANT_H
 #define COE_QUANT_H
@@ -83,6 +83,23 @@ typedef struct coe_block_iq4_xs {
 } coe_block_iq4_xs;
 
 extern const int8_t coe_iq4nl_values[16];
+
+/* Q2_K: 2-bit codes per 16 values with a 4-bit scale and a 4-bit minimum each,
+ * x = d * scale * q - dmin * min. */
+typedef struct coe_block_q2_k {
+    uint8_t scales[COE_QKK / 16]; /* scale in the low nibble, minimum in the high one */
+    uint8_t qs[COE_QKK / 4];
+    uint16_t d, dmin;
+} coe_block_q2_k;
+
+/* Q3_K: 3-bit codes (2 low bits in qs, the third in hmask) per 16 values with a 6-bit
+ * signed scale each (packed in 12 bytes), x = d * (scale - 32) * (q - 4). */
+typedef struct coe_block_q3_k {
+    uint8_t hmask[COE_QKK / 8];
+    uint8_t qs[COE_QKK / 4];
+    uint8_t scales[12];
+    uint16_t d;
+} coe_block_q3_k;
 
 typedef struct coe_block_q4_k {
     uint16_t d, dmin;

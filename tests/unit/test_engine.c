@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/rand.h"
 #include "experts/chat.h"
 #include "experts/engine.h"
 #include "experts/forge.h"
@@ -73,7 +74,8 @@ static void test_utf8_tail(void **state)
 
 static const uint32_t types[] = {COE_GGML_F32,  COE_GGML_F16,  COE_GGML_BF16, COE_GGML_Q8_0,
                                  COE_GGML_Q4_0, COE_GGML_Q5_0, COE_GGML_Q4_1, COE_GGML_Q5_1,
-                                 COE_GGML_IQ4_NL, COE_GGML_IQ4_XS, COE_GGML_Q4_K, COE_GGML_Q5_K, COE_GGML_Q6_K};
+                                 COE_GGML_IQ4_NL, COE_GGML_IQ4_XS, COE_GGML_Q2_K, COE_GGML_Q3_K, COE_GGML_Q4_K,
+                                 COE_GGML_Q5_K, COE_GGML_Q6_K};
 
 /* Each quantizer's worst error relative to a block's largest value. */
 static double quant_bound(uint32_t t)
@@ -85,6 +87,8 @@ static double quant_bound(uint32_t t)
     case COE_GGML_Q8_0: return 1.0 / 127;
     case COE_GGML_Q6_K: return 1.0 / 31 + 1.0 / 127;
     case COE_GGML_Q5_K: case COE_GGML_Q5_0: case COE_GGML_Q5_1: return 2.0 / 31 + 2.0 / 63;
+    case COE_GGML_Q3_K: return 1.0 / 4 + 1.0 / 31; /* codes -4..3 of the block's largest / 4 */
+    case COE_GGML_Q2_K: return 2.0 / 3 + 2.0 / 15; /* 2 bits over the whole range (twice the largest) */
     default: return 2.0 / 15 + 2.0 / 63; /* 4-bit */
     }
 }
@@ -192,6 +196,118 @@ static void test_axpy_matches_reference(void **state)
             assert_true(fabsf(y[i] - ref[i]) <= 1e-6f * (1 + fabsf(ref[i])));
         }
     }
+}
+
+/* ---- against ggml (tests/reference/ggml-kernels.txt, made by scripts/ggml-oracle.c) ---- */
+
+static uint64_t fnv64(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/* The random block bytes of the oracle: splitmix bytes, each F16 field a finite half. */
+static void oracle_blocks(uint32_t type, uint64_t seed, uint8_t *w, size_t bytes)
+{
+    static const struct {
+        uint32_t type;
+        int f16[2];
+    } fields[] = {{COE_GGML_Q4_0, {0, -1}}, {COE_GGML_Q4_1, {0, 2}},   {COE_GGML_Q5_0, {0, -1}},
+                  {COE_GGML_Q5_1, {0, 2}},  {COE_GGML_Q8_0, {0, -1}},  {COE_GGML_IQ4_NL, {0, -1}},
+                  {COE_GGML_IQ4_XS, {0, -1}}, {COE_GGML_Q2_K, {80, 82}}, {COE_GGML_Q3_K, {108, -1}},
+                  {COE_GGML_Q4_K, {0, 2}},  {COE_GGML_Q5_K, {0, 2}},   {COE_GGML_Q6_K, {208, -1}}};
+    uint32_t block, size;
+    coe_ggml_type_layout(type, &block, &size);
+    for (size_t i = 0; i < bytes; i++)
+        w[i] = (uint8_t)coe_splitmix64(&seed);
+    for (size_t k = 0; k < sizeof fields / sizeof fields[0]; k++)
+        for (size_t b = 0; fields[k].type == type && b < bytes / size; b++)
+            for (int f = 0; f < 2; f++)
+                if (fields[k].f16[f] >= 0) {
+                    uint64_t r = coe_splitmix64(&seed);
+                    uint16_t h = (uint16_t)(((r & 1) << 15) | ((8 + (r >> 1) % 7) << 10) | ((r >> 8) & 0x3ff));
+                    memcpy(w + b * size + (size_t)fields[k].f16[f], &h, 2);
+                }
+}
+
+static uint32_t type_named(const char *name)
+{
+    for (uint32_t t = 0; t < 64; t++)
+        if (coe_quant_supported(t) && strcmp(coe_ggml_type_name(t), name) == 0)
+            return t;
+    fail_msg("no type named %s", name);
+    return 0;
+}
+
+/* Every dequantizer bit for bit, every dot within float rounding (its sums run in
+ * another order), RoPE (plain, linear, YaRN) bit for bit. */
+static void test_ggml_reference(void **state)
+{
+    (void)state;
+    FILE *f = fopen(COE_REFERENCE_DIR "/ggml-kernels.txt", "r");
+    assert_non_null(f);
+    enum { N = 1024 };
+    char line[512];
+    int n_dequant = 0, n_dot = 0, n_rope = 0;
+    static uint8_t w[N * 4], act[N * 4];
+    while (fgets(line, sizeof line, f)) {
+        char name[16];
+        unsigned long long seed, want;
+        float x[N], y[N];
+        if (sscanf(line, "dequant %15s %llu %llx", name, &seed, &want) == 3) {
+            uint32_t t = type_named(name);
+            oracle_blocks(t, seed, w, coe_row_bytes(t, N));
+            coe_dequantize_row(t, w, y, N);
+            if (fnv64(y, sizeof y) != want)
+                fail_msg("%s: dequantized values differ from ggml's (y[0] %.9g)", name, y[0]);
+            n_dequant++;
+        } else if (sscanf(line, "dot %15s %llu %f", name, &seed, &x[0]) == 3) {
+            uint32_t t = type_named(name), dt = coe_dot_type(t);
+            float ref = x[0];
+            oracle_blocks(t, seed - 1000, w, coe_row_bytes(t, N)); /* the dequant line's weights */
+            uint64_t s = seed;
+            for (int i = 0; i < N; i++)
+                x[i] = coe_uniform(&s, 3);
+            coe_quantize_row(dt, x, act, N);
+            float got = coe_vec_dot(t, w, act, N);
+            coe_dequantize_row(t, w, y, N);
+            double scale = 0;
+            for (int i = 0; i < N; i++)
+                scale += fabs((double)y[i] * x[i]);
+            if (fabs(got - ref) > 2e-6 * scale)
+                fail_msg("%s: dot %.9g, ggml's %.9g", name, got, ref);
+            n_dot++;
+        } else {
+            int mode, n_dims, n_ctx_orig;
+            float base, freq_scale, ext, attn, fast, slow;
+            if (sscanf(line, "rope %d %d %d %f %f %f %f %f %f %llu %llx", &mode, &n_dims, &n_ctx_orig, &base,
+                       &freq_scale, &ext, &attn, &fast, &slow, &seed, &want) != 11)
+                continue;
+            enum { HD = 64, NH = 4, NT = 6 };
+            static float v[HD * NH * NT];
+            const int pos[NT] = {0, 1, 7, 100, 1000, 20000};
+            uint64_t s = seed;
+            for (int i = 0; i < HD * NH * NT; i++)
+                v[i] = coe_uniform(&s, 1);
+            coe_model m = {.rope_dim = n_dims, .rope_base = base, .rope_freq_scale = freq_scale, .rope_neox = mode == 2};
+            coe_rope_yarn(&m, n_ctx_orig, ext, attn, fast, slow);
+            for (int t = 0; t < NT; t++)
+                coe_rope(&m, v + t * HD * NH, NH, HD, pos[t]);
+            if (fnv64(v, sizeof v) != want)
+                fail_msg("rope mode %d dims %d scale %g ext %g: differs from ggml's (v[773] %.9g)", mode, n_dims,
+                         freq_scale, ext, v[773]);
+            n_rope++;
+        }
+    }
+    fclose(f);
+    assert_int_equal(n_dequant, 12);
+    assert_int_equal(n_dot, 12);
+    assert_int_equal(n_rope, 5);
 }
 
 /* ---- threads ---- */
@@ -354,6 +470,8 @@ static void test_batching_qwen3moe(void **state)
     check_batching(COE_ARCH_OLMOE, COE_GGML_Q5_1);
     check_batching(COE_ARCH_QWEN2MOE, COE_GGML_IQ4_NL);
     check_batching(COE_ARCH_OLMOE, COE_GGML_IQ4_XS);
+    check_batching(COE_ARCH_QWEN3MOE, COE_GGML_Q2_K);
+    check_batching(COE_ARCH_LLAMA, COE_GGML_Q3_K);
 }
 
 /* The context limit is a clear error, not an overflow. */
@@ -412,11 +530,11 @@ static float *rope_logits(const char *scaling, float factor, float freqs, coe_bu
 }
 
 /* Linear scaling divides every angle by its factor, rope_freqs.weight divides each
- * pair's by its entry (ggml's rope): no scaling, factor 1, "none" with any factor and
- * factors of 1 give the plain angles bit for bit; factors of 2 give what linear
- * scaling by 2 gives, bit for bit (both halve the same float exactly); the first
- * position (angle 0) never changes while the others do. YaRN (past factor 1) and
- * LongRoPE are refused by name, never run as something else. */
+ * pair's by its entry (ggml's rope): no scaling, factor 1 (linear or YaRN), "none"
+ * with any factor and factors of 1 give the plain angles bit for bit; factors of 2
+ * give what linear scaling by 2 gives, bit for bit (both halve the same float
+ * exactly); the first position (angle 0) never changes while the others do. YaRN
+ * changes both; LongRoPE is refused by name, never run as something else. */
 static void test_rope_scaling(void **state)
 {
     (void)state;
@@ -439,10 +557,16 @@ static void test_rope_scaling(void **state)
     assert_memory_equal(linear4, plain, first);
     assert_memory_not_equal(linear4 + V, plain + V, all - first);
     assert_memory_not_equal(linear4 + V, linear2 + V, all - first);
+    /* YaRN by 4 loads and computes (test_ggml_reference checks its angles against
+     * ggml's): neither the plain angles nor linear scaling's (the first position, alone
+     * in its attention, is the same whatever the angles). */
+    float *yarn4 = rope_logits("yarn", 4, 0, &why);
+    assert_non_null(yarn4);
+    assert_memory_equal(yarn4, linear4, first);
+    assert_memory_not_equal(yarn4 + V, linear4 + V, all - first);
+    assert_memory_not_equal(yarn4 + V, plain + V, all - first);
+    free(yarn4);
     free(linear2), free(freqs2), free(linear4);
-    assert_null(rope_logits("yarn", 4, 0, &why));
-    assert_non_null(strstr(why.data, "RoPE scaling 'yarn' (key 'llama.rope.scaling.type') is not supported"));
-    coe_buf_reset(&why);
     assert_null(rope_logits("longrope", 0, 0, &why));
     assert_non_null(strstr(why.data, "RoPE scaling 'longrope'"));
     coe_buf_free(&why);
@@ -486,7 +610,7 @@ static void bad_shape(coe_gguf *g)
 
 static void bad_type(coe_gguf *g)
 {
-    find(g, "blk.0.attn_q.weight")->type = COE_GGML_Q2_K;
+    find(g, "blk.0.attn_q.weight")->type = COE_GGML_IQ2_XXS;
 }
 
 static void bad_arch(coe_gguf *g)
@@ -514,7 +638,7 @@ static void test_model_errors_are_named(void **state)
     check_refused(unknown_tensor, "tensor 'blk.0.attn_sinks.weight' is not one the engine computes with");
     check_refused(drop_tensor, "tensor 'blk.1.ffn_down_exps.weight' is missing");
     check_refused(bad_shape, "tensor 'blk.0.attn_k.weight' has shape [64, 16], expected [64, 32]");
-    check_refused(bad_type, "tensor 'blk.0.attn_q.weight' has type Q2_K");
+    check_refused(bad_type, "tensor 'blk.0.attn_q.weight' has type IQ2_XXS");
     check_refused(bad_arch, "architecture 'mamba' is not supported");
     check_refused(bad_heads, "heads do not divide");
 }
@@ -789,6 +913,7 @@ int main(void)
         cmocka_unit_test(test_f16_round_trip),
         cmocka_unit_test(test_utf8_tail),
         cmocka_unit_test(test_quantize_round_trip),
+        cmocka_unit_test(test_ggml_reference),
         cmocka_unit_test(test_quantize_hostile_values),
         cmocka_unit_test(test_dots_match_reference),
         cmocka_unit_test(test_axpy_matches_reference),
