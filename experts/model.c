@@ -130,6 +130,43 @@ static void rope_yarn(loader *L)
     coe_rope_yarn(L->m, n_ctx_orig, (float)ext, (float)attn, (float)fast, (float)slow);
 }
 
+/* Keys llama.cpp reads that change what a model computes, in ways the engine does
+ * not (softcapping, extra scales, clamping, gating functions, multi-section RoPE):
+ * refused by name when their value is not the neutral one, never ignored. */
+static void refuse_unimplemented_keys(loader *L)
+{
+    static const struct {
+        const char *suffix;
+        double neutral[2]; /* values that change nothing (NAN: none) */
+        const char *what;
+    } keys[] = {
+        {"attention.scale", {0, NAN}, "a custom attention scale"},
+        {"logit_scale", {0, 1}, "scaled output logits"},
+        {"embedding_scale", {0, 1}, "a scaled embedding"},
+        {"residual_scale", {0, 1}, "scaled residuals"},
+        {"attn_logit_softcapping", {0, NAN}, "attention logit softcapping"},
+        {"final_logit_softcapping", {0, NAN}, "final logit softcapping"},
+        {"attention.clamp_kqv", {0, NAN}, "clamped Q, K and V"},
+        {"expert_weights_scale", {0, 1}, "scaled expert weights"},
+        {"expert_gating_func", {0, 1}, "a gating function other than softmax"},
+        {"rope.scaling.yarn_log_multiplier", {0, NAN}, "YaRN's attention log multiplier (DeepSeek-V2)"},
+        {"attention.temperature_length", {0, NAN}, "attention temperature tuning"},
+    };
+    char key[128];
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0] && !L->rc; i++) {
+        snprintf(key, sizeof key, "%s.%s", L->m->arch_name, keys[i].suffix);
+        const coe_gguf_kv *kv = coe_gguf_find_kv(L->g, key);
+        double v;
+        if (kv && (!coe_gguf_get_f64(&kv->value, &v) || (v != keys[i].neutral[0] && v != keys[i].neutral[1])))
+            fail(L, COE_EUNSUPPORTED, "key '%s' asks for %s, which the engine does not compute; refused rather than "
+                 "ignored", key, keys[i].what);
+    }
+    snprintf(key, sizeof key, "%s.rope.dimension_sections", L->m->arch_name);
+    if (!L->rc && coe_gguf_find_kv(L->g, key))
+        fail(L, COE_EUNSUPPORTED, "key '%s' asks for multi-section RoPE, which the engine does not compute; refused "
+             "rather than ignored", key);
+}
+
 /* RoPE scaling as llama.cpp reads it: rope.scaling.type (default linear) with
  * rope.scaling.factor (or the older rope.scale_linear) dividing every angle; "none"
  * ignores the factor; "yarn" as rope_yarn. LongRoPE (and anything else) changes the
@@ -377,6 +414,7 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
     }
     m->rope_neox = m->arch != COE_ARCH_LLAMA;
     rope_scaling(&L);
+    refuse_unimplemented_keys(&L);
     m->norm_topk = m->arch == COE_ARCH_LLAMA || m->arch == COE_ARCH_QWEN3MOE;
     const coe_gguf_kv *nw = coe_gguf_find_kv(g, "qwen3moe.expert_weights_norm");
     if (nw && m->arch == COE_ARCH_QWEN3MOE)

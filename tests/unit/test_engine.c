@@ -625,6 +625,21 @@ static void bad_heads(coe_gguf *g)
     kv->value.data = (const uint8_t *)&three;
 }
 
+/* A key that changes the computation in a way the engine does not implement: the
+ * file's RMS epsilon key renamed to gemma-2's final logit softcapping (a float, 1e-6,
+ * not the neutral 0). */
+static void softcapping_key(coe_gguf *g)
+{
+    ((coe_gguf_kv *)coe_gguf_find_kv(g, "qwen2moe.attention.layer_norm_rms_epsilon"))->key =
+        (coe_gguf_str){"qwen2moe.final_logit_softcapping", 32};
+}
+
+static void rope_sections_key(coe_gguf *g)
+{
+    ((coe_gguf_kv *)coe_gguf_find_kv(g, "qwen2moe.attention.layer_norm_rms_epsilon"))->key =
+        (coe_gguf_str){"qwen2moe.rope.dimension_sections", 32};
+}
+
 /* The optional head renamed: the engine would tie the head to the embedding and
  * never read the tensor, which must not pass silently. */
 static void unknown_tensor(coe_gguf *g)
@@ -640,6 +655,8 @@ static void test_model_errors_are_named(void **state)
     check_refused(bad_shape, "tensor 'blk.0.attn_k.weight' has shape [64, 16], expected [64, 32]");
     check_refused(bad_type, "tensor 'blk.0.attn_q.weight' has type IQ2_XXS");
     check_refused(bad_arch, "architecture 'mamba' is not supported");
+    check_refused(softcapping_key, "key 'qwen2moe.final_logit_softcapping' asks for final logit softcapping");
+    check_refused(rope_sections_key, "key 'qwen2moe.rope.dimension_sections' asks for multi-section RoPE");
     check_refused(bad_heads, "heads do not divide");
 }
 
