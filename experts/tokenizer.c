@@ -79,12 +79,34 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         const char *name;
         coe_pretok pre;
     } pres[] = {
-        {"default", COE_PRE_DEFAULT}, {"gpt-2", COE_PRE_GPT2}, {"mpt", COE_PRE_GPT2}, {"olmo", COE_PRE_GPT2},
-        {"jais", COE_PRE_GPT2}, {"llama3", COE_PRE_LLAMA3}, {"llama-bpe", COE_PRE_LLAMA3},
-        {"smaug-bpe", COE_PRE_LLAMA3}, {"qwen2", COE_PRE_QWEN2}, {"deepseek-coder", COE_PRE_DEEPSEEK_CODER},
+        /* llama.cpp's names, grouped by the expressions they share (llama-vocab.cpp) */
+        {"default", COE_PRE_DEFAULT},
+        {"gpt-2", COE_PRE_GPT2}, {"phi-2", COE_PRE_GPT2}, {"jina-es", COE_PRE_GPT2}, {"jina-de", COE_PRE_GPT2},
+        {"gigachat", COE_PRE_GPT2}, {"jina-v2-es", COE_PRE_GPT2}, {"jina-v2-de", COE_PRE_GPT2},
+        {"a.x-4.0", COE_PRE_GPT2}, {"mellum", COE_PRE_GPT2}, {"jina-v1-en", COE_PRE_GPT2},
+        {"jina-v2-code", COE_PRE_GPT2}, {"roberta-bpe", COE_PRE_GPT2}, {"mpt", COE_PRE_GPT2}, {"olmo", COE_PRE_GPT2},
+        {"jais", COE_PRE_GPT2}, {"trillion", COE_PRE_GPT2}, {"granite-docling", COE_PRE_GPT2},
+        {"exaone4", COE_PRE_GPT2},
+        {"llama3", COE_PRE_LLAMA3}, {"llama-v3", COE_PRE_LLAMA3}, {"llama-bpe", COE_PRE_LLAMA3},
+        {"falcon3", COE_PRE_LLAMA3}, {"falcon-h1", COE_PRE_LLAMA3}, {"pixtral", COE_PRE_LLAMA3},
+        {"midm-2.0", COE_PRE_LLAMA3}, {"lfm2", COE_PRE_LLAMA3},
+        {"dbrx", COE_PRE_DBRX}, {"smaug-bpe", COE_PRE_DBRX}, {"glm4", COE_PRE_DBRX}, {"chatglm-bpe", COE_PRE_DBRX},
+        {"qwen2", COE_PRE_QWEN2}, {"deepseek-r1-qwen", COE_PRE_QWEN2}, {"kormo", COE_PRE_QWEN2},
+        {"stablelm2", COE_PRE_QWEN2}, {"megrez", COE_PRE_QWEN2}, {"hunyuan", COE_PRE_QWEN2},
+        {"grok-2", COE_PRE_QWEN2},
+        {"deepseek-coder", COE_PRE_DEEPSEEK_CODER},
         {"starcoder", COE_PRE_STARCODER}, {"refact", COE_PRE_STARCODER}, {"command-r", COE_PRE_STARCODER},
         {"smollm", COE_PRE_STARCODER}, {"codeshell", COE_PRE_STARCODER}, {"exaone", COE_PRE_STARCODER},
-        {"minerva-7b", COE_PRE_STARCODER}, {"falcon", COE_PRE_FALCON},
+        {"minerva-7b", COE_PRE_STARCODER},
+        {"falcon", COE_PRE_FALCON},
+        {"poro-chat", COE_PRE_BLOOM}, {"bloom", COE_PRE_BLOOM}, {"gpt3-finnish", COE_PRE_BLOOM},
+        {"viking", COE_PRE_VIKING},
+        {"tekken", COE_PRE_TEKKEN},
+        {"gpt-4o", COE_PRE_GPT4O}, {"llama4", COE_PRE_GPT4O}, {"minimax-m2", COE_PRE_GPT4O},
+        {"deepseek-v3", COE_PRE_DEEPSEEK3}, {"hunyuan-dense", COE_PRE_DEEPSEEK3},
+        {"seed-coder", COE_PRE_SEED_CODER},
+        /* bailingmoe's \s*[\r\n] ends at the run's last newline too: qwen2's expression */
+        {"bailingmoe", COE_PRE_QWEN2}, {"bailingmoe2", COE_PRE_QWEN2}, {"llada-moe", COE_PRE_QWEN2},
     };
     const coe_gguf_kv *pre = coe_gguf_find_kv(g, "tokenizer.ggml.pre");
     v->pre = COE_PRE_DEFAULT;
@@ -93,10 +115,9 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         while (i < sizeof pres / sizeof pres[0] && !str_is(&pre->value.str, pres[i].name))
             i++;
         if (i == sizeof pres / sizeof pres[0]) {
-            coe_buf_printf(diag, "%s: pre-tokenizer '%.*s' (key 'tokenizer.ggml.pre') is not supported "
-                                 "(default, gpt-2, mpt, olmo, jais, llama3/llama-bpe, smaug-bpe, qwen2, "
-                                 "deepseek-coder, starcoder, refact, command-r, smollm, codeshell, exaone, "
-                                 "minerva-7b, falcon are)\n",
+            coe_buf_printf(diag, "%s: pre-tokenizer '%.*s' (key 'tokenizer.ggml.pre') is not supported (see the "
+                                 "README: deepseek-llm, chameleon, kimi-k2, superbpe and afmoe are refused, and so "
+                                 "is any name llama.cpp does not know)\n",
                            g->path, (int)(pre->value.str.len < 64 ? pre->value.str.len : 64), pre->value.str.ptr);
             return COE_EUNSUPPORTED;
         }
@@ -212,15 +233,12 @@ int coe_vocab_load(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         coe_vocab_free(v);
         return COE_ENOMEM;
     }
-    /* SentencePiece adds a space prefix and BOS unless told otherwise; BPE neither. */
+    /* SentencePiece adds a space prefix and BOS unless told otherwise; BPE neither,
+     * except the llama-3 and tekken pre-tokenizers' vocabularies (BOS), as llama.cpp. */
     v->add_space_prefix = v->kind == COE_VOCAB_SPM;
     const coe_gguf_kv *asp = coe_gguf_find_kv(g, "tokenizer.ggml.add_space_prefix");
     if (asp)
         coe_gguf_get_bool(&asp->value, &v->add_space_prefix);
-    v->add_bos = v->kind == COE_VOCAB_SPM;
-    const coe_gguf_kv *ab = coe_gguf_find_kv(g, "tokenizer.ggml.add_bos_token");
-    if (ab)
-        coe_gguf_get_bool(&ab->value, &v->add_bos);
     if (v->kind == COE_VOCAB_BPE) {
         int rc = load_bpe(v, g, diag);
         if (rc) {
@@ -228,6 +246,10 @@ int coe_vocab_load(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
             return rc;
         }
     }
+    v->add_bos = v->kind == COE_VOCAB_SPM || v->pre == COE_PRE_LLAMA3 || v->pre == COE_PRE_TEKKEN;
+    const coe_gguf_kv *ab = coe_gguf_find_kv(g, "tokenizer.ggml.add_bos_token");
+    if (ab)
+        coe_gguf_get_bool(&ab->value, &v->add_bos);
     return 0;
 }
 
@@ -450,12 +472,12 @@ typedef struct cps {
     size_t n;
 } cps;
 
-enum { IS_L = 1, IS_N = 2, IS_P = 4, IS_S = 8 };
+enum { IS_L = 1, IS_N = 2, IS_P = 4, IS_S = 8, IS_SYM = 16, IS_M = 32 };
 
 static int flags(uint32_t c)
 {
     return (coe_cp_is_letter(c) ? IS_L : 0) | (coe_cp_is_number(c) ? IS_N : 0) | (coe_cp_is_punct(c) ? IS_P : 0) |
-           (coe_cp_is_space(c) ? IS_S : 0);
+           (coe_cp_is_space(c) ? IS_S : 0) | (coe_cp_is_symbol(c) ? IS_SYM : 0) | (coe_cp_is_mark(c) ? IS_M : 0);
 }
 
 /* The expressions of the pre-tokenizers, each matched at one position of a piece
@@ -473,6 +495,13 @@ typedef enum expr {
     X_PUNCT_SYM,  /* [\p{P}\$\+<=>\^~\|]+ */
     X_PUNCT_SYM_TICK, /* [\p{P}\$\+<=>\^~\|`]+ (falcon) */
     X_DIGITS3,    /* [0-9][0-9][0-9] */
+    X_BLOOM,      /*  ?[^(\s|.,!?…。，、।۔،)]+ */
+    X_TEKKEN,     /* case-aware words (below), \p{N}, punctuation and '/' runs, spaces */
+    X_GPT4O,      /* the same with contractions, \p{N}{1,3} */
+    X_NUMBERS3,   /* \p{N}{1,3} */
+    X_CJK_KANA,   /* [一-龥぀-ゟ゠-ヿ]+ */
+    X_DEEPSEEK3,  /* ASCII punctuation with ASCII letters, words with marks, punctuation and symbols, spaces */
+    X_SEED_CODER, /* qwen2's, punctuation without trailing newlines */
 } expr;
 
 static size_t run(const cps *t, size_t at, size_t end, int want, int avoid)
@@ -530,6 +559,100 @@ static bool newline(uint32_t c)
     return c == '\r' || c == '\n';
 }
 
+/* \s*[\r\n]+|\s+(?!\S)|\s+ : through the last newline of a run of spaces, else as spaces(). */
+static size_t space_tail(const cps *t, size_t i, size_t end)
+{
+    if (!(flags(t->cp[i]) & IS_S))
+        return 0;
+    size_t all = run(t, i, end, IS_S, 0), last_nl = 0;
+    for (size_t k = 0; k < all; k++)
+        if (newline(t->cp[i + k]))
+            last_nl = k + 1;
+    return last_nl ? last_nl : spaces(t, i, end);
+}
+
+/* A letter that is not [a-z] (upper-ish) or not [A-Z] (lower-ish), as tekken's
+ * ((?=[\p{L}])([^a-z])) and ((?=[\p{L}])([^A-Z])). */
+static bool upperish(uint32_t c)
+{
+    return (flags(c) & IS_L) && !(c >= 'a' && c <= 'z');
+}
+
+static bool lowerish(uint32_t c)
+{
+    return (flags(c) & IS_L) && !(c >= 'A' && c <= 'Z');
+}
+
+/* [^\r\n\p{L}\p{N}]?U*L+|[^\r\n\p{L}\p{N}]?U+L* with backtracking, from i: the
+ * length of the word, 0 if none. */
+static size_t cased_word(const cps *t, size_t i, size_t end)
+{
+    for (int with_prefix = 1; with_prefix >= 0; with_prefix--) {
+        size_t j = i;
+        if (with_prefix) {
+            uint32_t c = t->cp[i];
+            if (newline(c) || (flags(c) & (IS_L | IS_N)) || i + 1 >= end)
+                continue;
+            j = i + 1;
+        }
+        size_t u = j;
+        while (u < end && upperish(t->cp[u]))
+            u++;
+        /* U* then L+: give back upper-ish letters until a lower-ish one can start L+. */
+        size_t l = u;
+        while (l < end && lowerish(t->cp[l]))
+            l++;
+        if (l > u)
+            return l - i;
+        for (size_t q = u; q > j; q--)
+            if (lowerish(t->cp[q - 1]))
+                return q - i;
+        if (u > j) /* U+ L* */
+            return u - i;
+    }
+    return 0;
+}
+
+/* (?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])? after a word. */
+static size_t optional_contraction(const cps *t, size_t i, size_t end)
+{
+    return i < end ? contraction(t, i, end, true) : 0;
+}
+
+/*  ?[^\s\p{L}\p{N}]+ followed by any of also (a string of ASCII) */
+static size_t punct_then(const cps *t, size_t i, size_t end, const char *also)
+{
+    size_t j = i + (t->cp[i] == ' ' && i + 1 < end);
+    if (!(j < end && other(t->cp[j])))
+        return 0;
+    j += run_other(t, j, end);
+    while (j < end && t->cp[j] < 128 && strchr(also, (int)t->cp[j]) && t->cp[j])
+        j++;
+    return j - i;
+}
+
+static bool bloom_char(uint32_t c)
+{
+    static const uint32_t stop[] = {'(', '|', '.', ',', '!', '?', ')', 0x2026, 0x3002, 0xFF0C, 0x3001, 0x0964, 0x06D4,
+                                    0x060C};
+    if (flags(c) & IS_S)
+        return false;
+    for (size_t k = 0; k < sizeof stop / sizeof stop[0]; k++)
+        if (c == stop[k])
+            return false;
+    return true;
+}
+
+static bool ascii_punct(uint32_t c)
+{
+    return c < 128 && c && strchr("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", (int)c);
+}
+
+static bool ascii_letter(uint32_t c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
 static size_t match(expr x, const cps *t, size_t i, size_t end)
 {
     uint32_t c = t->cp[i];
@@ -573,17 +696,7 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
                 return j - i;
             }
         }
-        if (f & IS_S) {
-            /* \s*[\r\n]+ : through the last newline of the run of spaces */
-            size_t all = run(t, i, end, IS_S, 0), last_nl = 0;
-            for (size_t k = 0; k < all; k++)
-                if (newline(t->cp[i + k]))
-                    last_nl = k + 1;
-            if (last_nl)
-                return last_nl;
-            return spaces(t, i, end);
-        }
-        return 0;
+        return space_tail(t, i, end);
     case X_NEWLINE:
         return newline(c);
     case X_S_LETTERS:
@@ -617,6 +730,69 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
         for (n = 0; n < 3 && i + n < end && t->cp[i + n] >= '0' && t->cp[i + n] <= '9'; n++)
             ;
         return n == 3 ? 3 : 0;
+    case X_BLOOM: {
+        size_t j = i + (c == ' ' && i + 1 < end && bloom_char(t->cp[i + 1]));
+        for (n = j; n < end && bloom_char(t->cp[n]); n++)
+            ;
+        return n > j ? n - i : 0;
+    }
+    case X_TEKKEN:
+    case X_GPT4O:
+        if ((n = cased_word(t, i, end)))
+            return x == X_GPT4O ? n + optional_contraction(t, i + n, end) : n;
+        if (f & IS_N) {
+            n = run(t, i, end, IS_N, 0);
+            return x == X_TEKKEN ? 1 : n < 3 ? n : 3;
+        }
+        if ((n = punct_then(t, i, end, "\r\n/")))
+            return n;
+        return space_tail(t, i, end);
+    case X_NUMBERS3:
+        n = run(t, i, end, IS_N, 0);
+        return n < 3 ? n : 3;
+    case X_CJK_KANA:
+        for (n = 0; i + n < end; n++) {
+            uint32_t d = t->cp[i + n];
+            if (!((d >= 0x4E00 && d <= 0x9FA5) || (d >= 0x3040 && d <= 0x30FF)))
+                break;
+        }
+        return n;
+    case X_DEEPSEEK3: {
+        if (ascii_punct(c) && i + 1 < end && ascii_letter(t->cp[i + 1])) {
+            for (n = 1; i + n < end && ascii_letter(t->cp[i + n]); n++)
+                ;
+            return n;
+        }
+        /* [^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+ */
+        size_t j = i;
+        if (!newline(c) && !(f & (IS_L | IS_P | IS_SYM)) && i + 1 < end && (flags(t->cp[i + 1]) & (IS_L | IS_M)))
+            j = i + 1;
+        n = run(t, j, end, IS_L | IS_M, 0);
+        if (n)
+            return j - i + n;
+        /*  ?[\p{P}\p{S}]+[\r\n]* */
+        j = i + (c == ' ' && i + 1 < end && (flags(t->cp[i + 1]) & (IS_P | IS_SYM)));
+        n = run(t, j, end, IS_P | IS_SYM, 0);
+        if (n) {
+            j += n;
+            while (j < end && newline(t->cp[j]))
+                j++;
+            return j - i;
+        }
+        return space_tail(t, i, end);
+    }
+    case X_SEED_CODER:
+        if ((n = contraction(t, i, end, true)))
+            return n;
+        if (f & IS_L)
+            return run(t, i, end, IS_L, 0);
+        if (!newline(c) && !(f & (IS_L | IS_N)) && i + 1 < end && (flags(t->cp[i + 1]) & IS_L))
+            return 1 + run(t, i + 1, end, IS_L, 0);
+        if (f & IS_N)
+            return 1;
+        if ((n = punct_then(t, i, end, "")))
+            return n;
+        return space_tail(t, i, end);
     }
     return 0;
 }
@@ -671,15 +847,25 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     static const expr deepseek[] = {X_NEWLINE, X_S_LETTERS, X_S_PUNCT, X_CJK, X_NUMBER};
     static const expr dflt[] = {X_PUNCT_SYM, X_GPT2, X_NUMBERS, X_DIGITS3};
     static const expr starcoder[] = {X_NUMBER, X_GPT2}, falcon[] = {X_PUNCT_SYM_TICK, X_GPT2, X_DIGITS3};
+    static const expr bloom[] = {X_BLOOM}, viking[] = {X_BLOOM, X_NUMBER}, tekken[] = {X_TEKKEN}, gpt4o[] = {X_GPT4O};
+    static const expr deepseek3[] = {X_NUMBERS3, X_CJK_KANA, X_DEEPSEEK3}, seed[] = {X_SEED_CODER};
+
     const expr *xs;
     size_t n;
     switch (pre) {
     case COE_PRE_GPT2: xs = gpt2, n = 1; break;
-    case COE_PRE_LLAMA3: xs = llama3, n = 1; break;
+    case COE_PRE_LLAMA3: case COE_PRE_DBRX: xs = llama3, n = 1; break;
     case COE_PRE_QWEN2: xs = qwen2, n = 1; break;
     case COE_PRE_DEEPSEEK_CODER: xs = deepseek, n = 5; break;
     case COE_PRE_STARCODER: xs = starcoder, n = 2; break;
     case COE_PRE_FALCON: xs = falcon, n = 3; break;
+    case COE_PRE_BLOOM: xs = bloom, n = 1; break;
+    case COE_PRE_VIKING: xs = viking, n = 2; break;
+    case COE_PRE_TEKKEN: xs = tekken, n = 1; break;
+    case COE_PRE_GPT4O: xs = gpt4o, n = 1; break;
+    case COE_PRE_DEEPSEEK3: xs = deepseek3, n = 3; break;
+    case COE_PRE_SEED_CODER: xs = seed, n = 1; break;
+
     default: xs = dflt, n = 4; break;
     }
     *cuts = malloc(2 * sizeof **cuts);
@@ -705,8 +891,9 @@ static int bpe_word(const coe_vocab *v, const char *bytes, size_t n, int32_t **o
         coe_buf_append(&s, u, coe_utf8_encode((uint32_t)v->byte_char[(unsigned char)bytes[i]], u));
     }
     int rc = 0;
-    int whole = v->pre == COE_PRE_LLAMA3 ? coe_vocab_find(v, s.data, s.len) : -1;
-    if (whole >= 0) { /* llama-3 takes a piece that is a token as it is */
+    /* llama-3 and tekken take a piece that is a token as it is (llama.cpp's ignore_merges) */
+    int whole = v->pre == COE_PRE_LLAMA3 || v->pre == COE_PRE_TEKKEN ? coe_vocab_find(v, s.data, s.len) : -1;
+    if (whole >= 0) {
         rc = push(out, n_out, cap, whole);
         coe_buf_free(&s);
         return rc;

@@ -21,6 +21,13 @@ typedef enum coe_pretok {
     COE_PRE_DEFAULT, COE_PRE_GPT2, COE_PRE_LLAMA3, COE_PRE_QWEN2, COE_PRE_DEEPSEEK_CODER,
     COE_PRE_STARCODER, /* every \p{N} on its own, then gpt-2's */
     COE_PRE_FALCON,
+    COE_PRE_DBRX,      /* llama-3's expression, without its whole-piece lookup */
+    COE_PRE_BLOOM,     /* ' ?[^(\s|.,!?…。，、।۔،)]+' */
+    COE_PRE_VIKING,    /* bloom's, then every \p{N} on its own */
+    COE_PRE_TEKKEN,    /* case-aware words, single digits (Mistral's tekken) */
+    COE_PRE_GPT4O,     /* case-aware words with contractions, numbers of up to 3 digits */
+    COE_PRE_DEEPSEEK3, /* numbers of up to 3 digits, CJK and kana, then words with marks */
+    COE_PRE_SEED_CODER,/* qwen2's, punctuation without trailing newlines */
 } coe_pretok;
 
 typedef struct coe_vocab {

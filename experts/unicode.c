@@ -97,6 +97,16 @@ bool coe_cp_is_punct(uint32_t cp)
     return in(coe_unicode_punct, coe_unicode_punct_n, cp);
 }
 
+bool coe_cp_is_symbol(uint32_t cp)
+{
+    return in(coe_unicode_symbol, coe_unicode_symbol_n, cp);
+}
+
+bool coe_cp_is_mark(uint32_t cp)
+{
+    return in(coe_unicode_mark, coe_unicode_mark_n, cp);
+}
+
 bool coe_cp_is_space(uint32_t cp)
 {
     return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||

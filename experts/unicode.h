@@ -1,5 +1,6 @@
 /* The few Unicode facts the tokenizers need: UTF-8 decoding and encoding, and the
- * general categories of the BPE pre-tokenizers' expressions (\p{L}, \p{N}, \p{P}, \s). */
+ * general categories of the BPE pre-tokenizers' expressions (\p{L}, \p{N}, \p{P}, \p{S},
+ * \p{M}, \s). */
 #ifndef COE_UNICODE_H
 #define COE_UNICODE_H
 
@@ -11,8 +12,10 @@ typedef struct coe_cp_range {
     uint32_t lo, hi;
 } coe_cp_range;
 
-extern const coe_cp_range coe_unicode_letter[], coe_unicode_number[], coe_unicode_punct[];
-extern const size_t coe_unicode_letter_n, coe_unicode_number_n, coe_unicode_punct_n;
+extern const coe_cp_range coe_unicode_letter[], coe_unicode_number[], coe_unicode_punct[], coe_unicode_symbol[],
+    coe_unicode_mark[];
+extern const size_t coe_unicode_letter_n, coe_unicode_number_n, coe_unicode_punct_n, coe_unicode_symbol_n,
+    coe_unicode_mark_n;
 
 /* The code point at s (n bytes left) and its length in *len; an invalid or cut
  * sequence reads as U+FFFD of one byte, so every byte is consumed exactly once. */
@@ -25,6 +28,8 @@ size_t coe_utf8_incomplete_tail(const char *s, size_t n);
 bool coe_cp_is_letter(uint32_t cp);
 bool coe_cp_is_number(uint32_t cp);
 bool coe_cp_is_punct(uint32_t cp);
+bool coe_cp_is_symbol(uint32_t cp);
+bool coe_cp_is_mark(uint32_t cp);
 bool coe_cp_is_space(uint32_t cp);
 
 #endif

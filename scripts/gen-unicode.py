@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes experts/unicode_data.c: the code point ranges of the Unicode general
-categories the BPE pre-tokenizers ask for (letters, numbers, punctuation), from
+categories the BPE pre-tokenizers ask for (letters, numbers, punctuation, symbols,
+marks), from
 Python's unicodedata. Run once when moving to a newer Unicode; the output is
 committed so that building needs no Python."""
 import sys
@@ -36,6 +37,8 @@ def main():
     out.append(table("letter", ranges(lambda c: c.startswith("L"))))
     out.append(table("number", ranges(lambda c: c.startswith("N"))))
     out.append(table("punct", ranges(lambda c: c.startswith("P"))))
+    out.append(table("symbol", ranges(lambda c: c.startswith("S"))))
+    out.append(table("mark", ranges(lambda c: c.startswith("M"))))
     path = sys.argv[1] if len(sys.argv) > 1 else "experts/unicode_data.c"
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")

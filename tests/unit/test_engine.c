@@ -15,6 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cJSON.h>
+
 #include "common/rand.h"
 #include "experts/chat.h"
 #include "experts/engine.h"
@@ -898,6 +900,62 @@ static void test_pretokenizers(void **state)
     check_split(COE_PRE_FALCON, "a`b 1234", "a|`|b| |123|4");
 }
 
+/* Every pre-tokenizer against tests/reference/pretok-vectors.jsonl: the pieces
+ * llama.cpp's own expressions give on sample texts (English, cases, numbers, scripts,
+ * marks, symbols, spaces), computed by JavaScript's regex engine (scripts/pretok-vectors.mjs). */
+static void test_pretokenizer_vectors(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name;
+        coe_pretok pre;
+    } pres[] = {{"gpt2", COE_PRE_GPT2},         {"llama3", COE_PRE_LLAMA3},       {"qwen2", COE_PRE_QWEN2},
+                {"starcoder", COE_PRE_STARCODER}, {"falcon", COE_PRE_FALCON},     {"default", COE_PRE_DEFAULT},
+                {"deepseek_coder", COE_PRE_DEEPSEEK_CODER}, {"bloom", COE_PRE_BLOOM}, {"viking", COE_PRE_VIKING},
+                {"tekken", COE_PRE_TEKKEN},       {"gpt4o", COE_PRE_GPT4O},       {"deepseek3", COE_PRE_DEEPSEEK3},
+                {"seed_coder", COE_PRE_SEED_CODER}, {"bailing", COE_PRE_QWEN2}};
+    FILE *f = fopen(COE_REFERENCE_DIR "/pretok-vectors.jsonl", "r");
+    assert_non_null(f);
+    char line[8192];
+    int checked = 0, failed = 0;
+    while (fgets(line, sizeof line, f)) {
+        cJSON *j = cJSON_Parse(line);
+        assert_non_null(j);
+        const char *name = cJSON_GetObjectItem(j, "pre")->valuestring, *text = cJSON_GetObjectItem(j, "text")->valuestring;
+        coe_pretok pre = COE_PRE_DEFAULT;
+        size_t k = 0;
+        while (k < sizeof pres / sizeof pres[0] && strcmp(pres[k].name, name) != 0)
+            k++;
+        assert_true(k < sizeof pres / sizeof pres[0]);
+        pre = pres[k].pre;
+        coe_buf want = COE_BUF_INIT, got = COE_BUF_INIT;
+        const cJSON *p;
+        cJSON_ArrayForEach(p, cJSON_GetObjectItem(j, "pieces"))
+        {
+            coe_buf_puts(&want, p->valuestring);
+            coe_buf_puts(&want, "|");
+        }
+        size_t *b, n;
+        assert_int_equal(coe_pretokenize(pre, text, strlen(text), &b, &n), 0);
+        for (size_t i = 0; i + 1 < n; i++) {
+            coe_buf_append(&got, text + b[i], b[i + 1] - b[i]);
+            coe_buf_puts(&got, "|");
+        }
+        if (strcmp(got.data ? got.data : "", want.data ? want.data : "") != 0) {
+            print_message("%s on '%s':\n  got  %s\n  want %s\n", name, text, got.data ? got.data : "", want.data);
+            failed++;
+        }
+        checked++;
+        free(b);
+        coe_buf_free(&want);
+        coe_buf_free(&got);
+        cJSON_Delete(j);
+    }
+    fclose(f);
+    assert_int_equal(failed, 0);
+    assert_true(checked >= 150);
+}
+
 static void test_forge_refuses_bad_specs(void **state)
 {
     (void)state;
@@ -946,6 +1004,7 @@ int main(void)
         cmocka_unit_test(test_chat_templates),
         cmocka_unit_test(test_forged_vocab),
         cmocka_unit_test(test_pretokenizers),
+        cmocka_unit_test(test_pretokenizer_vectors),
         cmocka_unit_test(test_forge_refuses_bad_specs),
     };
     return cmocka_run_group_tests_name("engine", tests, setup, teardown);
