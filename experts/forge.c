@@ -389,6 +389,7 @@ static const char usage[] =
     "                     [--layers N] [--embd N] [--heads N] [--kv-heads N] [--head-dim N]\n"
     "                     [--ff N] [--experts N] [--experts-used K] [--ff-shared N]\n"
     "                     [--vocab N] [--context N] [--seed N]\n"
+    "                     [--rope-scaling none|linear|yarn] [--rope-factor F] [--rope-freqs F]\n"
     "\n"
     "Writes a random-weight GGUF model of a supported architecture, with a built-in\n"
     "SentencePiece vocabulary and a ChatML chat template. Weights are random, so text\n"
@@ -396,7 +397,8 @@ static const char usage[] =
     "f32 f16 bf16 q8_0 q4_0 q5_0 q4_1 q5_1 iq4_nl q2_k q3_k q4_k q5_k q6_k iq4_xs (default f32).\n"
     "Defaults: a 2-layer model of embedding 64 with 4 experts, 2 used. --ff is each\n"
     "expert's width (or the dense one with --experts 0); --ff-shared adds qwen2moe's\n"
-    "shared expert (default 128 there).\n";
+    "shared expert (default 128 there). --rope-scaling and --rope-factor write those keys;\n"
+    "--rope-freqs F adds a rope_freqs.weight tensor of F everywhere.\n";
 
 static bool parse_int(const char *s, int *out)
 {
@@ -481,6 +483,17 @@ int coe_forge_main(int argc, char **argv)
             char *end;
             s.seed = strtoull(val, &end, 10);
             ok = *val && !*end;
+        } else if (strcmp(a, "--rope-scaling") == 0) {
+            s.rope_scaling = val;
+            ok = strcmp(val, "none") == 0 || strcmp(val, "linear") == 0 || strcmp(val, "yarn") == 0;
+        } else if (strcmp(a, "--rope-factor") == 0 || strcmp(a, "--rope-freqs") == 0) {
+            char *end;
+            float f = strtof(val, &end);
+            ok = *val && !*end && f > 0 && f < 1e6;
+            if (a[6] == 'f' && a[7] == 'a')
+                s.rope_factor = f;
+            else
+                s.rope_freqs = f;
         } else {
             fprintf(stderr, "coegate forge: unknown option %s\n%s", a, usage);
             return 2;

@@ -821,27 +821,53 @@ float coe_vec_dot_ref(uint32_t type, const void *w, const void *x, int64_t n)
 
 /* ---- optimized dots: portable C ---- */
 
+/* The float dots and axpy below do the AVX2 kernels' operations in their order (8
+ * lanes, fused multiply-adds, the same final reduction), so that both paths give the
+ * same bits: the activations that follow are quantized to 8 bits, where one ulp can
+ * move a code, and an F32 or F16 model's answer then depends on the CPU otherwise. */
+
+/* The AVX2 kernels' horizontal sum of 8 lanes. */
+static float hsum8_c(const float v[8])
+{
+    float a = v[0] + v[4], b = v[1] + v[5], c = v[2] + v[6], d = v[3] + v[7];
+    return (a + c) + (b + d);
+}
+
 static float dot_f32(const void *w, const void *x, int64_t n)
 {
     const float *a = w, *b = x;
-    float acc[8] = {0};
+    float acc[4][8] = {{0}};
     int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int r = 0; r < 4; r++)
+            for (int k = 0; k < 8; k++)
+                acc[r][k] = fmaf(a[i + 8 * r + k], b[i + 8 * r + k], acc[r][k]);
     for (; i + 8 <= n; i += 8)
         for (int k = 0; k < 8; k++)
-            acc[k] += a[i + k] * b[i + k];
-    float s = 0;
+            acc[0][k] = fmaf(a[i + k], b[i + k], acc[0][k]);
+    float v[8];
+    for (int k = 0; k < 8; k++)
+        v[k] = (acc[0][k] + acc[1][k]) + (acc[2][k] + acc[3][k]);
+    float s = hsum8_c(v);
     for (; i < n; i++)
         s += a[i] * b[i];
-    for (int k = 0; k < 8; k++)
-        s += acc[k];
     return s;
 }
 
 static float dot_f16(const void *w, const void *x, int64_t n)
 {
     const uint16_t *a = w, *b = x;
-    float s = 0;
-    for (int64_t i = 0; i < n; i++)
+    float acc[2][8] = {{0}};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int r = 0; r < 2; r++)
+            for (int k = 0; k < 8; k++)
+                acc[r][k] = fmaf(coe_f16_to_f32(a[i + 8 * r + k]), coe_f16_to_f32(b[i + 8 * r + k]), acc[r][k]);
+    float v[8];
+    for (int k = 0; k < 8; k++)
+        v[k] = acc[0][k] + acc[1][k];
+    float s = hsum8_c(v);
+    for (; i < n; i++)
         s += coe_f16_to_f32(a[i]) * coe_f16_to_f32(b[i]);
     return s;
 }
@@ -849,38 +875,54 @@ static float dot_f16(const void *w, const void *x, int64_t n)
 static float dot_bf16(const void *w, const void *x, int64_t n)
 {
     const uint16_t *a = w, *b = x;
-    float s = 0;
-    for (int64_t i = 0; i < n; i++)
+    float acc[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            acc[k] = fmaf(coe_bf16_to_f32(a[i + k]), coe_bf16_to_f32(b[i + k]), acc[k]);
+    float s = hsum8_c(acc);
+    for (; i < n; i++)
         s += coe_bf16_to_f32(a[i]) * coe_bf16_to_f32(b[i]);
     return s;
 }
 
+/* As the AVX2 kernels: per block, 8 integer lanes of 4 products each, each turned to
+ * float and fused into lane accumulators (even and odd blocks apart for Q8_0). */
 static float dot_q8_0(const void *w, const void *x, int64_t n)
 {
     const coe_block_q8_0 *a = w;
     const coe_block_q8_0_act *b = x;
-    float s = 0;
+    float acc[2][8] = {{0}};
     for (int64_t i = 0; i < n / COE_QK; i++) {
-        int sum = 0;
-        for (int j = 0; j < COE_QK; j++)
-            sum += a[i].qs[j] * b[i].qs[j];
-        s += coe_f16_to_f32(a[i].d) * b[i].d * (float)sum;
+        float d = coe_f16_to_f32(a[i].d) * b[i].d;
+        for (int k = 0; k < 8; k++) {
+            int lane = 0;
+            for (int j = 4 * k; j < 4 * k + 4; j++)
+                lane += a[i].qs[j] * b[i].qs[j];
+            acc[i & 1][k] = fmaf(d, (float)lane, acc[i & 1][k]);
+        }
     }
-    return s;
+    float v[8];
+    for (int k = 0; k < 8; k++)
+        v[k] = acc[0][k] + acc[1][k];
+    return hsum8_c(v);
 }
 
 static float dot_q4_0(const void *w, const void *x, int64_t n)
 {
     const coe_block_q4_0 *a = w;
     const coe_block_q8_0_act *b = x;
-    float s = 0;
+    float acc[8] = {0};
     for (int64_t i = 0; i < n / COE_QK; i++) {
-        int sum = 0;
-        for (int j = 0; j < COE_QK / 2; j++)
-            sum += ((a[i].qs[j] & 15) - 8) * b[i].qs[j] + ((a[i].qs[j] >> 4) - 8) * b[i].qs[j + 16];
-        s += coe_f16_to_f32(a[i].d) * b[i].d * (float)sum;
+        float d = coe_f16_to_f32(a[i].d) * b[i].d;
+        for (int k = 0; k < 8; k++) {
+            int lane = 0;
+            for (int j = 4 * k; j < 4 * k + 4; j++)
+                lane += ((j < 16 ? a[i].qs[j] & 15 : a[i].qs[j - 16] >> 4) - 8) * b[i].qs[j];
+            acc[k] = fmaf(d, (float)lane, acc[k]);
+        }
     }
-    return s;
+    return hsum8_c(acc);
 }
 
 /* As ggml's: an integer sum per block, then d_w * d_x * sum. */
@@ -1092,7 +1134,11 @@ static float dot_q6_k(const void *w, const void *x, int64_t n)
 
 static void axpy_f32(float *y, float a, const float *x, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++)
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            y[i + k] = fmaf(a, x[i + k], y[i + k]);
+    for (; i < n; i++)
         y[i] += a * x[i];
 }
 
