@@ -431,7 +431,8 @@ static void att_worker(void *ctx, int ith, int nth)
     coe_engine *e = j->e;
     const coe_model *m = e->m;
     int hd = m->head_dim, Qd = m->n_head * hd, KVd = m->n_head_kv * hd, group = m->n_head / m->n_head_kv;
-    float scale = 1.0f / sqrtf((float)hd), *s = e->scores + (size_t)ith * (size_t)e->n_ctx;
+    float scale = m->attn_scale ? m->attn_scale : 1.0f / sqrtf((float)hd);
+    float *s = e->scores + (size_t)ith * (size_t)e->n_ctx;
     coe_dot_fn dot = coe_vec_dot_fn(COE_GGML_F32);
     for (;;) {
         int c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
@@ -619,6 +620,9 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
     for (int t = 0; t < T; t++)
         coe_dequantize_row(m->tok_embd.type, m->tok_embd.data + (size_t)b->tokens[t] * m->tok_embd.row_bytes,
                            e->x + (size_t)t * (size_t)E, E);
+    if (m->embd_scale != 1)
+        for (size_t i = 0; i < (size_t)T * (size_t)E; i++)
+            e->x[i] *= m->embd_scale;
 
     for (int il = 0; il < m->n_layer; il++) {
         const coe_layer *l = &m->layers[il];
@@ -655,8 +659,9 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
         coe_threads_run(e->team, att_worker, &aj);
         matmul(e, &l->wo, 0, e->att, T, e->tmp);
         add_bias(e->tmp, l->bo, T, E);
+        const float rs = m->residual_scale;
         for (size_t i = 0; i < (size_t)T * (size_t)E; i++)
-            e->x[i] += e->tmp[i];
+            e->x[i] += rs != 1 ? e->tmp[i] * rs : e->tmp[i];
 
         for (int t = 0; t < T; t++)
             rms_norm(e->x + (size_t)t * (size_t)E, l->ffn_norm, e->cur + (size_t)t * (size_t)E, E, m->eps);
@@ -665,7 +670,7 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
         else
             ffn_dense(e, l, T);
         for (size_t i = 0; i < (size_t)T * (size_t)E; i++)
-            e->x[i] += e->out[i];
+            e->x[i] += rs != 1 ? e->out[i] * rs : e->out[i];
     }
 
     int n_out = 0;
@@ -675,6 +680,11 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
     if (b->hidden)
         memcpy(b->hidden, e->cur, (size_t)n_out * (size_t)E * sizeof *b->hidden);
     matmul(e, &m->output, 0, e->cur, n_out, logits);
+    if (m->logit_scale != 1) { /* as ggml: times the reciprocal */
+        const float inv = 1.0f / m->logit_scale;
+        for (size_t i = 0; i < (size_t)n_out * (size_t)m->n_vocab; i++)
+            logits[i] *= inv;
+    }
 
     for (int t = 0; t < T; t++)
         if (e->pos[t] + 1 > b->seq[t]->n_pos)

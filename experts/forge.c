@@ -298,6 +298,12 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
     }
     if (s->rope_factor)
         KV_F32("rope.scaling.factor", s->rope_factor);
+    if (s->arch == COE_ARCH_GRANITE) { /* granite-3.0-1b-a400m's scales */
+        KV_F32("embedding_scale", 12.0f);
+        KV_F32("residual_scale", 0.22f);
+        KV_F32("attention.scale", 0.015625f);
+        KV_F32("logit_scale", 6.0f);
+    }
     KV_F32("attention.layer_norm_rms_epsilon", 1e-6f);
     if (s->n_expert) {
         KV_U32("expert_count", s->n_expert);
@@ -423,7 +429,7 @@ int coe_forge_main(int argc, char **argv)
         const char *name;
         coe_arch arch;
     } archs[] = {{"llama", COE_ARCH_LLAMA}, {"qwen2moe", COE_ARCH_QWEN2MOE}, {"olmoe", COE_ARCH_OLMOE},
-                 {"qwen3moe", COE_ARCH_QWEN3MOE}};
+                 {"qwen3moe", COE_ARCH_QWEN3MOE}, {"granitemoe", COE_ARCH_GRANITE}};
     static const struct {
         const char *name;
         uint32_t type;

@@ -17,6 +17,8 @@ static const struct {
     {"qwen2moe", COE_ARCH_QWEN2MOE},
     {"olmoe", COE_ARCH_OLMOE},
     {"qwen3moe", COE_ARCH_QWEN3MOE},
+    {"granitemoe", COE_ARCH_GRANITE},
+    {"granite", COE_ARCH_GRANITE},
 };
 
 const char *coe_arch_name(coe_arch a)
@@ -154,6 +156,9 @@ static void refuse_unimplemented_keys(loader *L)
     };
     char key[128];
     for (size_t i = 0; i < sizeof keys / sizeof keys[0] && !L->rc; i++) {
+        /* granite's four scales are computed (see granite_scales) */
+        if (L->m->arch == COE_ARCH_GRANITE && i < 4)
+            continue;
         snprintf(key, sizeof key, "%s.%s", L->m->arch_name, keys[i].suffix);
         const coe_gguf_kv *kv = coe_gguf_find_kv(L->g, key);
         double v;
@@ -165,6 +170,22 @@ static void refuse_unimplemented_keys(loader *L)
     if (!L->rc && coe_gguf_find_kv(L->g, key))
         fail(L, COE_EUNSUPPORTED, "key '%s' asks for multi-section RoPE, which the engine does not compute; refused "
              "rather than ignored", key);
+}
+
+/* granite's scales (llama.cpp reads them for granite and granitemoe only); 0 or
+ * absent means none, as there. */
+static void granite_scales(loader *L)
+{
+    coe_model *m = L->m;
+    double embd = 0, residual = 0, attn = 0, logit = 0;
+    if (m->arch == COE_ARCH_GRANITE &&
+        (!optional_f(L, "embedding_scale", 0, &embd) || !optional_f(L, "residual_scale", 0, &residual) ||
+         !optional_f(L, "attention.scale", 0, &attn) || !optional_f(L, "logit_scale", 0, &logit)))
+        return;
+    m->embd_scale = embd ? (float)embd : 1;
+    m->residual_scale = residual ? (float)residual : 1;
+    m->attn_scale = (float)attn;
+    m->logit_scale = logit ? (float)logit : 1;
 }
 
 /* RoPE scaling as llama.cpp reads it: rope.scaling.type (default linear) with
@@ -412,10 +433,11 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
     } else if (!m->n_ff) {
         fail(&L, COE_EINVAL, "key '%s.feed_forward_length' is missing", m->arch_name);
     }
-    m->rope_neox = m->arch != COE_ARCH_LLAMA;
+    m->rope_neox = m->arch != COE_ARCH_LLAMA && m->arch != COE_ARCH_GRANITE;
     rope_scaling(&L);
     refuse_unimplemented_keys(&L);
-    m->norm_topk = m->arch == COE_ARCH_LLAMA || m->arch == COE_ARCH_QWEN3MOE;
+    granite_scales(&L);
+    m->norm_topk = m->arch == COE_ARCH_LLAMA || m->arch == COE_ARCH_QWEN3MOE || m->arch == COE_ARCH_GRANITE;
     const coe_gguf_kv *nw = coe_gguf_find_kv(g, "qwen3moe.expert_weights_norm");
     if (nw && m->arch == COE_ARCH_QWEN3MOE)
         coe_gguf_get_bool(&nw->value, &m->norm_topk);

@@ -16,6 +16,7 @@ typedef enum coe_arch {
     COE_ARCH_QWEN2MOE, /* QKV biases, shared expert with a sigmoid gate */
     COE_ARCH_OLMOE,    /* RMSNorm over the whole Q and K */
     COE_ARCH_QWEN3MOE, /* RMSNorm per head on Q and K, own head size */
+    COE_ARCH_GRANITE,  /* granite and granitemoe: llama's layout with four scales */
 } coe_arch;
 
 /* A matrix (or a stack of n_mat matrices, one per expert) applied as W x: rows
@@ -55,6 +56,9 @@ typedef struct coe_model {
     float rope_ext_factor, rope_mscale, rope_corr_dims[2];
     bool rope_neox;   /* rotate halves (x[i], x[i+d/2]) instead of adjacent pairs */
     bool norm_topk;   /* renormalize the k selected expert weights to sum 1 */
+    /* granite's scales: of the embedding, of each block's output before it is added, of
+     * the attention scores (0: 1/sqrt(head size)), and the logits' divisor; else 1, 1, 0, 1 */
+    float embd_scale, residual_scale, attn_scale, logit_scale;
     coe_weight tok_embd, output;
     float *output_norm;
     coe_layer *layers;

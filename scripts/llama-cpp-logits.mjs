@@ -30,6 +30,7 @@ const specs = [
   ["--arch", "llama", "--experts", "0", "--seed", "30", "--rope-scaling", "linear", "--rope-factor", "4", ...shape],
   ["--arch", "llama", "--experts", "0", "--seed", "31", "--rope-freqs", "2.5", ...shape],
   ["--arch", "olmoe", "--type", "q2_k", "--experts", "4", "--seed", "32", ...shape],
+  ["--arch", "granitemoe", "--type", "q4_k", "--experts", "4", "--seed", "33", ...shape],
 ];
 const tokens = [1, 300, 301, 450, 17, 600, 42, 77, 512, 9];
 const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
