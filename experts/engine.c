@@ -17,7 +17,8 @@ coe_kv *coe_kv_new(const coe_model *m)
     if (!kv)
         return NULL;
     kv->n_layer = m->n_layer;
-    kv->kv_dim = m->n_head_kv * m->head_dim;
+    kv->k_dim = m->kv_k_dim;
+    kv->v_dim = m->kv_v_dim;
     kv->k = calloc((size_t)m->n_layer, sizeof *kv->k);
     kv->v = calloc((size_t)m->n_layer, sizeof *kv->v);
     if (!kv->k || !kv->v)
@@ -54,13 +55,13 @@ static int kv_reserve(coe_kv *kv, int n)
     while (cap < n)
         cap *= 2;
     for (int l = 0; l < kv->n_layer; l++) {
-        float *k = realloc(kv->k[l], (size_t)cap * (size_t)kv->kv_dim * sizeof *k);
+        float *k = realloc(kv->k[l], (size_t)cap * (size_t)kv->k_dim * sizeof *k);
         if (k)
             kv->k[l] = k;
-        float *v = realloc(kv->v[l], (size_t)cap * (size_t)kv->kv_dim * sizeof *v);
+        float *v = kv->v_dim ? realloc(kv->v[l], (size_t)cap * (size_t)kv->v_dim * sizeof *v) : NULL;
         if (v)
             kv->v[l] = v;
-        if (!k || !v)
+        if (!k || (kv->v_dim && !v))
             return COE_ENOMEM;
     }
     kv->cap = cap;
@@ -94,6 +95,8 @@ struct coe_engine {
     /* scratch, grown to the largest batch seen */
     int cap_T;
     float *x, *cur, *q, *k, *v, *att, *tmp, *out, *router, *sel_w;
+    float *ql, *qa, *gat, *kvb, *att2; /* deepseek2's attention */
+    float *sel_s;                      /* one token's expert choice scores, and its groups' */
     float *hg, *hu, *eo, *sg, *su, *so, *scores;
     int *pos, *sel, *sel_slot, *slot_tok, *ex_count, *ex_first;
     uint8_t *xq;
@@ -135,7 +138,7 @@ coe_engine *coe_engine_new(const coe_model *m, int n_threads, int n_ctx)
 
 /* Every scratch buffer with the bytes it needs for a batch of T tokens; returns how
  * many. One list, so allocating and freeing cannot disagree. */
-#define N_SCRATCH 24
+#define N_SCRATCH 30
 typedef struct scratch {
     void **p;
     size_t bytes;
@@ -149,20 +152,31 @@ static size_t max_z(size_t a, size_t b)
 static int scratch_list(coe_engine *e, size_t T, scratch *list)
 {
     const coe_model *m = e->m;
-    size_t E = (size_t)m->n_embd, Qd = (size_t)m->n_head * (size_t)m->head_dim;
-    size_t KVd = (size_t)m->n_head_kv * (size_t)m->head_dim;
+    size_t H = (size_t)m->n_head, E = (size_t)m->n_embd;
+    size_t Qd = H * max_z(max_z((size_t)m->head_dim, (size_t)m->k_mla), (size_t)m->att_dk);
+    size_t KVd = max_z((size_t)m->n_head_kv * (size_t)m->head_dim, (size_t)m->kv_k_dim);
+    size_t Vd = max_z((size_t)m->n_head_kv * (size_t)m->head_dim, (size_t)m->kv_v_dim);
+    size_t Ad = H * max_z((size_t)m->att_dv, (size_t)m->head_dim);
+    /* deepseek2: the Q bottleneck, absorbed Q, one head's rows gathered per head (of
+     * no-rope keys or latent values), decompressed KV (older files), per-head values */
+    size_t R = (size_t)m->n_lora_kv, nope = m->k_mla ? (size_t)(m->k_mla - m->rope_dim) : 0;
+    size_t QL = (size_t)m->n_lora_q, QA = m->mla ? H * (R + (size_t)m->rope_dim) : 0;
+    size_t G = m->arch == COE_ARCH_DEEPSEEK2 ? H * max_z(nope, R) : 0;
+    size_t KVB = m->arch == COE_ARCH_DEEPSEEK2 && !m->mla ? H * (nope + (size_t)m->v_mla) : 0;
+    size_t A2 = m->mla ? H * (size_t)m->v_mla : 0;
     size_t A = T * (size_t)(m->n_expert_used > 0 ? m->n_expert_used : 1); /* expert assignments */
     size_t F = max_z((size_t)m->n_ff_exp, 1), Fs = max_z(max_z((size_t)m->n_ff_shexp, (size_t)m->n_ff), 1);
     size_t nx = max_z((size_t)m->n_expert, 1), nth = e->team ? (size_t)coe_threads_count(e->team) : 1;
-    size_t widest = max_z(max_z(E, Qd), max_z(F, Fs)), f = sizeof(float), i = sizeof(int);
+    size_t widest = max_z(max_z(max_z(E, Qd), max_z(F, Fs)), max_z(max_z(Ad, A2), max_z(QL, R))), f = sizeof(float),
+           i = sizeof(int);
     /* Converted activations of one job, at most: the experts' gate/up job converts
      * the T tokens once per dot type (gate, up and the shared expert's two: 4T) and
      * gathers the A assignments once per experts' dot type (2A); rows of the widest
      * input, never more than 4 bytes a value (F32), plus block slack per row. */
-    e->xq_cap = (2 * A + 4 * T) * (widest * 4 + 64);
+    e->xq_cap = (2 * A + 4 * T) * (widest * 4 + 64) + T * (G * 4 + H * 64);
     scratch l[N_SCRATCH] = {
         {(void **)&e->x, T * E * f},       {(void **)&e->cur, T * E * f},   {(void **)&e->q, T * Qd * f},
-        {(void **)&e->k, T * KVd * f},     {(void **)&e->v, T * KVd * f},   {(void **)&e->att, T * Qd * f},
+        {(void **)&e->k, T * KVd * f},     {(void **)&e->v, T * Vd * f},    {(void **)&e->att, T * Ad * f},
         {(void **)&e->tmp, T * E * f},     {(void **)&e->out, T * E * f},   {(void **)&e->router, T * nx * f},
         {(void **)&e->sel_w, A * f},       {(void **)&e->slot_tok, A * i},  {(void **)&e->hg, A * F * f},
         {(void **)&e->hu, A * F * f},      {(void **)&e->eo, A * E * f},    {(void **)&e->sg, T * Fs * f},
@@ -170,6 +184,9 @@ static int scratch_list(coe_engine *e, size_t T, scratch *list)
         {(void **)&e->scores, nth * (size_t)e->n_ctx * f},
         {(void **)&e->pos, T * i},         {(void **)&e->sel, A * i},       {(void **)&e->sel_slot, A * i},
         {(void **)&e->ex_count, nx * i},   {(void **)&e->ex_first, nx * i}, {(void **)&e->xq, e->xq_cap},
+        {(void **)&e->ql, T * QL * f},     {(void **)&e->qa, T * QA * f},   {(void **)&e->gat, T * G * f},
+        {(void **)&e->kvb, T * KVB * f},   {(void **)&e->att2, T * A2 * f},
+        {(void **)&e->sel_s, (nx + (size_t)m->n_group) * f},
     };
     memcpy(list, l, sizeof l);
     return N_SCRATCH;
@@ -417,9 +434,12 @@ static float silu(float x)
 
 /* ---- attention, spread over (token, head) pairs ---- */
 
+/* Each token's n_head query rows of att_dk (q) against its sequence's cached keys
+ * and values, into e->att (n_head rows of att_dv per token). */
 typedef struct att_job {
     coe_engine *e;
     coe_kv *const *seq;
+    const float *q;
     int layer, T;
     atomic_int next;
 } att_job;
@@ -430,8 +450,10 @@ static void att_worker(void *ctx, int ith, int nth)
     att_job *j = ctx;
     coe_engine *e = j->e;
     const coe_model *m = e->m;
-    int hd = m->head_dim, Qd = m->n_head * hd, KVd = m->n_head_kv * hd, group = m->n_head / m->n_head_kv;
-    float scale = m->attn_scale ? m->attn_scale : 1.0f / sqrtf((float)hd);
+    const int dk = m->att_dk, dv = m->att_dv, kd = m->kv_k_dim, group = m->n_head / m->n_head_kv;
+    const bool v_in_k = m->kv_v_dim == 0;
+    const int vd = v_in_k ? kd : m->kv_v_dim;
+    float scale = m->attn_scale ? m->attn_scale : 1.0f / sqrtf((float)dk);
     float *s = e->scores + (size_t)ith * (size_t)e->n_ctx;
     coe_dot_fn dot = coe_vec_dot_fn(COE_GGML_F32);
     for (;;) {
@@ -439,12 +461,12 @@ static void att_worker(void *ctx, int ith, int nth)
         if (c >= j->T * m->n_head)
             return;
         int t = c / m->n_head, h = c % m->n_head, kvh = h / group, p = e->pos[t];
-        const float *q = e->q + (size_t)t * (size_t)Qd + (size_t)h * (size_t)hd;
-        const float *K = j->seq[t]->k[j->layer] + (size_t)kvh * (size_t)hd;
-        const float *V = j->seq[t]->v[j->layer] + (size_t)kvh * (size_t)hd;
+        const float *q = j->q + ((size_t)t * (size_t)m->n_head + (size_t)h) * (size_t)dk;
+        const float *K = j->seq[t]->k[j->layer] + (size_t)kvh * (size_t)dk;
+        const float *V = (v_in_k ? j->seq[t]->k[j->layer] : j->seq[t]->v[j->layer]) + (size_t)kvh * (size_t)dv;
         float max = -INFINITY;
         for (int i = 0; i <= p; i++) {
-            s[i] = dot(q, K + (size_t)i * (size_t)KVd, hd) * scale;
+            s[i] = dot(q, K + (size_t)i * (size_t)kd, dk) * scale;
             max = s[i] > max ? s[i] : max;
         }
         double sum = 0;
@@ -453,11 +475,18 @@ static void att_worker(void *ctx, int ith, int nth)
             sum += s[i];
         }
         float inv = (float)(1.0 / sum);
-        float *o = e->att + (size_t)t * (size_t)Qd + (size_t)h * (size_t)hd;
-        memset(o, 0, (size_t)hd * sizeof *o);
+        float *o = e->att + ((size_t)t * (size_t)m->n_head + (size_t)h) * (size_t)dv;
+        memset(o, 0, (size_t)dv * sizeof *o);
         for (int i = 0; i <= p; i++)
-            coe_axpy(o, s[i] * inv, V + (size_t)i * (size_t)KVd, hd);
+            coe_axpy(o, s[i] * inv, V + (size_t)i * (size_t)vd, dv);
     }
+}
+
+static void attend(coe_engine *e, const coe_batch *b, int il, const float *q, int T)
+{
+    att_job aj = {e, b->seq, q, il, T, 0};
+    atomic_init(&aj.next, 0);
+    coe_threads_run(e->team, att_worker, &aj);
 }
 
 /* ---- feed-forward ---- */
@@ -475,15 +504,35 @@ static void ffn_dense(coe_engine *e, const coe_layer *l, int T)
     matmul(e, &l->ffn_down, 0, e->sg, T, e->out);
 }
 
-static void ffn_moe(coe_engine *e, const coe_layer *l, int T)
+/* The n largest of v[0..n_v-1] (not -inf), largest first, lowest index on ties. */
+static void top_n(const float *v, int n_v, int n, int *out)
 {
-    const coe_model *m = e->m;
-    const int E = m->n_embd, k = m->n_expert_used, nx = m->n_expert, F = m->n_ff_exp, Fs = m->n_ff_shexp;
-    matmul(e, &l->gate_inp, 0, e->cur, T, e->router);
-    /* softmax over all experts, the k largest, optionally renormalized */
-    memset(e->ex_count, 0, (size_t)nx * sizeof *e->ex_count);
-    for (int t = 0; t < T; t++) {
-        float *p = e->router + (size_t)t * (size_t)nx, max = -INFINITY;
+    for (int s = 0; s < n; s++) {
+        int best = -1;
+        for (int i = 0; i < n_v; i++) {
+            bool taken = false;
+            for (int r = 0; r < s; r++)
+                taken = taken || out[r] == i;
+            if (!taken && (best < 0 || v[i] > v[best]))
+                best = i;
+        }
+        out[s] = best;
+    }
+}
+
+/* One token's experts from the router's logits p (overwritten by the scores), as
+ * llama.cpp's MoE: softmax or sigmoid scores; the choice on the scores plus the
+ * selection bias, within the best groups where the model has them; the weights the
+ * unbiased scores, renormalized (the sum clamped as there) and scaled. s: scratch of
+ * n_expert + n_group. */
+static void route(const coe_model *m, const coe_layer *l, float *p, float *s, int *sel, float *w)
+{
+    const int nx = m->n_expert, k = m->n_expert_used;
+    if (m->gating == COE_GATING_SIGMOID) {
+        for (int i = 0; i < nx; i++)
+            p[i] = 1.0f / (1.0f + expf(-p[i]));
+    } else {
+        float max = -INFINITY;
         for (int i = 0; i < nx; i++)
             max = p[i] > max ? p[i] : max;
         double sum = 0;
@@ -494,25 +543,57 @@ static void ffn_moe(coe_engine *e, const coe_layer *l, int T)
         float inv = (float)(1.0 / sum);
         for (int i = 0; i < nx; i++)
             p[i] *= inv;
-        float wsum = 0;
-        for (int s = 0; s < k; s++) {
-            int best = -1;
-            for (int i = 0; i < nx; i++) {
-                bool taken = false;
-                for (int r = 0; r < s; r++)
-                    taken = taken || e->sel[t * k + r] == i;
-                if (!taken && (best < 0 || p[i] > p[best]))
-                    best = i;
-            }
-            e->sel[t * k + s] = best;
-            e->sel_w[t * k + s] = p[best];
-            wsum += p[best];
-            e->ex_count[best]++;
-        }
-        if (m->norm_topk)
-            for (int s = 0; s < k; s++)
-                e->sel_w[t * k + s] /= wsum;
     }
+    const float *choice = p;
+    if (l->exp_probs_b || m->n_group > 1) {
+        for (int i = 0; i < nx; i++)
+            s[i] = l->exp_probs_b ? p[i] + l->exp_probs_b[i] : p[i];
+        if (m->n_group > 1) {
+            const int per = nx / m->n_group;
+            float *group = s + nx;
+            int two[2], used[64];
+            for (int g = 0; g < m->n_group; g++) {
+                top_n(s + g * per, per, 2, two);
+                group[g] = s[g * per + two[0]] + s[g * per + two[1]];
+            }
+            int n_used = m->n_group_used < 64 ? m->n_group_used : 64;
+            top_n(group, m->n_group, n_used, used);
+            for (int g = 0; g < m->n_group; g++) {
+                bool keep = false;
+                for (int u = 0; u < n_used; u++)
+                    keep = keep || used[u] == g;
+                for (int i = 0; !keep && i < per; i++)
+                    s[g * per + i] = -INFINITY;
+            }
+        }
+        choice = s;
+    }
+    top_n(choice, nx, k, sel);
+    double sum = 0;
+    for (int j = 0; j < k; j++) {
+        w[j] = p[sel[j]];
+        sum += w[j];
+    }
+    if (m->norm_topk) {
+        float clamped = fmaxf((float)sum, 6.103515625e-5f);
+        for (int j = 0; j < k; j++)
+            w[j] /= clamped;
+    }
+    if (m->expert_weights_scale != 1)
+        for (int j = 0; j < k; j++)
+            w[j] *= m->expert_weights_scale;
+}
+
+static void ffn_moe(coe_engine *e, const coe_layer *l, int T)
+{
+    const coe_model *m = e->m;
+    const int E = m->n_embd, k = m->n_expert_used, nx = m->n_expert, F = m->n_ff_exp, Fs = m->n_ff_shexp;
+    matmul(e, &l->gate_inp, 0, e->cur, T, e->router);
+    memset(e->ex_count, 0, (size_t)nx * sizeof *e->ex_count);
+    for (int t = 0; t < T; t++)
+        route(m, l, e->router + (size_t)t * (size_t)nx, e->sel_s, e->sel + t * k, e->sel_w + t * k);
+    for (int a = 0; a < T * k; a++)
+        e->ex_count[e->sel[a]]++;
     /* Gather each expert's tokens together so its weights are read once. */
     for (int i = 0, at = 0; i < nx; i++) {
         e->ex_first[i] = at;
@@ -576,8 +657,6 @@ static void ffn_moe(coe_engine *e, const coe_layer *l, int T)
     }
 }
 
-/* ---- the forward pass ---- */
-
 static void add_bias(float *y, const float *b, int T, int n)
 {
     if (!b)
@@ -587,10 +666,128 @@ static void add_bias(float *y, const float *b, int T, int n)
             y[(size_t)t * (size_t)n + (size_t)i] += b[i];
 }
 
+/* ---- attention: into e->tmp, the output projection of each token's heads ---- */
+
+static void attention(coe_engine *e, const coe_layer *l, const coe_batch *b, int il, int T)
+{
+    const coe_model *m = e->m;
+    const int E = m->n_embd, hd = m->head_dim, Qd = m->n_head * hd, KVd = m->n_head_kv * hd;
+    job_builder jb;
+    job_begin(e, &jb);
+    job_add(&jb, &l->wq, 0, e->cur, T, e->q, Qd);
+    job_add(&jb, &l->wk, 0, e->cur, T, e->k, KVd);
+    job_add(&jb, &l->wv, 0, e->cur, T, e->v, KVd);
+    job_run(&jb);
+    add_bias(e->q, l->bq, T, Qd);
+    add_bias(e->k, l->bk, T, KVd);
+    add_bias(e->v, l->bv, T, KVd);
+    for (int t = 0; t < T; t++) {
+        float *q = e->q + (size_t)t * (size_t)Qd, *k = e->k + (size_t)t * (size_t)KVd;
+        if (m->arch == COE_ARCH_OLMOE) {
+            rms_norm(q, l->q_norm, q, Qd, m->eps);
+            rms_norm(k, l->k_norm, k, KVd, m->eps);
+        } else if (m->arch == COE_ARCH_QWEN3MOE) {
+            for (int h = 0; h < m->n_head; h++)
+                rms_norm(q + h * hd, l->q_norm, q + h * hd, hd, m->eps);
+            for (int h = 0; h < m->n_head_kv; h++)
+                rms_norm(k + h * hd, l->k_norm, k + h * hd, hd, m->eps);
+        }
+        coe_rope(m, q, m->n_head, hd, e->pos[t]);
+        coe_rope(m, k, m->n_head_kv, hd, e->pos[t]);
+        memcpy(b->seq[t]->k[il] + (size_t)e->pos[t] * (size_t)KVd, k, (size_t)KVd * sizeof(float));
+        memcpy(b->seq[t]->v[il] + (size_t)e->pos[t] * (size_t)KVd, e->v + (size_t)t * (size_t)KVd,
+               (size_t)KVd * sizeof(float));
+    }
+    attend(e, b, il, e->q, T);
+    matmul(e, &l->wo, 0, e->att, T, e->tmp);
+    add_bias(e->tmp, l->bo, T, E);
+}
+
+/* deepseek2: Q through its bottleneck, the compressed KV and the shared rotary key;
+ * RoPE on the last rope_dim of each head. Split files (mla): each head's Q absorbs
+ * wk_b, the cache holds the normed compressed KV and the rotary key once per position
+ * (the values are its first n_lora_kv), and wv_b turns each head's output back. Older
+ * files: wkv_b decompresses every head's key and value before attention. */
+static void attention_deepseek2(coe_engine *e, const coe_layer *l, const coe_batch *b, int il, int T)
+{
+    const coe_model *m = e->m;
+    const int H = m->n_head, R = m->n_lora_kv, r = m->rope_dim, kq = m->k_mla, nope = kq - r, dv = m->v_mla;
+    const int QK = H * kq, KVA = R + r;
+    job_builder jb;
+    job_begin(e, &jb);
+    if (m->n_lora_q)
+        job_add(&jb, &l->wq_a, 0, e->cur, T, e->ql, m->n_lora_q);
+    else
+        job_add(&jb, &l->wq, 0, e->cur, T, e->q, QK);
+    job_add(&jb, &l->wkv_a, 0, e->cur, T, e->k, KVA);
+    job_run(&jb);
+    if (m->n_lora_q) {
+        for (int t = 0; t < T; t++) {
+            float *q = e->ql + (size_t)t * (size_t)m->n_lora_q;
+            rms_norm(q, l->q_a_norm, q, m->n_lora_q, m->eps);
+        }
+        matmul(e, &l->wq_b, 0, e->ql, T, e->q);
+    }
+    for (int t = 0; t < T; t++) {
+        float *kv = e->k + (size_t)t * (size_t)KVA;
+        rms_norm(kv, l->kv_a_norm, kv, R, m->eps);
+        coe_rope(m, kv + R, 1, r, e->pos[t]);
+        coe_rope(m, e->q + (size_t)t * (size_t)QK + nope, H, kq, e->pos[t]);
+    }
+    /* e->gat holds one head's rows after another's (T each) for the per-head products */
+    if (m->mla) {
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++)
+                memcpy(e->gat + ((size_t)h * (size_t)T + (size_t)t) * (size_t)nope,
+                       e->q + (size_t)t * (size_t)QK + (size_t)h * (size_t)kq, (size_t)nope * sizeof(float));
+        job_begin(e, &jb);
+        for (int h = 0; h < H; h++)
+            job_add(&jb, &l->wk_b, h, e->gat + (size_t)h * (size_t)T * (size_t)nope, T, e->qa + (size_t)h * (size_t)KVA,
+                    H * KVA);
+        job_run(&jb);
+        for (int t = 0; t < T; t++) {
+            for (int h = 0; h < H; h++)
+                memcpy(e->qa + ((size_t)t * (size_t)H + (size_t)h) * (size_t)KVA + R,
+                       e->q + (size_t)t * (size_t)QK + (size_t)h * (size_t)kq + nope, (size_t)r * sizeof(float));
+            memcpy(b->seq[t]->k[il] + (size_t)e->pos[t] * (size_t)KVA, e->k + (size_t)t * (size_t)KVA,
+                   (size_t)KVA * sizeof(float));
+        }
+        attend(e, b, il, e->qa, T);
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++)
+                memcpy(e->gat + ((size_t)h * (size_t)T + (size_t)t) * (size_t)R,
+                       e->att + ((size_t)t * (size_t)H + (size_t)h) * (size_t)R, (size_t)R * sizeof(float));
+        job_begin(e, &jb);
+        for (int h = 0; h < H; h++)
+            job_add(&jb, &l->wv_b, h, e->gat + (size_t)h * (size_t)T * (size_t)R, T, e->att2 + (size_t)h * (size_t)dv,
+                    H * dv);
+        job_run(&jb);
+        matmul(e, &l->wo, 0, e->att2, T, e->tmp);
+    } else {
+        for (int t = 0; t < T; t++)
+            memcpy(e->gat + (size_t)t * (size_t)R, e->k + (size_t)t * (size_t)KVA, (size_t)R * sizeof(float));
+        matmul(e, &l->wkv_b, 0, e->gat, T, e->kvb);
+        for (int t = 0; t < T; t++) {
+            const float *kv = e->kvb + (size_t)t * (size_t)H * (size_t)(nope + dv);
+            float *K = b->seq[t]->k[il] + (size_t)e->pos[t] * (size_t)QK;
+            float *V = b->seq[t]->v[il] + (size_t)e->pos[t] * (size_t)H * (size_t)dv;
+            for (int h = 0; h < H; h++) {
+                memcpy(K + (size_t)h * (size_t)kq, kv + (size_t)h * (size_t)(nope + dv), (size_t)nope * sizeof(float));
+                memcpy(K + (size_t)h * (size_t)kq + nope, e->k + (size_t)t * (size_t)KVA + R, (size_t)r * sizeof(float));
+                memcpy(V + (size_t)h * (size_t)dv, kv + (size_t)h * (size_t)(nope + dv) + nope, (size_t)dv * sizeof(float));
+            }
+        }
+        attend(e, b, il, e->q, T);
+        matmul(e, &l->wo, 0, e->att, T, e->tmp);
+    }
+}
+
+/* ---- the forward pass ---- */
+
 int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf *diag)
 {
     const coe_model *m = e->m;
-    const int T = b->n, E = m->n_embd, hd = m->head_dim, Qd = m->n_head * hd, KVd = m->n_head_kv * hd;
+    const int T = b->n, E = m->n_embd;
     if (T <= 0)
         return 0;
     for (int t = 0; t < T; t++)
@@ -628,44 +825,17 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
         const coe_layer *l = &m->layers[il];
         for (int t = 0; t < T; t++)
             rms_norm(e->x + (size_t)t * (size_t)E, l->attn_norm, e->cur + (size_t)t * (size_t)E, E, m->eps);
-        job_builder jb;
-        job_begin(e, &jb);
-        job_add(&jb, &l->wq, 0, e->cur, T, e->q, Qd);
-        job_add(&jb, &l->wk, 0, e->cur, T, e->k, KVd);
-        job_add(&jb, &l->wv, 0, e->cur, T, e->v, KVd);
-        job_run(&jb);
-        add_bias(e->q, l->bq, T, Qd);
-        add_bias(e->k, l->bk, T, KVd);
-        add_bias(e->v, l->bv, T, KVd);
-        for (int t = 0; t < T; t++) {
-            float *q = e->q + (size_t)t * (size_t)Qd, *k = e->k + (size_t)t * (size_t)KVd;
-            if (m->arch == COE_ARCH_OLMOE) {
-                rms_norm(q, l->q_norm, q, Qd, m->eps);
-                rms_norm(k, l->k_norm, k, KVd, m->eps);
-            } else if (m->arch == COE_ARCH_QWEN3MOE) {
-                for (int h = 0; h < m->n_head; h++)
-                    rms_norm(q + h * hd, l->q_norm, q + h * hd, hd, m->eps);
-                for (int h = 0; h < m->n_head_kv; h++)
-                    rms_norm(k + h * hd, l->k_norm, k + h * hd, hd, m->eps);
-            }
-            coe_rope(m, q, m->n_head, hd, e->pos[t]);
-            coe_rope(m, k, m->n_head_kv, hd, e->pos[t]);
-            memcpy(b->seq[t]->k[il] + (size_t)e->pos[t] * (size_t)KVd, k, (size_t)KVd * sizeof(float));
-            memcpy(b->seq[t]->v[il] + (size_t)e->pos[t] * (size_t)KVd, e->v + (size_t)t * (size_t)KVd,
-                   (size_t)KVd * sizeof(float));
-        }
-        att_job aj = {e, b->seq, il, T, 0};
-        atomic_init(&aj.next, 0);
-        coe_threads_run(e->team, att_worker, &aj);
-        matmul(e, &l->wo, 0, e->att, T, e->tmp);
-        add_bias(e->tmp, l->bo, T, E);
+        if (m->arch == COE_ARCH_DEEPSEEK2)
+            attention_deepseek2(e, l, b, il, T);
+        else
+            attention(e, l, b, il, T);
         const float rs = m->residual_scale;
         for (size_t i = 0; i < (size_t)T * (size_t)E; i++)
             e->x[i] += rs != 1 ? e->tmp[i] * rs : e->tmp[i];
 
         for (int t = 0; t < T; t++)
             rms_norm(e->x + (size_t)t * (size_t)E, l->ffn_norm, e->cur + (size_t)t * (size_t)E, E, m->eps);
-        if (m->n_expert)
+        if (l->gate_inp.data)
             ffn_moe(e, l, T);
         else
             ffn_dense(e, l, T);

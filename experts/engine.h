@@ -16,8 +16,9 @@
 typedef struct coe_kv {
     int n_pos;        /* positions already in the cache */
     int cap;
-    float **k, **v;   /* per layer: [cap][n_head_kv * head_dim] */
-    int n_layer, kv_dim;
+    float **k, **v;   /* per layer: [cap][k_dim] and [cap][v_dim] (v NULL where v_dim is 0:
+                         the model's values are part of its keys) */
+    int n_layer, k_dim, v_dim;
 } coe_kv;
 
 coe_kv *coe_kv_new(const coe_model *m);

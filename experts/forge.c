@@ -23,6 +23,11 @@ coe_forge_spec coe_forge_small(coe_arch arch)
         s.n_ff_shexp = 128;
     if (arch == COE_ARCH_QWEN3MOE)
         s.head_dim = 32;
+    if (arch == COE_ARCH_DEEPSEEK2) {
+        s.n_head_kv = s.n_head;
+        s.n_lora_q = 32, s.n_lora_kv = 32, s.rope_dim = 16, s.head_dim = 32, s.v_head_dim = 32;
+        s.n_dense_lead = 1, s.n_shared = 1;
+    }
     return s;
 }
 
@@ -214,6 +219,50 @@ static void tensor(forge *f, const char *name, uint32_t type, int64_t cols, int6
     f->rc = coe_gguf_writer_tensor(f->w, name, type, n_dims, dims, data);
 }
 
+/* deepseek2's attention of layer l, in the layout llama.cpp reads: rows that the
+ * type's blocks do not divide (the small latent ones) fall back to Q8_0, or F32, as
+ * llama.cpp's quantizer falls back to another type. */
+static void forge_deepseek2_attention(forge *f, const coe_forge_spec *s, int l)
+{
+    const int E = s->n_embd, H = s->n_head, R = s->n_lora_kv, r = s->rope_dim, kq = s->head_dim, nope = kq - r;
+    const int dv = s->v_head_dim;
+    char name[128];
+#define A(n) sqrtf(3.0f / (float)(n))
+#define W(suffix, cols, rows, n_mat, a)                                                                                \
+    do {                                                                                                               \
+        uint32_t block, bytes, type = s->type;                                                                         \
+        coe_ggml_type_layout(type, &block, &bytes);                                                                    \
+        if ((cols) % (int)block)                                                                                       \
+            type = (cols) % 32 ? COE_GGML_F32 : COE_GGML_Q8_0;                                                         \
+        snprintf(name, sizeof name, "blk.%d.%s", l, suffix);                                                           \
+        tensor(f, name, type, cols, rows, n_mat, 0, a);                                                                \
+    } while (0)
+#define NORM(suffix, n)                                                                                                \
+    do {                                                                                                               \
+        snprintf(name, sizeof name, "blk.%d.%s", l, suffix);                                                           \
+        tensor(f, name, COE_GGML_F32, n, 1, 1, 1, 0.1f);                                                               \
+    } while (0)
+    if (s->n_lora_q) {
+        W("attn_q_a.weight", E, s->n_lora_q, 1, A(E));
+        NORM("attn_q_a_norm.weight", s->n_lora_q);
+        W("attn_q_b.weight", s->n_lora_q, H * kq, 1, A(s->n_lora_q));
+    } else {
+        W("attn_q.weight", E, H * kq, 1, A(E));
+    }
+    W("attn_kv_a_mqa.weight", E, R + r, 1, A(E));
+    NORM("attn_kv_a_norm.weight", R);
+    if (s->kv_b) {
+        W("attn_kv_b.weight", R, H * (nope + dv), 1, A(R));
+    } else {
+        W("attn_k_b.weight", nope, R, H, A(nope));
+        W("attn_v_b.weight", R, dv, H, A(R));
+    }
+    W("attn_output.weight", H * dv, E, 1, A(H * dv));
+#undef W
+#undef NORM
+#undef A
+}
+
 static const char chatml_template[] =
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
     "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
@@ -240,6 +289,16 @@ static int check_spec(const coe_forge_spec *s, coe_buf *diag)
     NEED(s->n_vocab >= 512 && s->n_vocab <= 1000000, "--vocab must be 512 to 1000000");
     NEED(coe_quant_supported(s->type) && s->type != COE_GGML_Q8_K,
          "--type must be one of f32, f16, bf16, q8_0, q4_0, q5_0, q4_1, q5_1, iq4_nl, iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k");
+    if (s->arch == COE_ARCH_DEEPSEEK2) {
+        NEED(s->n_lora_kv >= 2 && s->n_lora_kv % 2 == 0 && s->rope_dim >= 2 && s->rope_dim % 2 == 0 &&
+                 s->head_dim > s->rope_dim && s->v_head_dim >= 1 && s->n_lora_q >= 0,
+             "deepseek2 needs even --kv-lora and --rope-dim, --head-dim above --rope-dim, and --v-head-dim");
+        NEED(s->n_expert >= 1 && s->n_dense_lead < s->n_layer && s->n_shared >= 1,
+             "deepseek2 needs experts, a shared one, and fewer --dense-lead than --layers");
+        NEED(s->n_group == 0 || (s->n_expert % s->n_group == 0 && s->n_expert / s->n_group >= 2 &&
+                                 s->n_group_used >= 1 && s->n_group_used < s->n_group),
+             "--groups must divide --experts into groups of 2 or more, --groups-used fewer");
+    }
     uint32_t block, bytes;
     coe_ggml_type_layout(s->type, &block, &bytes);
     int hd = s->head_dim ? s->head_dim : s->n_embd / s->n_head;
@@ -278,6 +337,7 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
         coe_gguf_writer_kv(f.w, key, COE_GGUF_F32, &x_);                                                               \
     } while (0)
     coe_gguf_writer_kv_str(f.w, "general.architecture", arch);
+    const int kv_heads = s->arch != COE_ARCH_DEEPSEEK2 ? s->n_head_kv : s->kv_b ? s->n_head : 1;
     snprintf(name, sizeof name, "coegate-forge-%s-%dx%d", arch, s->n_expert, s->n_ff);
     coe_gguf_writer_kv_str(f.w, "general.name", name);
     int hd = s->head_dim ? s->head_dim : s->n_embd / s->n_head;
@@ -286,8 +346,33 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
     KV_U32("block_count", s->n_layer);
     KV_U32("feed_forward_length", s->n_ff);
     KV_U32("attention.head_count", s->n_head);
-    KV_U32("attention.head_count_kv", s->n_head_kv);
-    if (s->head_dim) {
+    KV_U32("attention.head_count_kv", kv_heads);
+    if (s->arch == COE_ARCH_DEEPSEEK2) {
+        if (s->kv_b) {
+            KV_U32("attention.key_length", hd);
+            KV_U32("attention.value_length", s->v_head_dim);
+        } else { /* one cached head: the compressed KV and the rotary key */
+            KV_U32("attention.key_length", s->n_lora_kv + s->rope_dim);
+            KV_U32("attention.value_length", s->n_lora_kv);
+            KV_U32("attention.key_length_mla", hd);
+            KV_U32("attention.value_length_mla", s->v_head_dim);
+        }
+        KV_U32("attention.q_lora_rank", s->n_lora_q);
+        KV_U32("attention.kv_lora_rank", s->n_lora_kv);
+        KV_U32("rope.dimension_count", s->rope_dim);
+        KV_U32("leading_dense_block_count", s->n_dense_lead);
+        KV_U32("expert_shared_count", s->n_shared);
+        KV_U32("expert_gating_func", s->sigmoid ? 2 : 1);
+        if (s->weights_scale)
+            KV_F32("expert_weights_scale", s->weights_scale);
+        bool norm = s->norm_w;
+        snprintf(key, sizeof key, "%s.expert_weights_norm", arch);
+        coe_gguf_writer_kv(f.w, key, COE_GGUF_BOOL, &norm);
+        if (s->n_group) {
+            KV_U32("expert_group_count", s->n_group);
+            KV_U32("expert_group_used_count", s->n_group_used);
+        }
+    } else if (s->head_dim) {
         KV_U32("attention.key_length", hd);
         KV_U32("attention.value_length", hd);
     }
@@ -298,6 +383,8 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
     }
     if (s->rope_factor)
         KV_F32("rope.scaling.factor", s->rope_factor);
+    if (s->yarn_log_mul)
+        KV_F32("rope.scaling.yarn_log_multiplier", s->yarn_log_mul);
     if (s->arch == COE_ARCH_GRANITE) { /* granite-3.0-1b-a400m's scales */
         KV_F32("embedding_scale", 12.0f);
         KV_F32("residual_scale", 0.22f);
@@ -337,10 +424,14 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
         tensor(&f, name, type, cols, rows, n_mat, center, a);                                                          \
     } while (0)
         T("attn_norm.weight", COE_GGML_F32, E, 1, 1, 1, 0.1f);
-        T("attn_q.weight", t, E, Q, 1, 0, A(E));
-        T("attn_k.weight", t, E, KV, 1, 0, A(E));
-        T("attn_v.weight", t, E, KV, 1, 0, A(E));
-        T("attn_output.weight", t, Q, E, 1, 0, A(Q));
+        if (s->arch == COE_ARCH_DEEPSEEK2) {
+            forge_deepseek2_attention(&f, s, l);
+        } else {
+            T("attn_q.weight", t, E, Q, 1, 0, A(E));
+            T("attn_k.weight", t, E, KV, 1, 0, A(E));
+            T("attn_v.weight", t, E, KV, 1, 0, A(E));
+            T("attn_output.weight", t, Q, E, 1, 0, A(Q));
+        }
         if (s->arch == COE_ARCH_QWEN2MOE) {
             T("attn_q.bias", COE_GGML_F32, Q, 1, 1, 0, 0.1f);
             T("attn_k.bias", COE_GGML_F32, KV, 1, 1, 0, 0.1f);
@@ -355,12 +446,19 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
             T("attn_k_norm.weight", COE_GGML_F32, hd, 1, 1, 1, 0.1f);
         }
         T("ffn_norm.weight", COE_GGML_F32, E, 1, 1, 1, 0.1f);
-        if (s->n_expert) {
+        if (s->n_expert && l >= s->n_dense_lead) {
             T("ffn_gate_inp.weight", COE_GGML_F32, E, s->n_expert, 1, 0, A(E));
+            if (s->sigmoid) /* small, so that it changes some choices and not all */
+                T("exp_probs_b.bias", COE_GGML_F32, s->n_expert, 1, 1, 0, 0.05f);
             T("ffn_gate_exps.weight", t, E, s->n_ff, s->n_expert, 0, A(E));
             T("ffn_up_exps.weight", t, E, s->n_ff, s->n_expert, 0, A(E));
             T("ffn_down_exps.weight", t, s->n_ff, E, s->n_expert, 0, A(s->n_ff));
-            if (s->n_ff_shexp) {
+            if (s->arch == COE_ARCH_DEEPSEEK2) {
+                const int F = s->n_ff * s->n_shared;
+                T("ffn_gate_shexp.weight", t, E, F, 1, 0, A(E));
+                T("ffn_up_shexp.weight", t, E, F, 1, 0, A(E));
+                T("ffn_down_shexp.weight", t, F, E, 1, 0, A(F));
+            } else if (s->n_ff_shexp) {
                 T("ffn_gate_inp_shexp.weight", COE_GGML_F32, E, 1, 1, 0, A(E));
                 T("ffn_gate_shexp.weight", t, E, s->n_ff_shexp, 1, 0, A(E));
                 T("ffn_up_shexp.weight", t, E, s->n_ff_shexp, 1, 0, A(E));
@@ -375,7 +473,8 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
     }
     /* Last, so that the other weights are the same with it and without. */
     if (s->rope_freqs)
-        tensor(&f, "rope_freqs.weight", COE_GGML_F32, hd / 2, 1, 1, s->rope_freqs, 0);
+        tensor(&f, "rope_freqs.weight", COE_GGML_F32, (s->arch == COE_ARCH_DEEPSEEK2 ? s->rope_dim : hd) / 2, 1, 1,
+               s->rope_freqs, 0);
 #undef A
 #undef KV_U32
 #undef KV_F32
@@ -391,11 +490,15 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
 /* ---- command line ---- */
 
 static const char usage[] =
-    "usage: coegate forge -o FILE [--arch llama|qwen2moe|olmoe|qwen3moe] [--type TYPE]\n"
-    "                     [--layers N] [--embd N] [--heads N] [--kv-heads N] [--head-dim N]\n"
-    "                     [--ff N] [--experts N] [--experts-used K] [--ff-shared N]\n"
+    "usage: coegate forge -o FILE [--arch llama|qwen2moe|olmoe|qwen3moe|granitemoe|deepseek2]\n"
+    "                     [--type TYPE] [--layers N] [--embd N] [--heads N] [--kv-heads N]\n"
+    "                     [--head-dim N] [--ff N] [--experts N] [--experts-used K] [--ff-shared N]\n"
     "                     [--vocab N] [--context N] [--seed N]\n"
     "                     [--rope-scaling none|linear|yarn] [--rope-factor F] [--rope-freqs F]\n"
+    "  deepseek2:         [--q-lora N] [--kv-lora N] [--rope-dim N] [--v-head-dim N]\n"
+    "                     [--dense-lead N] [--shared-experts N] [--gating softmax|sigmoid]\n"
+    "                     [--groups N] [--groups-used N] [--weights-scale F] [--weights-norm 0|1]\n"
+    "                     [--layout split|kv_b] [--yarn-log-mul F]\n"
     "\n"
     "Writes a random-weight GGUF model of a supported architecture, with a built-in\n"
     "SentencePiece vocabulary and a ChatML chat template. Weights are random, so text\n"
@@ -404,7 +507,10 @@ static const char usage[] =
     "Defaults: a 2-layer model of embedding 64 with 4 experts, 2 used. --ff is each\n"
     "expert's width (or the dense one with --experts 0); --ff-shared adds qwen2moe's\n"
     "shared expert (default 128 there). --rope-scaling and --rope-factor write those keys;\n"
-    "--rope-freqs F adds a rope_freqs.weight tensor of F everywhere.\n";
+    "--rope-freqs F adds a rope_freqs.weight tensor of F everywhere. deepseek2 (default: Q\n"
+    "and KV ranks 32, rotary 16, key head 32, value head 32, one dense layer, one shared\n"
+    "expert, softmax): --gating sigmoid adds the selection bias; --layout kv_b writes the\n"
+    "older attn_kv_b instead of attn_k_b and attn_v_b.\n";
 
 static bool parse_int(const char *s, int *out)
 {
@@ -422,14 +528,21 @@ int coe_forge_main(int argc, char **argv)
         fputs(usage, stdout);
         return 0;
     }
-    coe_forge_spec s = coe_forge_small(COE_ARCH_LLAMA);
-    const char *out = NULL;
-    bool shexp_set = false;
     static const struct {
         const char *name;
         coe_arch arch;
     } archs[] = {{"llama", COE_ARCH_LLAMA}, {"qwen2moe", COE_ARCH_QWEN2MOE}, {"olmoe", COE_ARCH_OLMOE},
-                 {"qwen3moe", COE_ARCH_QWEN3MOE}, {"granitemoe", COE_ARCH_GRANITE}};
+                 {"qwen3moe", COE_ARCH_QWEN3MOE}, {"granitemoe", COE_ARCH_GRANITE},
+                 {"deepseek2", COE_ARCH_DEEPSEEK2}};
+    /* The architecture's own defaults first, whatever the order of the options. */
+    coe_arch first = COE_ARCH_LLAMA;
+    for (int i = 0; i + 1 < argc; i++)
+        for (size_t k = 0; strcmp(argv[i], "--arch") == 0 && k < sizeof archs / sizeof archs[0]; k++)
+            if (strcmp(argv[i + 1], archs[k].name) == 0)
+                first = archs[k].arch;
+    coe_forge_spec s = coe_forge_small(first);
+    const char *out = NULL;
+    bool shexp_set = false;
     static const struct {
         const char *name;
         uint32_t type;
@@ -489,6 +602,36 @@ int coe_forge_main(int argc, char **argv)
             char *end;
             s.seed = strtoull(val, &end, 10);
             ok = *val && !*end;
+        } else if (strcmp(a, "--q-lora") == 0) {
+            ok = parse_int(val, &s.n_lora_q);
+        } else if (strcmp(a, "--kv-lora") == 0) {
+            ok = parse_int(val, &s.n_lora_kv);
+        } else if (strcmp(a, "--rope-dim") == 0) {
+            ok = parse_int(val, &s.rope_dim);
+        } else if (strcmp(a, "--v-head-dim") == 0) {
+            ok = parse_int(val, &s.v_head_dim);
+        } else if (strcmp(a, "--dense-lead") == 0) {
+            ok = parse_int(val, &s.n_dense_lead);
+        } else if (strcmp(a, "--shared-experts") == 0) {
+            ok = parse_int(val, &s.n_shared);
+        } else if (strcmp(a, "--groups") == 0) {
+            ok = parse_int(val, &s.n_group);
+        } else if (strcmp(a, "--groups-used") == 0) {
+            ok = parse_int(val, &s.n_group_used);
+        } else if (strcmp(a, "--gating") == 0) {
+            ok = strcmp(val, "softmax") == 0 || strcmp(val, "sigmoid") == 0;
+            s.sigmoid = strcmp(val, "sigmoid") == 0;
+        } else if (strcmp(a, "--weights-norm") == 0) {
+            ok = strcmp(val, "0") == 0 || strcmp(val, "1") == 0;
+            s.norm_w = strcmp(val, "1") == 0;
+        } else if (strcmp(a, "--layout") == 0) {
+            ok = strcmp(val, "split") == 0 || strcmp(val, "kv_b") == 0;
+            s.kv_b = strcmp(val, "kv_b") == 0;
+        } else if (strcmp(a, "--weights-scale") == 0 || strcmp(a, "--yarn-log-mul") == 0) {
+            char *end;
+            float v = strtof(val, &end);
+            ok = *val && !*end && v > 0 && v < 1e6;
+            *(a[2] == 'w' ? &s.weights_scale : &s.yarn_log_mul) = v;
         } else if (strcmp(a, "--rope-scaling") == 0) {
             s.rope_scaling = val;
             ok = strcmp(val, "none") == 0 || strcmp(val, "linear") == 0 || strcmp(val, "yarn") == 0;
@@ -496,7 +639,7 @@ int coe_forge_main(int argc, char **argv)
             char *end;
             float f = strtof(val, &end);
             ok = *val && !*end && f > 0 && f < 1e6;
-            if (a[6] == 'f' && a[7] == 'a')
+            if (strcmp(a, "--rope-factor") == 0)
                 s.rope_factor = f;
             else
                 s.rope_freqs = f;

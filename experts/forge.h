@@ -23,6 +23,16 @@ typedef struct coe_forge_spec {
     const char *rope_scaling; /* the rope.scaling.type key; NULL: not written */
     float rope_factor;   /* the rope.scaling.factor key; 0: not written */
     float rope_freqs;    /* every entry of a rope_freqs.weight tensor; 0: none (the other weights are the same) */
+    /* deepseek2: Q and KV bottleneck ranks (Q 0: a plain attn_q), rotary dimension, each
+     * head's key (head_dim) and value length, leading dense layers, shared experts,
+     * sigmoid scores with a selection bias (else softmax), expert groups (0: none) and
+     * groups used, the weight scale (0: none) and renormalization, and the older layout
+     * (attn_kv_b) instead of attn_k_b and attn_v_b */
+    int n_lora_q, n_lora_kv, rope_dim, v_head_dim, n_dense_lead, n_shared;
+    bool sigmoid, norm_w, kv_b;
+    int n_group, n_group_used;
+    float weights_scale;
+    float yarn_log_mul;  /* the rope.scaling.yarn_log_multiplier key (deepseek2); 0: not written */
 } coe_forge_spec;
 
 /* A small model of arch that the tests use (2 layers, embedding 64). */

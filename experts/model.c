@@ -19,6 +19,7 @@ static const struct {
     {"qwen3moe", COE_ARCH_QWEN3MOE},
     {"granitemoe", COE_ARCH_GRANITE},
     {"granite", COE_ARCH_GRANITE},
+    {"deepseek2", COE_ARCH_DEEPSEEK2},
 };
 
 const char *coe_arch_name(coe_arch a)
@@ -35,6 +36,9 @@ typedef struct loader {
     coe_buf *diag;
     int rc;
     bool *used;    /* per tensor of g: read by the loader */
+    /* YaRN's magnitude as llama.cpp's context sets it (before ggml's own factor), and
+     * deepseek2's log multiplier of the attention scale: for deepseek2's kq scale */
+    float yarn_attn, yarn_log_mul;
 } loader;
 
 static void fail(loader *L, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -122,14 +126,37 @@ void coe_rope_yarn(coe_model *m, int n_ctx_orig, float ext_factor, float attn_fa
  * original context (rope.scaling.original_context_length, else the training one),
  * and the rotation's magnitude rope.scaling.attn_factor times 1 + 0.1 ln(factor)
  * (llama.cpp's context and ggml's kernel together). */
+static float yarn_get_mscale(float scale, float mscale)
+{
+    return scale <= 1.0f ? 1.0f : 0.1f * mscale * logf(scale) + 1.0f;
+}
+
 static void rope_yarn(loader *L)
 {
-    double ext, attn, fast, slow;
+    double ext, attn, fast, slow, log_mul = 0;
     if (!optional_f(L, "rope.scaling.yarn_ext_factor", 1, &ext) || !optional_f(L, "rope.scaling.attn_factor", 1, &attn) ||
-        !optional_f(L, "rope.scaling.yarn_beta_fast", 32, &fast) || !optional_f(L, "rope.scaling.yarn_beta_slow", 1, &slow))
+        !optional_f(L, "rope.scaling.yarn_beta_fast", 32, &fast) || !optional_f(L, "rope.scaling.yarn_beta_slow", 1, &slow) ||
+        (L->m->arch == COE_ARCH_DEEPSEEK2 && !optional_f(L, "rope.scaling.yarn_log_multiplier", 0, &log_mul)))
         return;
     int n_ctx_orig = hparam(L, "rope.scaling.original_context_length", L->m->n_ctx_train, 1 << 24);
-    coe_rope_yarn(L->m, n_ctx_orig, (float)ext, (float)attn, (float)fast, (float)slow);
+    /* llama.cpp's context: the magnitude YaRN's mscale gives (for deepseek2, the ratio of
+     * its two mscales, which the file stores divided by 10), divided by the factor ggml's
+     * kernel applies again, times the file's attn_factor; in its float operations */
+    const float factor = 1.0f / L->m->rope_freq_scale;
+    float a = 1;
+    L->yarn_log_mul = (float)log_mul / 0.1f;
+    if (ext != 0) {
+        if (L->yarn_log_mul != 0) {
+            float mscale = L->m->arch == COE_ARCH_DEEPSEEK2 && L->yarn_log_mul != 1.0f ? L->yarn_log_mul : 1.0f;
+            a = yarn_get_mscale(factor, mscale) / yarn_get_mscale(factor, L->yarn_log_mul);
+        } else {
+            a = yarn_get_mscale(factor, 1.0f);
+        }
+        a *= 1.0f / (1.0f + 0.1f * logf(factor));
+    }
+    a *= (float)attn;
+    L->yarn_attn = a;
+    coe_rope_yarn(L->m, n_ctx_orig, (float)ext, a, (float)fast, (float)slow);
 }
 
 /* Keys llama.cpp reads that change what a model computes, in ways the engine does
@@ -137,27 +164,31 @@ static void rope_yarn(loader *L)
  * refused by name when their value is not the neutral one, never ignored. */
 static void refuse_unimplemented_keys(loader *L)
 {
+    const unsigned granite = 1u << COE_ARCH_GRANITE, deepseek2 = 1u << COE_ARCH_DEEPSEEK2;
     static const struct {
         const char *suffix;
         double neutral[2]; /* values that change nothing (NAN: none) */
         const char *what;
+        unsigned computed_for; /* architectures (bits of coe_arch) that do compute it */
     } keys[] = {
-        {"attention.scale", {0, NAN}, "a custom attention scale"},
-        {"logit_scale", {0, 1}, "scaled output logits"},
-        {"embedding_scale", {0, 1}, "a scaled embedding"},
-        {"residual_scale", {0, 1}, "scaled residuals"},
-        {"attn_logit_softcapping", {0, NAN}, "attention logit softcapping"},
-        {"final_logit_softcapping", {0, NAN}, "final logit softcapping"},
-        {"attention.clamp_kqv", {0, NAN}, "clamped Q, K and V"},
-        {"expert_weights_scale", {0, 1}, "scaled expert weights"},
-        {"expert_gating_func", {0, 1}, "a gating function other than softmax"},
-        {"rope.scaling.yarn_log_multiplier", {0, NAN}, "YaRN's attention log multiplier (DeepSeek-V2)"},
-        {"attention.temperature_length", {0, NAN}, "attention temperature tuning"},
+        {"attention.scale", {0, NAN}, "a custom attention scale", granite},
+        {"logit_scale", {0, 1}, "scaled output logits", granite},
+        {"embedding_scale", {0, 1}, "a scaled embedding", granite},
+        {"residual_scale", {0, 1}, "scaled residuals", granite},
+        {"attn_logit_softcapping", {0, NAN}, "attention logit softcapping", 0},
+        {"final_logit_softcapping", {0, NAN}, "final logit softcapping", 0},
+        {"attention.clamp_kqv", {0, NAN}, "clamped Q, K and V", 0},
+        {"expert_weights_scale", {0, 1}, "scaled expert weights", deepseek2},
+        {"expert_gating_func", {0, 1}, "a gating function other than softmax", deepseek2},
+        {"rope.scaling.yarn_log_multiplier", {0, NAN}, "YaRN's attention log multiplier (DeepSeek-V2)", deepseek2},
+        {"attention.temperature_length", {0, NAN}, "attention temperature tuning", 0},
+        {"attention.temperature_scale", {0, NAN}, "attention temperature tuning", 0},
+        {"expert_group_scale", {0, 1}, "scaled expert groups", 0},
+        {"nextn_predict_layers", {0, NAN}, "multi-token prediction layers", 0},
     };
     char key[128];
     for (size_t i = 0; i < sizeof keys / sizeof keys[0] && !L->rc; i++) {
-        /* granite's four scales are computed (see granite_scales) */
-        if (L->m->arch == COE_ARCH_GRANITE && i < 4)
+        if (keys[i].computed_for & (1u << L->m->arch))
             continue;
         snprintf(key, sizeof key, "%s.%s", L->m->arch_name, keys[i].suffix);
         const coe_gguf_kv *kv = coe_gguf_find_kv(L->g, key);
@@ -227,6 +258,95 @@ static void rope_scaling(loader *L)
         fail(L, COE_EUNSUPPORTED,
              "RoPE scaling '%s' (key '%s.rope.scaling.type') is not supported (none, linear and yarn are)", type,
              m->arch_name);
+}
+
+/* An optional count ARCH.suffix (0 allowed): def where absent. */
+static int optional_count(loader *L, const char *suffix, int def, int limit)
+{
+    double v;
+    if (!optional_f(L, suffix, def, &v))
+        return 0;
+    if (v < 0 || v > limit || v != floor(v)) {
+        fail(L, COE_EINVAL, "key '%s.%s' must be an integer from 0 to %d", L->m->arch_name, suffix, limit);
+        return 0;
+    }
+    return (int)v;
+}
+
+/* deepseek2's attention and routing, as llama.cpp reads them. Files converted since
+ * mid-2025 store each head's key and value decompression apart (attn_k_b, attn_v_b;
+ * attention.key_length_mla and value_length_mla present) and cache the compressed KV
+ * once per position; older ones store them together (attn_kv_b) and cache every head's
+ * keys and values. Both are computed as llama.cpp computes each. */
+static void deepseek2_params(loader *L)
+{
+    coe_model *m = L->m;
+    const int big = 1 << 16;
+    m->n_lora_q = optional_count(L, "attention.q_lora_rank", 0, big);
+    m->n_lora_kv = hparam(L, "attention.kv_lora_rank", -1, big);
+    m->n_dense_lead = optional_count(L, "leading_dense_block_count", 0, m->n_layer);
+    int key_mla = optional_count(L, "attention.key_length_mla", 0, big);
+    int value_mla = optional_count(L, "attention.value_length_mla", 0, big);
+    int value_length = hparam(L, "attention.value_length", m->head_dim, big);
+    int shared = hparam(L, "expert_shared_count", -1, 64);
+    double scale, gating = 0;
+    if (!optional_f(L, "expert_weights_scale", 0, &scale) || !optional_f(L, "expert_gating_func", 0, &gating) ||
+        L->rc)
+        return;
+    const coe_gguf_kv *nw = NULL;
+    char key[128];
+    snprintf(key, sizeof key, "%s.expert_weights_norm", m->arch_name);
+    if ((nw = coe_gguf_find_kv(L->g, key)) && !coe_gguf_get_bool(&nw->value, &m->norm_topk)) {
+        fail(L, COE_EINVAL, "key '%s' must be a boolean", key);
+        return;
+    }
+    m->expert_weights_scale = scale == 0 ? 1.0f : (float)scale;
+    if (gating == 0) /* absent: softmax, but for GLM-4.7-Flash, whose files lack the key (as llama.cpp) */
+        gating = (m->n_layer == 47 || m->n_layer == 48) && m->n_vocab == 154880 ? 2 : 1;
+    if (gating != 1 && gating != 2) {
+        fail(L, COE_EUNSUPPORTED, "key '%s.expert_gating_func' is %g; softmax (1) and sigmoid (2) are supported",
+             m->arch_name, gating);
+        return;
+    }
+    m->gating = gating == 2 ? COE_GATING_SIGMOID : COE_GATING_SOFTMAX;
+    m->mla = key_mla && value_mla;
+    const int R = m->n_lora_kv, r = m->rope_dim;
+    m->k_mla = m->mla ? key_mla : m->head_dim;
+    m->v_mla = m->mla ? value_mla : value_length;
+    if ((key_mla != 0) != (value_mla != 0))
+        fail(L, COE_EINVAL, "keys '%s.attention.key_length_mla' and 'value_length_mla' come together", m->arch_name);
+    else if (m->k_mla <= r)
+        fail(L, COE_EINVAL, "each head's key length %d must exceed the rotary dimension %d", m->k_mla, r);
+    else if (m->mla && (m->n_head_kv != 1 || m->head_dim != R + r || value_length != R))
+        fail(L, COE_EINVAL, "latent attention caches one head of key length kv_lora_rank + rotary dimension (%d) and "
+             "value length kv_lora_rank (%d); the file has %d heads of %d and %d", R + r, R, m->n_head_kv,
+             m->head_dim, value_length);
+    else if (!m->mla && m->n_head_kv != m->n_head)
+        fail(L, COE_EINVAL, "attention without key_length_mla has as many key/value heads as heads (%d, not %d)",
+             m->n_head, m->n_head_kv);
+    if (m->n_expert) {
+        m->n_ff_exp = hparam(L, "expert_feed_forward_length", -1, big);
+        m->n_ff_shexp = m->n_ff_exp * shared;
+    }
+    m->n_group = optional_count(L, "expert_group_count", 0, m->n_expert);
+    m->n_group_used = optional_count(L, "expert_group_used_count", 0, m->n_expert);
+    if (m->n_group > 1 && (m->n_expert % m->n_group || m->n_group_used < 1 || m->n_group_used >= m->n_group ||
+                           m->n_expert / m->n_group < 2))
+        fail(L, COE_EINVAL, "%d expert groups (%d used) do not fit %d experts", m->n_group, m->n_group_used,
+             m->n_expert);
+    /* llama.cpp's graph: the attention scale of YaRN's magnitude and log multiplier,
+     * over each head's decompressed key length */
+    const float fs = m->rope_freq_scale;
+    const float attn_factor_org = L->yarn_attn * (1.0f + 0.1f * logf(1.0f / fs));
+    const float mscale = attn_factor_org * (1.0f + 0.1f * L->yarn_log_mul * logf(1.0f / fs));
+    m->attn_scale = 1.0f * mscale * mscale / sqrtf((float)m->k_mla);
+    if (m->mla) {
+        m->att_dk = R + r, m->att_dv = R;
+        m->kv_k_dim = R + r, m->kv_v_dim = 0;
+    } else {
+        m->att_dk = m->k_mla, m->att_dv = m->v_mla;
+        m->kv_k_dim = m->n_head * m->k_mla, m->kv_v_dim = m->n_head * m->v_mla;
+    }
 }
 
 /* The tensor name, checked for presence, shape {d0, d1, d2} (0: that dimension
@@ -314,10 +434,30 @@ static void load_layer(loader *L, int il)
 #define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, il), n)
     int64_t q_dim = (int64_t)m->n_head * m->head_dim, kv_dim = (int64_t)m->n_head_kv * m->head_dim;
     l->attn_norm = vec(L, NAME("attn_norm.weight"), true, m->n_embd);
-    l->wq = weight(L, NAME("attn_q.weight"), true, m->n_embd, q_dim, 1);
-    l->wk = weight(L, NAME("attn_k.weight"), true, m->n_embd, kv_dim, 1);
-    l->wv = weight(L, NAME("attn_v.weight"), true, m->n_embd, kv_dim, 1);
-    l->wo = weight(L, NAME("attn_output.weight"), true, q_dim, m->n_embd, 1);
+    if (m->arch == COE_ARCH_DEEPSEEK2) {
+        const int64_t H = m->n_head, R = m->n_lora_kv, r = m->rope_dim, nope = m->k_mla - r, qk = H * m->k_mla;
+        if (m->n_lora_q) {
+            l->wq_a = weight(L, NAME("attn_q_a.weight"), true, m->n_embd, m->n_lora_q, 1);
+            l->q_a_norm = vec(L, NAME("attn_q_a_norm.weight"), true, m->n_lora_q);
+            l->wq_b = weight(L, NAME("attn_q_b.weight"), true, m->n_lora_q, qk, 1);
+        } else {
+            l->wq = weight(L, NAME("attn_q.weight"), true, m->n_embd, qk, 1);
+        }
+        l->wkv_a = weight(L, NAME("attn_kv_a_mqa.weight"), true, m->n_embd, R + r, 1);
+        l->kv_a_norm = vec(L, NAME("attn_kv_a_norm.weight"), true, R);
+        if (m->mla) {
+            l->wk_b = weight(L, NAME("attn_k_b.weight"), true, nope, R, H);
+            l->wv_b = weight(L, NAME("attn_v_b.weight"), true, R, m->v_mla, H);
+        } else {
+            l->wkv_b = weight(L, NAME("attn_kv_b.weight"), true, R, H * (nope + m->v_mla), 1);
+        }
+        l->wo = weight(L, NAME("attn_output.weight"), true, H * m->v_mla, m->n_embd, 1);
+    } else {
+        l->wq = weight(L, NAME("attn_q.weight"), true, m->n_embd, q_dim, 1);
+        l->wk = weight(L, NAME("attn_k.weight"), true, m->n_embd, kv_dim, 1);
+        l->wv = weight(L, NAME("attn_v.weight"), true, m->n_embd, kv_dim, 1);
+        l->wo = weight(L, NAME("attn_output.weight"), true, q_dim, m->n_embd, 1);
+    }
     bool biases = m->arch == COE_ARCH_QWEN2MOE;
     l->bq = vec(L, NAME("attn_q.bias"), biases, q_dim);
     l->bk = vec(L, NAME("attn_k.bias"), biases, kv_dim);
@@ -331,7 +471,7 @@ static void load_layer(loader *L, int il)
         l->k_norm = vec(L, NAME("attn_k_norm.weight"), true, m->head_dim);
     }
     l->ffn_norm = vec(L, NAME("ffn_norm.weight"), true, m->n_embd);
-    if (m->n_expert == 0) {
+    if (m->n_expert == 0 || il < m->n_dense_lead) {
         l->ffn_gate = weight(L, NAME("ffn_gate.weight"), true, m->n_embd, m->n_ff, 1);
         l->ffn_up = weight(L, NAME("ffn_up.weight"), true, m->n_embd, m->n_ff, 1);
         l->ffn_down = weight(L, NAME("ffn_down.weight"), true, m->n_ff, m->n_embd, 1);
@@ -340,6 +480,7 @@ static void load_layer(loader *L, int il)
         l->gate_exps = weight(L, NAME("ffn_gate_exps.weight"), true, m->n_embd, m->n_ff_exp, m->n_expert);
         l->up_exps = weight(L, NAME("ffn_up_exps.weight"), true, m->n_embd, m->n_ff_exp, m->n_expert);
         l->down_exps = weight(L, NAME("ffn_down_exps.weight"), true, m->n_ff_exp, m->n_embd, m->n_expert);
+        l->exp_probs_b = vec(L, NAME("exp_probs_b.bias"), false, m->n_expert);
         if (m->n_ff_shexp) {
             l->gate_shexp = weight(L, NAME("ffn_gate_shexp.weight"), true, m->n_embd, m->n_ff_shexp, 1);
             l->up_shexp = weight(L, NAME("ffn_up_shexp.weight"), true, m->n_embd, m->n_ff_shexp, 1);
@@ -371,7 +512,7 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
         return COE_ENOMEM;
     }
     m->gguf = g;
-    loader L = {m, g, diag, 0, calloc(g->n_tensors ? g->n_tensors : 1, sizeof(bool))};
+    loader L = {m, g, diag, 0, calloc(g->n_tensors ? g->n_tensors : 1, sizeof(bool)), 1, 0};
     if (!L.used) {
         fail(&L, COE_ENOMEM, "out of memory");
         goto done;
@@ -389,7 +530,8 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
             known = true;
         }
     if (!known) {
-        fail(&L, COE_EUNSUPPORTED, "architecture '%.*s' is not supported (llama, qwen2moe, olmoe, qwen3moe are)",
+        fail(&L, COE_EUNSUPPORTED, "architecture '%.*s' is not supported (llama, qwen2moe, olmoe, qwen3moe, granite, "
+             "granitemoe, deepseek2 are)",
              (int)(a->value.str.len < 64 ? a->value.str.len : 64), a->value.str.ptr);
         goto done;
     }
@@ -403,12 +545,19 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
     m->n_expert_used = hparam(&L, "expert_used_count", m->n_expert ? -1 : 0, 4096);
     if (L.rc)
         goto done;
-    if (m->n_embd % m->n_head || m->n_head % m->n_head_kv) {
+    char key_length[128];
+    snprintf(key_length, sizeof key_length, "%s.attention.key_length", m->arch_name);
+    m->head_dim = hparam(&L, "attention.key_length", m->n_embd / m->n_head, 65536);
+    if (m->n_head % m->n_head_kv || (!coe_gguf_find_kv(g, key_length) && m->n_embd % m->n_head)) {
         fail(&L, COE_EINVAL, "%d heads and %d key/value heads do not divide embedding %d", m->n_head, m->n_head_kv,
              m->n_embd);
         goto done;
     }
-    m->head_dim = hparam(&L, "attention.key_length", m->n_embd / m->n_head, 65536);
+    if (m->arch != COE_ARCH_DEEPSEEK2 && hparam(&L, "attention.value_length", m->head_dim, 65536) != m->head_dim) {
+        fail(&L, COE_EUNSUPPORTED, "key '%s.attention.value_length' differs from key_length %d, which the engine "
+             "computes for deepseek2 only", m->arch_name, m->head_dim);
+        goto done;
+    }
     m->rope_dim = hparam(&L, "rope.dimension_count", m->head_dim, 65536);
     m->rope_base = hparam_f(&L, "rope.freq_base", 10000);
     m->eps = hparam_f(&L, "attention.layer_norm_rms_epsilon", 1e-6);
@@ -425,7 +574,9 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
     /* Feed-forward widths: the key where there is one, else the tensor's shape (some
      * converters leave expert_feed_forward_length out). */
     m->n_ff = hparam(&L, "feed_forward_length", 0, big);
-    if (m->n_expert) {
+    if (m->arch == COE_ARCH_DEEPSEEK2) {
+        /* its own keys, in deepseek2_params */
+    } else if (m->n_expert) {
         m->n_ff_exp = hparam(&L, "expert_feed_forward_length", dim1(g, "blk.0.ffn_gate_exps.weight"), big);
         m->n_ff_shexp = hparam(&L, "expert_shared_feed_forward_length", dim1(g, "blk.0.ffn_gate_shexp.weight"), big);
         if (!m->n_ff_exp)
@@ -433,7 +584,7 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
     } else if (!m->n_ff) {
         fail(&L, COE_EINVAL, "key '%s.feed_forward_length' is missing", m->arch_name);
     }
-    m->rope_neox = m->arch != COE_ARCH_LLAMA && m->arch != COE_ARCH_GRANITE;
+    m->rope_neox = m->arch != COE_ARCH_LLAMA && m->arch != COE_ARCH_GRANITE && m->arch != COE_ARCH_DEEPSEEK2;
     rope_scaling(&L);
     refuse_unimplemented_keys(&L);
     granite_scales(&L);
@@ -450,6 +601,13 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
         fail(&L, COE_EINVAL, "tensor 'token_embd.weight' is missing or not a matrix of one row per token");
         goto done;
     }
+    m->expert_weights_scale = 1;
+    m->att_dk = m->att_dv = m->head_dim;
+    m->kv_k_dim = m->kv_v_dim = m->n_head_kv * m->head_dim;
+    if (m->arch == COE_ARCH_DEEPSEEK2)
+        deepseek2_params(&L);
+    if (L.rc)
+        goto done;
     m->tok_embd = weight(&L, "token_embd.weight", true, m->n_embd, m->n_vocab, 1);
     m->output_norm = vec(&L, "output_norm.weight", true, m->n_embd);
     m->rope_freqs = vec(&L, "rope_freqs.weight", false, m->rope_dim / 2); /* Llama-3.1's frequency factors */
@@ -477,6 +635,9 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
     for (int il = 0; il < m->n_layer; il++) {
         const coe_layer *l = &m->layers[il];
         per_token += weight_bytes(&l->wq) + weight_bytes(&l->wk) + weight_bytes(&l->wv) + weight_bytes(&l->wo);
+        per_token += weight_bytes(&l->wq_a) + weight_bytes(&l->wq_b) + weight_bytes(&l->wkv_a) +
+                     (size_t)(l->wk_b.n_mat ? l->wk_b.n_mat : 1) * weight_bytes(&l->wk_b) +
+                     (size_t)(l->wv_b.n_mat ? l->wv_b.n_mat : 1) * weight_bytes(&l->wv_b) + weight_bytes(&l->wkv_b);
         per_token += weight_bytes(&l->ffn_gate) + weight_bytes(&l->ffn_up) + weight_bytes(&l->ffn_down);
         per_token += weight_bytes(&l->gate_inp) + weight_bytes(&l->gate_shexp) + weight_bytes(&l->up_shexp) +
                      weight_bytes(&l->down_shexp);
@@ -512,6 +673,7 @@ void coe_model_close(coe_model **mp)
         coe_layer *l = &m->layers[il];
         free(l->attn_norm), free(l->ffn_norm), free(l->bq), free(l->bk), free(l->bv), free(l->bo);
         free(l->q_norm), free(l->k_norm), free(l->gate_inp_shexp);
+        free(l->q_a_norm), free(l->kv_a_norm), free(l->exp_probs_b);
     }
     free(m->layers);
     free(m->output_norm);

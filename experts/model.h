@@ -17,7 +17,11 @@ typedef enum coe_arch {
     COE_ARCH_OLMOE,    /* RMSNorm over the whole Q and K */
     COE_ARCH_QWEN3MOE, /* RMSNorm per head on Q and K, own head size */
     COE_ARCH_GRANITE,  /* granite and granitemoe: llama's layout with four scales */
+    COE_ARCH_DEEPSEEK2, /* multi-head latent attention, shared experts, V3 routing */
 } coe_arch;
+
+/* How a MoE layer scores its experts: softmax or sigmoid of the router's logits. */
+typedef enum coe_gating { COE_GATING_SOFTMAX, COE_GATING_SIGMOID } coe_gating;
 
 /* A matrix (or a stack of n_mat matrices, one per expert) applied as W x: rows
  * outputs of cols inputs each, rows contiguous. */
@@ -38,6 +42,13 @@ typedef struct coe_layer {
     coe_weight gate_shexp, up_shexp, down_shexp;
     float *gate_inp_shexp;             /* the shared expert's gate, NULL without one */
     coe_weight ffn_gate, ffn_up, ffn_down; /* dense layers */
+    /* deepseek2: Q through a low-rank bottleneck (wq_a, its norm, wq_b; or plain wq),
+     * the compressed KV and the shared rotary key from wkv_a, then per head either
+     * wk_b and wv_b (absorbed into Q and applied after attention) or wkv_b (the
+     * older files: decompressed before attention) */
+    coe_weight wq_a, wq_b, wkv_a, wkv_b, wk_b, wv_b;
+    float *q_a_norm, *kv_a_norm;
+    float *exp_probs_b; /* a bias on the experts' scores for choosing them only, or NULL */
 } coe_layer;
 
 typedef struct coe_model {
@@ -59,6 +70,20 @@ typedef struct coe_model {
     /* granite's scales: of the embedding, of each block's output before it is added, of
      * the attention scores (0: 1/sqrt(head size)), and the logits' divisor; else 1, 1, 0, 1 */
     float embd_scale, residual_scale, attn_scale, logit_scale;
+    /* Attention as computed: the length of the q.k products and of the values per head,
+     * and the floats per position of the key and value caches (v 0: the values are the
+     * first att_dv of each key row, as in multi-head latent attention). */
+    int att_dk, att_dv, kv_k_dim, kv_v_dim;
+    /* deepseek2: ranks of the Q and KV bottlenecks (Q 0: none), each head's key and
+     * value length after decompression, and whether wk_b/wv_b are split (absorbed) */
+    int n_lora_q, n_lora_kv, k_mla, v_mla;
+    bool mla;
+    /* expert routing: the first n_dense_lead layers have a dense FFN; scores by gating,
+     * weights times expert_weights_scale (1: none); with n_group > 1, only the experts
+     * of the n_group_used groups whose two best scores sum highest are chosen */
+    int n_dense_lead, n_group, n_group_used;
+    coe_gating gating;
+    float expert_weights_scale;
     coe_weight tok_embd, output;
     float *output_norm;
     coe_layer *layers;

@@ -17,6 +17,12 @@ const require = createRequire(path.join(process.env.NODE_PATH || process.cwd(), 
 const {getLlama} = await import(require.resolve("node-llama-cpp"));
 const coegate = process.env.COEGATE || "build/coegate";
 const shape = ["--embd", "256", "--ff", "256", "--heads", "4", "--kv-heads", "4"];
+// deepseek2: the bottlenecks, rotary and head sizes in V2-Lite's proportions, smaller
+const mla = ["--embd", "256", "--ff", "256", "--heads", "4", "--q-lora", "64", "--kv-lora", "64", "--rope-dim", "32",
+             "--head-dim", "64", "--v-head-dim", "32"];
+// DeepSeek-V3's routing: sigmoid scores with a selection bias, groups, renormalized and scaled weights
+const v3 = ["--gating", "sigmoid", "--groups", "4", "--groups-used", "2", "--weights-norm", "1", "--weights-scale", "2.5",
+            "--layers", "3"];
 const specs = [
   ["--arch", "llama", "--type", "q2_k", "--experts", "4", "--seed", "21", ...shape],
   ["--arch", "llama", "--type", "q3_k", "--experts", "4", "--seed", "22", ...shape],
@@ -31,6 +37,14 @@ const specs = [
   ["--arch", "llama", "--experts", "0", "--seed", "31", "--rope-freqs", "2.5", ...shape],
   ["--arch", "olmoe", "--type", "q2_k", "--experts", "4", "--seed", "32", ...shape],
   ["--arch", "granitemoe", "--type", "q4_k", "--experts", "4", "--seed", "33", ...shape],
+  ["--arch", "deepseek2", "--experts", "8", "--seed", "34", ...mla],
+  ["--arch", "deepseek2", "--type", "q8_0", "--experts", "8", "--seed", "34", ...mla],
+  ["--arch", "deepseek2", "--experts", "8", "--seed", "35", ...mla, "--layout", "kv_b", "--q-lora", "0"],
+  ["--arch", "deepseek2", "--type", "f16", "--experts", "8", "--seed", "35", ...mla, "--layout", "kv_b",
+   "--q-lora", "0"],
+  ["--arch", "deepseek2", "--experts", "8", "--seed", "37", ...v3, ...mla, "--rope-scaling", "yarn",
+   "--rope-factor", "40", "--yarn-log-mul", "0.0707"],
+  ["--arch", "deepseek2", "--type", "q4_k", "--experts", "8", "--seed", "36", ...v3, ...mla],
 ];
 const tokens = [1, 300, 301, 450, 17, 600, 42, 77, 512, 9];
 const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
