@@ -1,5 +1,7 @@
 #include "experts/model_info.h"
 
+#include "experts/tokenizer.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -143,4 +145,22 @@ int coe_model_info(const coe_gguf *g, coe_buf *b)
         coe_buf_puts(b, "  chat template none (a local expert uses chatml unless told otherwise)\n");
     }
     return 0;
+}
+
+int coe_model_tokenize(const coe_gguf *g, const char *text, size_t n, bool prompt, coe_buf *out, coe_buf *diag)
+{
+    coe_vocab v;
+    int rc = coe_vocab_load(&v, g, diag);
+    if (rc)
+        return rc;
+    int32_t *ids = NULL;
+    size_t n_ids = 0, cap = 0;
+    rc = (prompt ? coe_tokenize_prompt : coe_tokenize)(&v, text, n, &ids, &n_ids, &cap);
+    for (size_t i = 0; i < n_ids && !rc; i++)
+        coe_buf_printf(out, "%s%d", i ? " " : "", ids[i]);
+    if (!rc)
+        coe_buf_puts(out, "\n");
+    free(ids);
+    coe_vocab_free(&v);
+    return rc;
 }

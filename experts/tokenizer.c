@@ -93,7 +93,7 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         {"dbrx", COE_PRE_DBRX}, {"smaug-bpe", COE_PRE_DBRX}, {"glm4", COE_PRE_DBRX}, {"chatglm-bpe", COE_PRE_DBRX},
         {"qwen2", COE_PRE_QWEN2}, {"deepseek-r1-qwen", COE_PRE_QWEN2}, {"kormo", COE_PRE_QWEN2},
         {"stablelm2", COE_PRE_QWEN2}, {"megrez", COE_PRE_QWEN2}, {"hunyuan", COE_PRE_QWEN2},
-        {"grok-2", COE_PRE_QWEN2},
+        {"grok-2", COE_PRE_QWEN2}, {"qwen35", COE_PRE_QWEN35}, {"deepseek-llm", COE_PRE_DEEPSEEK_LLM},
         {"deepseek-coder", COE_PRE_DEEPSEEK_CODER},
         {"starcoder", COE_PRE_STARCODER}, {"refact", COE_PRE_STARCODER}, {"command-r", COE_PRE_STARCODER},
         {"smollm", COE_PRE_STARCODER}, {"codeshell", COE_PRE_STARCODER}, {"exaone", COE_PRE_STARCODER},
@@ -116,7 +116,7 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
             i++;
         if (i == sizeof pres / sizeof pres[0]) {
             coe_buf_printf(diag, "%s: pre-tokenizer '%.*s' (key 'tokenizer.ggml.pre') is not supported (see the "
-                                 "README: deepseek-llm, chameleon, kimi-k2, superbpe and afmoe are refused, and so "
+                                 "README: chameleon, kimi-k2, superbpe and afmoe are refused, and so "
                                  "is any name llama.cpp does not know)\n",
                            g->path, (int)(pre->value.str.len < 64 ? pre->value.str.len : 64), pre->value.str.ptr);
             return COE_EUNSUPPORTED;
@@ -502,7 +502,58 @@ typedef enum expr {
     X_CJK_KANA,   /* [一-龥぀-ゟ゠-ヿ]+ */
     X_DEEPSEEK3,  /* ASCII punctuation with ASCII letters, words with marks, punctuation and symbols, spaces */
     X_SEED_CODER, /* qwen2's, punctuation without trailing newlines */
+    X_QWEN35,     /* qwen2's with [\p{L}\p{M}]+ words and [^\s\p{L}\p{M}\p{N}]+ punctuation */
+    X_S_DS_LETTERS, /* \s?[deepseek-llm's letters]+ */
+    X_S_DS_PUNCT, /* \s?[!-/:-~！-／：-～‘-‟　-。]+ */
+    X_SPACES_END, /* \s+$ */
 } expr;
+
+/* DeepSeek LLM's letters (its tokenizer's class, as llama.cpp spells it out): the cased
+ * letters of an older Unicode, not \p{L}. */
+static const uint32_t deepseek_letters[][2] = {
+    {0x0041, 0x005A}, {0x0061, 0x007A}, {0x00B5, 0x00B5}, {0x00C0, 0x00D6}, {0x00D8, 0x00F6}, {0x00F8, 0x01BA},
+    {0x01BC, 0x01BF}, {0x01C4, 0x0293}, {0x0295, 0x02AF}, {0x0370, 0x0373}, {0x0376, 0x0377}, {0x037B, 0x037D},
+    {0x037F, 0x037F}, {0x0386, 0x0386}, {0x0388, 0x038A}, {0x038C, 0x038C}, {0x038E, 0x03A1}, {0x03A3, 0x03F5},
+    {0x03F7, 0x0481}, {0x048A, 0x052F}, {0x0531, 0x0556}, {0x10A0, 0x10C5}, {0x13A0, 0x13F5}, {0x13F8, 0x13FD},
+    {0x1C90, 0x1CBA}, {0x1CBD, 0x1CBF}, {0x1D00, 0x1D2B}, {0x1D6B, 0x1D77}, {0x1D79, 0x1D9A}, {0x1E00, 0x1F15},
+    {0x1F18, 0x1F1D}, {0x1F20, 0x1F45}, {0x1F48, 0x1F4D}, {0x1F50, 0x1F57}, {0x1F59, 0x1F59}, {0x1F5B, 0x1F5B},
+    {0x1F5D, 0x1F5D}, {0x1F5F, 0x1F7D}, {0x1F80, 0x1FB4}, {0x1FB6, 0x1FBC}, {0x1FBE, 0x1FBE}, {0x1FC2, 0x1FC4},
+    {0x1FC6, 0x1FCC}, {0x1FD0, 0x1FD3}, {0x1FD6, 0x1FDB}, {0x1FE0, 0x1FEC}, {0x1FF2, 0x1FF4}, {0x1FF6, 0x1FFC},
+    {0x2102, 0x2102}, {0x2107, 0x2107}, {0x210A, 0x2113}, {0x2115, 0x2115}, {0x2119, 0x211D}, {0x2124, 0x2124},
+    {0x2126, 0x2126}, {0x2128, 0x2128}, {0x212A, 0x212D}, {0x212F, 0x2134}, {0x2139, 0x2139}, {0x213C, 0x213F},
+    {0x2145, 0x2149}, {0x214E, 0x214E}, {0x2183, 0x2184}, {0x2C00, 0x2C7B}, {0x2C7E, 0x2CE4}, {0x2CEB, 0x2CEE},
+    {0x2CF2, 0x2CF3}, {0xA640, 0xA66D}, {0xA680, 0xA69B}, {0xA722, 0xA76F}, {0xA771, 0xA787}, {0xA78B, 0xA78E},
+    {0xAB70, 0xABBF}, {0xFB00, 0xFB06}, {0xFB13, 0xFB17}, {0xFF21, 0xFF3A}, {0xFF41, 0xFF5A}, {0x10400, 0x1044F},
+    {0x104B0, 0x104D3}, {0x104D8, 0x104FB}, {0x10C80, 0x10CB2}, {0x10CC0, 0x10CF2}, {0x118A0, 0x118DF},
+    {0x1E900, 0x1E943},
+};
+
+static bool in_ranges(uint32_t c, const uint32_t (*r)[2], size_t n)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c < r[mid][0])
+            hi = mid;
+        else if (c > r[mid][1])
+            lo = mid + 1;
+        else
+            return true;
+    }
+    return false;
+}
+
+static bool deepseek_letter(uint32_t c)
+{
+    return in_ranges(c, deepseek_letters, sizeof deepseek_letters / sizeof deepseek_letters[0]);
+}
+
+static bool deepseek_punct(uint32_t c)
+{
+    static const uint32_t r[][2] = {{0x21, 0x2F}, {0x3A, 0x7E}, {0x2018, 0x201F}, {0x3000, 0x3002},
+                                    {0xFF01, 0xFF0F}, {0xFF1A, 0xFF5E}};
+    return in_ranges(c, r, sizeof r / sizeof r[0]);
+}
 
 static size_t run(const cps *t, size_t at, size_t end, int want, int avoid)
 {
@@ -781,6 +832,38 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
         }
         return space_tail(t, i, end);
     }
+    case X_QWEN35: {
+        if ((n = contraction(t, i, end, true)))
+            return n;
+        if (f & (IS_L | IS_M))
+            return run(t, i, end, IS_L | IS_M, 0);
+        if (!newline(c) && !(f & (IS_L | IS_N)) && i + 1 < end && (flags(t->cp[i + 1]) & (IS_L | IS_M)))
+            return 1 + run(t, i + 1, end, IS_L | IS_M, 0);
+        if (f & IS_N)
+            return 1;
+        size_t j = i + (c == ' ' && i + 1 < end), k = j;
+        while (k < end && !(flags(t->cp[k]) & (IS_S | IS_L | IS_M | IS_N)))
+            k++;
+        if (k > j) {
+            j = k;
+            while (j < end && newline(t->cp[j]))
+                j++;
+            return j - i;
+        }
+        return space_tail(t, i, end);
+    }
+    case X_S_DS_LETTERS:
+    case X_S_DS_PUNCT: {
+        bool (*in)(uint32_t) = x == X_S_DS_LETTERS ? deepseek_letter : deepseek_punct;
+        size_t j = i + ((f & IS_S) && i + 1 < end && in(t->cp[i + 1]));
+        for (n = j; n < end && in(t->cp[n]); n++)
+            ;
+        return n > j ? n - i : 0;
+    }
+    case X_SPACES_END:
+        for (n = i; n < end && (flags(t->cp[n]) & IS_S); n++)
+            ;
+        return n == end ? end - i : 0;
     case X_SEED_CODER:
         if ((n = contraction(t, i, end, true)))
             return n;
@@ -849,6 +932,8 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     static const expr starcoder[] = {X_NUMBER, X_GPT2}, falcon[] = {X_PUNCT_SYM_TICK, X_GPT2, X_DIGITS3};
     static const expr bloom[] = {X_BLOOM}, viking[] = {X_BLOOM, X_NUMBER}, tekken[] = {X_TEKKEN}, gpt4o[] = {X_GPT4O};
     static const expr deepseek3[] = {X_NUMBERS3, X_CJK_KANA, X_DEEPSEEK3}, seed[] = {X_SEED_CODER};
+    static const expr qwen35[] = {X_QWEN35};
+    static const expr deepseek_llm[] = {X_NEWLINE, X_S_DS_LETTERS, X_S_DS_PUNCT, X_SPACES_END, X_CJK, X_NUMBERS};
 
     const expr *xs;
     size_t n;
@@ -865,6 +950,8 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     case COE_PRE_GPT4O: xs = gpt4o, n = 1; break;
     case COE_PRE_DEEPSEEK3: xs = deepseek3, n = 3; break;
     case COE_PRE_SEED_CODER: xs = seed, n = 1; break;
+    case COE_PRE_QWEN35: xs = qwen35, n = 1; break;
+    case COE_PRE_DEEPSEEK_LLM: xs = deepseek_llm, n = 6; break;
 
     default: xs = dflt, n = 4; break;
     }

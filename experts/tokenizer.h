@@ -28,6 +28,8 @@ typedef enum coe_pretok {
     COE_PRE_GPT4O,     /* case-aware words with contractions, numbers of up to 3 digits */
     COE_PRE_DEEPSEEK3, /* numbers of up to 3 digits, CJK and kana, then words with marks */
     COE_PRE_SEED_CODER,/* qwen2's, punctuation without trailing newlines */
+    COE_PRE_QWEN35,    /* qwen2's, marks counted with letters */
+    COE_PRE_DEEPSEEK_LLM, /* deepseek-coder's, with its own letter and punctuation lists */
 } coe_pretok;
 
 typedef struct coe_vocab {

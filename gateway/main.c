@@ -73,12 +73,16 @@ static const char usage_config[] =
 
 static const char usage_model[] =
     "usage: coegate model info FILE...\n"
+    "       coegate model tokenize [--prompt] FILE < TEXT\n"
     "       coegate model nll MODEL... --data FILE.jsonl... (see coegate model nll --help)\n"
     "\n"
     "Describes GGUF model files: format, architecture and shape, parameter counts\n"
     "(total, and active per token for Mixture-of-Experts models), tensor types,\n"
     "vocabulary and chat template. A file that is not a valid GGUF is refused with\n"
-    "the byte offset, key or tensor concerned. Exits 1 if any file is refused.\n";
+    "the byte offset, key or tensor concerned. Exits 1 if any file is refused.\n"
+    "tokenize prints the token ids of standard input (all of it, one text) in the\n"
+    "file's vocabulary: as plain text, or with --prompt as a prompt (BOS where the\n"
+    "vocabulary asks for it, special tokens' texts read as those tokens).\n";
 
 static const char usage_route[] =
     "usage: coegate route --config FILE [--route NAME] TEXT\n"
@@ -134,6 +138,18 @@ static int cmd_model(int argc, char **argv)
     if (coe_cli_wants_help(argc, argv)) {
         fputs(usage_model, stdout);
         return 0;
+    }
+    bool prompt = argc == 3 && strcmp(argv[1], "--prompt") == 0;
+    if ((argc == 2 || prompt) && strcmp(argv[0], "tokenize") == 0) {
+        coe_buf text = COE_BUF_INIT, out = COE_BUF_INIT, diag = COE_BUF_INIT;
+        coe_gguf *g = NULL;
+        int rc = coe_buf_read_file(&text, "/dev/stdin", 64u << 20, &diag);
+        if (!rc && !(rc = coe_gguf_open(&g, argv[argc - 1], &diag)))
+            rc = coe_model_tokenize(g, text.data ? text.data : "", text.len, prompt, &out, &diag);
+        fputs(rc ? (diag.data ? diag.data : "coegate model tokenize: failed\n") : out.data, rc ? stderr : stdout);
+        coe_gguf_close(&g);
+        coe_buf_free(&text), coe_buf_free(&out), coe_buf_free(&diag);
+        return rc ? 1 : 0;
     }
     if (argc < 2 || strcmp(argv[0], "info") != 0) {
         fputs(usage_model, stderr);
