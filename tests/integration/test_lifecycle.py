@@ -108,8 +108,8 @@ class Chain(unittest.TestCase):
 
 
 class CommandLine(unittest.TestCase):
-    def run_coegate(self, *args):
-        return subprocess.run([COEGATE, *args], capture_output=True, text=True, timeout=10)
+    def run_coegate(self, *args, input=None):
+        return subprocess.run([COEGATE, *args], capture_output=True, text=True, timeout=10, input=input)
 
     def test_help_for_every_verb(self):
         for args in (["--help"], ["serve", "--help"], ["config", "--help"], ["forge", "--help"]):
@@ -173,6 +173,24 @@ class CommandLine(unittest.TestCase):
             r = self.run_coegate("model", "info", cut.name)
         self.assertEqual(r.returncode, 1)
         self.assertRegex(r.stderr, r"\.gguf: byte \d+: .*runs past the end of the file")
+
+    def test_model_tokenize(self):
+        with tempfile.TemporaryDirectory() as d:
+            model = os.path.join(d, "m.gguf")
+            self.assertEqual(self.run_coegate("forge", "-o", model).returncode, 0)
+            # the forged vocabulary: <s> is 1, <|im_start|> 3, "▁the" a word piece
+            r = self.run_coegate("model", "tokenize", model, input="the<|im_start|>")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            plain = [int(t) for t in r.stdout.split()]
+            r = self.run_coegate("model", "tokenize", "--prompt", model, input="the<|im_start|>")
+            prompt = [int(t) for t in r.stdout.split()]
+            self.assertEqual(prompt[0], 1)
+            self.assertEqual(prompt[-1], 3)
+            self.assertNotIn(3, plain)
+            self.assertEqual(plain[0], prompt[1])
+        r = self.run_coegate("model", "tokenize", "tests/integration/bad-config.json", input="x")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("bad-config.json", r.stderr)
 
     def test_bad_config_does_not_start(self):
         r = self.run_coegate("serve", "--config", "tests/integration/bad-config.json", "--port", "0")
