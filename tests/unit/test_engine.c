@@ -1131,6 +1131,90 @@ static void test_llama_cpp_logits(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* llama.cpp's tokenizer test vectors on its byte-level BPE vocabularies that
+ * ../shared lacks (tests/reference/llama-cpp-vocabs.jsonl, made by
+ * scripts/llama-cpp-vocab-reference.py from its models/ folder): each vocabulary cut
+ * down to the tokens and merges its texts use, which tokenizes them as the whole one;
+ * every text gives llama.cpp's ids. */
+static void test_llama_cpp_vocabs(void **state)
+{
+    (void)state;
+    FILE *f = fopen(COE_REFERENCE_DIR "/llama-cpp-vocabs.jsonl", "r");
+    assert_non_null(f);
+    static char line[1 << 17];
+    int vocabs = 0, cases = 0;
+    while (fgets(line, sizeof line, f)) {
+        assert_non_null(strchr(line, '\n')); /* the whole line was read */
+        cJSON *j = cJSON_Parse(line);
+        assert_non_null(j);
+        const char *name = cJSON_GetObjectItem(j, "name")->valuestring;
+        const cJSON *jt = cJSON_GetObjectItem(j, "tokens"), *jy = cJSON_GetObjectItem(j, "types");
+        const cJSON *jm = cJSON_GetObjectItem(j, "merges");
+        int n = cJSON_GetArraySize(jt), n_merges = cJSON_GetArraySize(jm);
+        const char **texts = calloc((size_t)n, sizeof *texts), **merges = calloc((size_t)n_merges + 1, sizeof *merges);
+        int32_t *types = calloc((size_t)n, sizeof *types);
+        for (int i = 0; i < n; i++) {
+            texts[i] = cJSON_GetArrayItem(jt, i)->valuestring;
+            types[i] = cJSON_GetArrayItem(jy, i)->valueint;
+        }
+        for (int i = 0; i < n_merges; i++)
+            merges[i] = cJSON_GetArrayItem(jm, i)->valuestring;
+        coe_gguf_writer *w = coe_gguf_writer_new(32);
+        coe_gguf_writer_kv_str(w, "general.architecture", "llama");
+        coe_gguf_writer_kv_str(w, "tokenizer.ggml.model", "gpt2");
+        coe_gguf_writer_kv_str(w, "tokenizer.ggml.pre", cJSON_GetObjectItem(j, "pre")->valuestring);
+        coe_gguf_writer_kv_strings(w, "tokenizer.ggml.tokens", texts, (uint64_t)n);
+        coe_gguf_writer_kv_array(w, "tokenizer.ggml.token_type", COE_GGUF_I32, types, (uint64_t)n);
+        coe_gguf_writer_kv_strings(w, "tokenizer.ggml.merges", merges, (uint64_t)n_merges);
+        const cJSON *sp;
+        cJSON_ArrayForEach(sp, cJSON_GetObjectItem(j, "specials"))
+        {
+            char key[64];
+            uint32_t id = (uint32_t)sp->valueint;
+            snprintf(key, sizeof key, "tokenizer.ggml.%s_token_id", sp->string);
+            coe_gguf_writer_kv(w, key, COE_GGUF_U32, &id);
+        }
+        char path[256];
+        snprintf(path, sizeof path, "%s/vocab-%s.gguf", dir, name);
+        coe_buf d = COE_BUF_INIT;
+        if (coe_gguf_writer_save(w, path, &d))
+            fail_msg("%s", d.data);
+        coe_gguf_writer_free(&w);
+        coe_gguf *g;
+        assert_int_equal(coe_gguf_open(&g, path, &d), 0);
+        coe_vocab v;
+        if (coe_vocab_load(&v, g, &d))
+            fail_msg("%s: %s", name, d.data);
+        const cJSON *c;
+        int32_t *ids = NULL;
+        size_t cap = 0;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItem(j, "cases"))
+        {
+            const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
+            const cJSON *want = cJSON_GetObjectItem(c, "ids");
+            size_t n_ids = 0;
+            assert_int_equal(coe_tokenize(&v, text, strlen(text), &ids, &n_ids, &cap), 0);
+            bool same = (int)n_ids == cJSON_GetArraySize(want);
+            for (size_t i = 0; same && i < n_ids; i++)
+                same = ids[i] == cJSON_GetArrayItem(want, (int)i)->valueint;
+            if (!same)
+                fail_msg("%s, case %d ('%s'): %zu ids, not llama.cpp's %d", name, cases, text, n_ids,
+                         cJSON_GetArraySize(want));
+            cases++;
+        }
+        free(ids);
+        coe_vocab_free(&v);
+        coe_gguf_close(&g);
+        coe_buf_free(&d);
+        free(texts), free(merges), free(types);
+        cJSON_Delete(j);
+        vocabs++;
+    }
+    fclose(f);
+    print_message("%d vocabularies, %d texts: llama.cpp's ids\n", vocabs, cases);
+    assert_int_equal(vocabs, 9);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1139,6 +1223,7 @@ int main(void)
         cmocka_unit_test(test_quantize_round_trip),
         cmocka_unit_test(test_ggml_reference),
         cmocka_unit_test(test_llama_cpp_logits),
+        cmocka_unit_test(test_llama_cpp_vocabs),
         cmocka_unit_test(test_quantize_hostile_values),
         cmocka_unit_test(test_dots_match_reference),
         cmocka_unit_test(test_axpy_matches_reference),
