@@ -92,6 +92,7 @@ struct coe_engine {
     const coe_model *m;
     coe_threads *team;
     int n_ctx;
+    const float *rope_freqs; /* the factors for this context (coe_rope_freqs) */
     /* scratch, grown to the largest batch seen */
     int cap_T;
     float *x, *cur, *q, *k, *v, *att, *tmp, *out, *router, *sel_w;
@@ -128,6 +129,7 @@ coe_engine *coe_engine_new(const coe_model *m, int n_threads, int n_ctx)
         return NULL;
     e->m = m;
     e->n_ctx = n_ctx > 0 ? n_ctx : m->n_ctx_train;
+    e->rope_freqs = coe_rope_freqs(m, e->n_ctx);
     e->team = coe_threads_shared(n_threads);
     e->cap_items = 2 * (m->n_expert > 0 ? m->n_expert : 1) + 8;
     e->items = calloc((size_t)e->cap_items, sizeof *e->items);
@@ -401,7 +403,12 @@ static void rms_norm(const float *x, const float *weight, float *y, int n, float
  * mixed with the unscaled angle by YaRN's ramp, the rotation scaled by mscale, in the
  * same float operations, so that no scaling and no factors give the plain angle bit
  * for bit. */
-void coe_rope(const coe_model *m, float *x, int n_heads, int head_dim, int pos)
+const float *coe_rope_freqs(const coe_model *m, int n_ctx)
+{
+    return m->rope_freqs_long && n_ctx > m->n_ctx_orig ? m->rope_freqs_long : m->rope_freqs;
+}
+
+void coe_rope(const coe_model *m, const float *freqs, float *x, int n_heads, int head_dim, int pos)
 {
     const int rope_dim = m->rope_dim;
     const bool neox = m->rope_neox;
@@ -411,7 +418,7 @@ void coe_rope(const coe_model *m, float *x, int n_heads, int head_dim, int pos)
         float *v = x + (size_t)h * (size_t)head_dim;
         float theta = (float)pos;
         for (int i = 0; i < rope_dim; i += 2, theta *= theta_scale) {
-            float ff = m->rope_freqs ? m->rope_freqs[i / 2] : 1.0f;
+            float ff = freqs ? freqs[i / 2] : 1.0f;
             float extrap = theta / ff, angle = m->rope_freq_scale * extrap;
             if (ext != 0) {
                 float y = ((float)(i / 2) - low) / fmaxf(0.001f, high - low);
@@ -692,8 +699,13 @@ static void attention(coe_engine *e, const coe_layer *l, const coe_batch *b, int
             for (int h = 0; h < m->n_head_kv; h++)
                 rms_norm(k + h * hd, l->k_norm, k + h * hd, hd, m->eps);
         }
-        coe_rope(m, q, m->n_head, hd, e->pos[t]);
-        coe_rope(m, k, m->n_head_kv, hd, e->pos[t]);
+        coe_rope(m, e->rope_freqs, q, m->n_head, hd, e->pos[t]);
+        coe_rope(m, e->rope_freqs, k, m->n_head_kv, hd, e->pos[t]);
+        if (m->q_prescale) { /* as ggml_scale, before the products */
+            const float s = 1.0f / sqrtf((float)hd);
+            for (int i = 0; i < Qd; i++)
+                q[i] *= s;
+        }
         memcpy(b->seq[t]->k[il] + (size_t)e->pos[t] * (size_t)KVd, k, (size_t)KVd * sizeof(float));
         memcpy(b->seq[t]->v[il] + (size_t)e->pos[t] * (size_t)KVd, e->v + (size_t)t * (size_t)KVd,
                (size_t)KVd * sizeof(float));
@@ -731,8 +743,8 @@ static void attention_deepseek2(coe_engine *e, const coe_layer *l, const coe_bat
     for (int t = 0; t < T; t++) {
         float *kv = e->k + (size_t)t * (size_t)KVA;
         rms_norm(kv, l->kv_a_norm, kv, R, m->eps);
-        coe_rope(m, kv + R, 1, r, e->pos[t]);
-        coe_rope(m, e->q + (size_t)t * (size_t)QK + nope, H, kq, e->pos[t]);
+        coe_rope(m, e->rope_freqs, kv + R, 1, r, e->pos[t]);
+        coe_rope(m, e->rope_freqs, e->q + (size_t)t * (size_t)QK + nope, H, kq, e->pos[t]);
     }
     /* e->gat holds one head's rows after another's (T each) for the per-head products */
     if (m->mla) {
@@ -825,6 +837,7 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
         const coe_layer *l = &m->layers[il];
         for (int t = 0; t < T; t++)
             rms_norm(e->x + (size_t)t * (size_t)E, l->attn_norm, e->cur + (size_t)t * (size_t)E, E, m->eps);
+        add_bias(e->cur, l->attn_norm_b, T, E);
         if (m->arch == COE_ARCH_DEEPSEEK2)
             attention_deepseek2(e, l, b, il, T);
         else
@@ -835,6 +848,7 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
 
         for (int t = 0; t < T; t++)
             rms_norm(e->x + (size_t)t * (size_t)E, l->ffn_norm, e->cur + (size_t)t * (size_t)E, E, m->eps);
+        add_bias(e->cur, l->ffn_norm_b, T, E);
         if (l->gate_inp.data)
             ffn_moe(e, l, T);
         else
@@ -847,9 +861,11 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
     for (int t = 0; t < T; t++)
         if (b->want[t])
             rms_norm(e->x + (size_t)t * (size_t)E, m->output_norm, e->cur + (size_t)(n_out++) * (size_t)E, E, m->eps);
+    add_bias(e->cur, m->output_norm_b, n_out, E);
     if (b->hidden)
         memcpy(b->hidden, e->cur, (size_t)n_out * (size_t)E * sizeof *b->hidden);
     matmul(e, &m->output, 0, e->cur, n_out, logits);
+    add_bias(logits, m->output_b, n_out, m->n_vocab);
     if (m->logit_scale != 1) { /* as ggml: times the reciprocal */
         const float inv = 1.0f / m->logit_scale;
         for (size_t i = 0; i < (size_t)n_out * (size_t)m->n_vocab; i++)

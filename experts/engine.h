@@ -54,7 +54,10 @@ typedef struct coe_batch {
 int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf *diag);
 
 /* Rotates the first rope_dim values of each of n_heads heads (head_dim apart) for
- * position pos, as m's RoPE says (scaling, frequency factors, YaRN). */
-void coe_rope(const coe_model *m, float *x, int n_heads, int head_dim, int pos);
+ * position pos, as m's RoPE says (scaling, YaRN), with freqs the frequency factors
+ * (coe_rope_freqs) or NULL. */
+void coe_rope(const coe_model *m, const float *freqs, float *x, int n_heads, int head_dim, int pos);
+/* The frequency factors m's RoPE uses with a context of n_ctx positions, or NULL. */
+const float *coe_rope_freqs(const coe_model *m, int n_ctx);
 
 #endif

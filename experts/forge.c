@@ -385,6 +385,10 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
         KV_F32("rope.scaling.factor", s->rope_factor);
     if (s->yarn_log_mul)
         KV_F32("rope.scaling.yarn_log_multiplier", s->yarn_log_mul);
+    if (s->rope_orig)
+        KV_U32("rope.scaling.original_context_length", s->rope_orig);
+    if (s->arch == COE_ARCH_PHIMOE) /* Phi-3.5-MoE's LongRoPE magnitude */
+        KV_F32("rope.scaling.attn_factor", 1.1902381f);
     if (s->arch == COE_ARCH_GRANITE) { /* granite-3.0-1b-a400m's scales */
         KV_F32("embedding_scale", 12.0f);
         KV_F32("residual_scale", 0.22f);
@@ -417,6 +421,13 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
     tensor(&f, "output_norm.weight", COE_GGML_F32, E, 1, 1, 1, 0.1f);
     /* A sharper head than 1/sqrt(n), so that sampling is not near-uniform. */
     tensor(&f, "output.weight", t, E, s->n_vocab, 1, 0, 4 * A(E));
+    if (s->arch == COE_ARCH_PHIMOE) {
+        tensor(&f, "output_norm.bias", COE_GGML_F32, E, 1, 1, 0, 0.1f);
+        tensor(&f, "output.bias", COE_GGML_F32, s->n_vocab, 1, 1, 0, 0.5f);
+        /* LongRoPE's factors: short ones near 1, long ones larger */
+        tensor(&f, "rope_factors_short.weight", COE_GGML_F32, hd / 2, 1, 1, 1.05f, 0.05f);
+        tensor(&f, "rope_factors_long.weight", COE_GGML_F32, hd / 2, 1, 1, 8, 6);
+    }
     for (int l = 0; l < s->n_layer && !f.rc; l++) {
 #define T(suffix, type, cols, rows, n_mat, center, a)                                                                  \
     do {                                                                                                               \
@@ -432,7 +443,11 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
             T("attn_v.weight", t, E, KV, 1, 0, A(E));
             T("attn_output.weight", t, Q, E, 1, 0, A(Q));
         }
-        if (s->arch == COE_ARCH_QWEN2MOE) {
+        if (s->arch == COE_ARCH_PHIMOE) {
+            T("attn_norm.bias", COE_GGML_F32, E, 1, 1, 0, 0.1f);
+            T("attn_output.bias", COE_GGML_F32, E, 1, 1, 0, 0.1f);
+        }
+        if (s->arch == COE_ARCH_QWEN2MOE || s->arch == COE_ARCH_PHIMOE) {
             T("attn_q.bias", COE_GGML_F32, Q, 1, 1, 0, 0.1f);
             T("attn_k.bias", COE_GGML_F32, KV, 1, 1, 0, 0.1f);
             T("attn_v.bias", COE_GGML_F32, KV, 1, 1, 0, 0.1f);
@@ -446,6 +461,8 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
             T("attn_k_norm.weight", COE_GGML_F32, hd, 1, 1, 1, 0.1f);
         }
         T("ffn_norm.weight", COE_GGML_F32, E, 1, 1, 1, 0.1f);
+        if (s->arch == COE_ARCH_PHIMOE)
+            T("ffn_norm.bias", COE_GGML_F32, E, 1, 1, 0, 0.1f);
         if (s->n_expert && l >= s->n_dense_lead) {
             T("ffn_gate_inp.weight", COE_GGML_F32, E, s->n_expert, 1, 0, A(E));
             if (s->sigmoid) /* small, so that it changes some choices and not all */
@@ -490,11 +507,12 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
 /* ---- command line ---- */
 
 static const char usage[] =
-    "usage: coegate forge -o FILE [--arch llama|qwen2moe|olmoe|qwen3moe|granitemoe|deepseek2]\n"
+    "usage: coegate forge -o FILE [--arch llama|qwen2moe|olmoe|qwen3moe|granitemoe|deepseek2|phimoe]\n"
     "                     [--type TYPE] [--layers N] [--embd N] [--heads N] [--kv-heads N]\n"
     "                     [--head-dim N] [--ff N] [--experts N] [--experts-used K] [--ff-shared N]\n"
     "                     [--vocab N] [--context N] [--seed N]\n"
-    "                     [--rope-scaling none|linear|yarn] [--rope-factor F] [--rope-freqs F]\n"
+    "                     [--rope-scaling none|linear|yarn|longrope] [--rope-factor F]\n"
+    "                     [--rope-freqs F] [--rope-orig N]\n"
     "  deepseek2:         [--q-lora N] [--kv-lora N] [--rope-dim N] [--v-head-dim N]\n"
     "                     [--dense-lead N] [--shared-experts N] [--gating softmax|sigmoid]\n"
     "                     [--groups N] [--groups-used N] [--weights-scale F] [--weights-norm 0|1]\n"
@@ -507,7 +525,9 @@ static const char usage[] =
     "Defaults: a 2-layer model of embedding 64 with 4 experts, 2 used. --ff is each\n"
     "expert's width (or the dense one with --experts 0); --ff-shared adds qwen2moe's\n"
     "shared expert (default 128 there). --rope-scaling and --rope-factor write those keys;\n"
-    "--rope-freqs F adds a rope_freqs.weight tensor of F everywhere. deepseek2 (default: Q\n"
+    "--rope-freqs F adds a rope_freqs.weight tensor of F everywhere; --rope-orig writes\n"
+    "rope.scaling.original_context_length. phimoe has biases and LongRoPE's short and long\n"
+    "factors (the long ones for contexts beyond --rope-orig). deepseek2 (default: Q\n"
     "and KV ranks 32, rotary 16, key head 32, value head 32, one dense layer, one shared\n"
     "expert, softmax): --gating sigmoid adds the selection bias; --layout kv_b writes the\n"
     "older attn_kv_b instead of attn_k_b and attn_v_b.\n";
@@ -533,7 +553,7 @@ int coe_forge_main(int argc, char **argv)
         coe_arch arch;
     } archs[] = {{"llama", COE_ARCH_LLAMA}, {"qwen2moe", COE_ARCH_QWEN2MOE}, {"olmoe", COE_ARCH_OLMOE},
                  {"qwen3moe", COE_ARCH_QWEN3MOE}, {"granitemoe", COE_ARCH_GRANITE},
-                 {"deepseek2", COE_ARCH_DEEPSEEK2}};
+                 {"deepseek2", COE_ARCH_DEEPSEEK2}, {"phimoe", COE_ARCH_PHIMOE}};
     /* The architecture's own defaults first, whatever the order of the options. */
     coe_arch first = COE_ARCH_LLAMA;
     for (int i = 0; i + 1 < argc; i++)
@@ -610,6 +630,8 @@ int coe_forge_main(int argc, char **argv)
             ok = parse_int(val, &s.rope_dim);
         } else if (strcmp(a, "--v-head-dim") == 0) {
             ok = parse_int(val, &s.v_head_dim);
+        } else if (strcmp(a, "--rope-orig") == 0) {
+            ok = parse_int(val, &s.rope_orig);
         } else if (strcmp(a, "--dense-lead") == 0) {
             ok = parse_int(val, &s.n_dense_lead);
         } else if (strcmp(a, "--shared-experts") == 0) {
@@ -634,7 +656,8 @@ int coe_forge_main(int argc, char **argv)
             *(a[2] == 'w' ? &s.weights_scale : &s.yarn_log_mul) = v;
         } else if (strcmp(a, "--rope-scaling") == 0) {
             s.rope_scaling = val;
-            ok = strcmp(val, "none") == 0 || strcmp(val, "linear") == 0 || strcmp(val, "yarn") == 0;
+            ok = strcmp(val, "none") == 0 || strcmp(val, "linear") == 0 || strcmp(val, "yarn") == 0 ||
+                 strcmp(val, "longrope") == 0;
         } else if (strcmp(a, "--rope-factor") == 0 || strcmp(a, "--rope-freqs") == 0) {
             char *end;
             float f = strtof(val, &end);

@@ -33,6 +33,7 @@ typedef struct coe_forge_spec {
     int n_group, n_group_used;
     float weights_scale;
     float yarn_log_mul;  /* the rope.scaling.yarn_log_multiplier key (deepseek2); 0: not written */
+    int rope_orig;       /* the rope.scaling.original_context_length key; 0: not written */
 } coe_forge_spec;
 
 /* A small model of arch that the tests use (2 layers, embedding 64). */

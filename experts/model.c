@@ -20,6 +20,7 @@ static const struct {
     {"granitemoe", COE_ARCH_GRANITE},
     {"granite", COE_ARCH_GRANITE},
     {"deepseek2", COE_ARCH_DEEPSEEK2},
+    {"phimoe", COE_ARCH_PHIMOE},
 };
 
 const char *coe_arch_name(coe_arch a)
@@ -165,6 +166,7 @@ static void rope_yarn(loader *L)
 static void refuse_unimplemented_keys(loader *L)
 {
     const unsigned granite = 1u << COE_ARCH_GRANITE, deepseek2 = 1u << COE_ARCH_DEEPSEEK2;
+    const unsigned phimoe = 1u << COE_ARCH_PHIMOE;
     static const struct {
         const char *suffix;
         double neutral[2]; /* values that change nothing (NAN: none) */
@@ -178,7 +180,7 @@ static void refuse_unimplemented_keys(loader *L)
         {"attn_logit_softcapping", {0, NAN}, "attention logit softcapping", 0},
         {"final_logit_softcapping", {0, NAN}, "final logit softcapping", 0},
         {"attention.clamp_kqv", {0, NAN}, "clamped Q, K and V", 0},
-        {"expert_weights_scale", {0, 1}, "scaled expert weights", deepseek2},
+        {"expert_weights_scale", {0, 1}, "scaled expert weights", deepseek2 | phimoe},
         {"expert_gating_func", {0, 1}, "a gating function other than softmax", deepseek2},
         {"rope.scaling.yarn_log_multiplier", {0, NAN}, "YaRN's attention log multiplier (DeepSeek-V2)", deepseek2},
         {"attention.temperature_length", {0, NAN}, "attention temperature tuning", 0},
@@ -221,9 +223,11 @@ static void granite_scales(loader *L)
 
 /* RoPE scaling as llama.cpp reads it: rope.scaling.type (default linear) with
  * rope.scaling.factor (or the older rope.scale_linear) dividing every angle; "none"
- * ignores the factor; "yarn" as rope_yarn. LongRoPE (and anything else) changes the
- * angles in ways the engine does not compute, so it is refused by name rather than
- * silently run as linear. */
+ * ignores the factor; "yarn" as rope_yarn; "longrope" as linear, its frequency factors
+ * being tensors (phimoe's rope_factors_short/long, chosen by the context). Anything
+ * else changes the angles in ways the engine does not compute, so it is refused by
+ * name rather than silently run as linear. Outside YaRN, rope.scaling.attn_factor
+ * scales the rotation, as llama.cpp's context passes it to ggml. */
 static void rope_scaling(loader *L)
 {
     coe_model *m = L->m;
@@ -251,13 +255,17 @@ static void rope_scaling(loader *L)
     if (factor == 0)
         factor = 1;
     m->rope_freq_scale = strcmp(type, "none") == 0 ? 1.0f : 1.0f / (float)factor; /* in float, as llama.cpp */
-    m->rope_mscale = 1;
+    /* Outside YaRN, llama.cpp scales the rotation by rope.scaling.attn_factor as it is. */
+    double attn = 1;
+    if (!optional_f(L, "rope.scaling.attn_factor", 1, &attn))
+        return;
+    m->rope_mscale = (float)attn;
     if (strcmp(type, "yarn") == 0)
         rope_yarn(L);
-    else if (strcmp(type, "none") != 0 && strcmp(type, "linear") != 0)
+    else if (strcmp(type, "none") != 0 && strcmp(type, "linear") != 0 && strcmp(type, "longrope") != 0)
         fail(L, COE_EUNSUPPORTED,
-             "RoPE scaling '%s' (key '%s.rope.scaling.type') is not supported (none, linear and yarn are)", type,
-             m->arch_name);
+             "RoPE scaling '%s' (key '%s.rope.scaling.type') is not supported (none, linear, yarn and longrope are)",
+             type, m->arch_name);
 }
 
 /* An optional count ARCH.suffix (0 allowed): def where absent. */
@@ -471,6 +479,10 @@ static void load_layer(loader *L, int il)
         l->k_norm = vec(L, NAME("attn_k_norm.weight"), true, m->head_dim);
     }
     l->ffn_norm = vec(L, NAME("ffn_norm.weight"), true, m->n_embd);
+    if (m->arch == COE_ARCH_PHIMOE) {
+        l->attn_norm_b = vec(L, NAME("attn_norm.bias"), true, m->n_embd);
+        l->ffn_norm_b = vec(L, NAME("ffn_norm.bias"), true, m->n_embd);
+    }
     if (m->n_expert == 0 || il < m->n_dense_lead) {
         l->ffn_gate = weight(L, NAME("ffn_gate.weight"), true, m->n_embd, m->n_ff, 1);
         l->ffn_up = weight(L, NAME("ffn_up.weight"), true, m->n_embd, m->n_ff, 1);
@@ -531,7 +543,7 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
         }
     if (!known) {
         fail(&L, COE_EUNSUPPORTED, "architecture '%.*s' is not supported (llama, qwen2moe, olmoe, qwen3moe, granite, "
-             "granitemoe, deepseek2 are)",
+             "granitemoe, deepseek2, phimoe are)",
              (int)(a->value.str.len < 64 ? a->value.str.len : 64), a->value.str.ptr);
         goto done;
     }
@@ -588,7 +600,13 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
     rope_scaling(&L);
     refuse_unimplemented_keys(&L);
     granite_scales(&L);
-    m->norm_topk = m->arch == COE_ARCH_LLAMA || m->arch == COE_ARCH_QWEN3MOE || m->arch == COE_ARCH_GRANITE;
+    m->norm_topk = m->arch == COE_ARCH_LLAMA || m->arch == COE_ARCH_QWEN3MOE || m->arch == COE_ARCH_GRANITE ||
+                   m->arch == COE_ARCH_PHIMOE;
+    m->n_ctx_orig = hparam(&L, "rope.scaling.original_context_length", m->n_ctx_train, 1 << 24);
+    if (m->arch == COE_ARCH_PHIMOE) { /* Q scaled before the products, the scores not */
+        m->q_prescale = true;
+        m->attn_scale = 1.0f;
+    }
     const coe_gguf_kv *nw = coe_gguf_find_kv(g, "qwen3moe.expert_weights_norm");
     if (nw && m->arch == COE_ARCH_QWEN3MOE)
         coe_gguf_get_bool(&nw->value, &m->norm_topk);
@@ -602,6 +620,9 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
         goto done;
     }
     m->expert_weights_scale = 1;
+    double weights_scale = 0;
+    if (m->arch == COE_ARCH_PHIMOE && optional_f(&L, "expert_weights_scale", 0, &weights_scale) && weights_scale)
+        m->expert_weights_scale = (float)weights_scale;
     m->att_dk = m->att_dv = m->head_dim;
     m->kv_k_dim = m->kv_v_dim = m->n_head_kv * m->head_dim;
     if (m->arch == COE_ARCH_DEEPSEEK2)
@@ -610,7 +631,14 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
         goto done;
     m->tok_embd = weight(&L, "token_embd.weight", true, m->n_embd, m->n_vocab, 1);
     m->output_norm = vec(&L, "output_norm.weight", true, m->n_embd);
-    m->rope_freqs = vec(&L, "rope_freqs.weight", false, m->rope_dim / 2); /* Llama-3.1's frequency factors */
+    if (m->arch != COE_ARCH_PHIMOE) {
+        m->rope_freqs = vec(&L, "rope_freqs.weight", false, m->rope_dim / 2); /* Llama-3.1's frequency factors */
+    } else { /* LongRoPE's, as llama.cpp reads them for phimoe */
+        m->rope_freqs = vec(&L, "rope_factors_short.weight", false, m->rope_dim / 2);
+        m->rope_freqs_long = vec(&L, "rope_factors_long.weight", m->rope_freqs != NULL, m->rope_dim / 2);
+        m->output_norm_b = vec(&L, "output_norm.bias", true, m->n_embd);
+        m->output_b = vec(&L, "output.bias", true, m->n_vocab);
+    }
     m->output = weight(&L, "output.weight", false, m->n_embd, m->n_vocab, 1);
     if (!m->output.data && !L.rc)
         m->output = m->tok_embd; /* tied */
@@ -673,11 +701,14 @@ void coe_model_close(coe_model **mp)
         coe_layer *l = &m->layers[il];
         free(l->attn_norm), free(l->ffn_norm), free(l->bq), free(l->bk), free(l->bv), free(l->bo);
         free(l->q_norm), free(l->k_norm), free(l->gate_inp_shexp);
-        free(l->q_a_norm), free(l->kv_a_norm), free(l->exp_probs_b);
+        free(l->q_a_norm), free(l->kv_a_norm), free(l->exp_probs_b), free(l->attn_norm_b), free(l->ffn_norm_b);
     }
     free(m->layers);
     free(m->output_norm);
     free(m->rope_freqs);
+    free(m->rope_freqs_long);
+    free(m->output_norm_b);
+    free(m->output_b);
     coe_gguf_close(&m->gguf);
     free(m);
     *mp = NULL;

@@ -18,6 +18,7 @@ typedef enum coe_arch {
     COE_ARCH_QWEN3MOE, /* RMSNorm per head on Q and K, own head size */
     COE_ARCH_GRANITE,  /* granite and granitemoe: llama's layout with four scales */
     COE_ARCH_DEEPSEEK2, /* multi-head latent attention, shared experts, V3 routing */
+    COE_ARCH_PHIMOE,   /* Phi-3.5-MoE: biases everywhere, Q scaled before attention, LongRoPE factors */
 } coe_arch;
 
 /* How a MoE layer scores its experts: softmax or sigmoid of the router's logits. */
@@ -34,6 +35,7 @@ typedef struct coe_weight {
 
 typedef struct coe_layer {
     float *attn_norm, *ffn_norm;
+    float *attn_norm_b, *ffn_norm_b;   /* added after the norms (phimoe), or NULL */
     float *bq, *bk, *bv, *bo;          /* NULL where the model has none */
     float *q_norm, *k_norm;            /* olmoe: whole vector; qwen3moe: per head */
     coe_weight wq, wk, wv, wo;
@@ -61,6 +63,11 @@ typedef struct coe_model {
     float rope_base, eps;
     float rope_freq_scale; /* 1 / the linear scaling factor (rope.scaling.*); 1: none */
     float *rope_freqs;     /* rope_dim / 2 divisors of each pair's angle (rope_freqs.weight), or NULL */
+    /* LongRoPE (phimoe): rope_freqs holds the short factors, these the long ones, which a
+     * context longer than n_ctx_orig uses instead (as llama.cpp chooses); or NULL */
+    float *rope_freqs_long;
+    int n_ctx_orig;
+    bool q_prescale;  /* Q times 1/sqrt(head size) before attention, scores unscaled (phimoe) */
     /* YaRN (rope.scaling.type yarn), as ggml computes it: each pair's angle mixes the
      * scaled and the unscaled one by a ramp over the pairs between corr_dims, and the
      * rotation is scaled by mscale. ext_factor 0: plain (linear) scaling. */
@@ -86,6 +93,7 @@ typedef struct coe_model {
     float expert_weights_scale;
     coe_weight tok_embd, output;
     float *output_norm;
+    float *output_norm_b, *output_b; /* phimoe's biases, or NULL */
     coe_layer *layers;
     size_t bytes_per_token; /* weights one decoded token reads: attention, router, shared and k experts, head */
 } coe_model;

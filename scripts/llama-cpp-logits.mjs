@@ -45,6 +45,8 @@ const specs = [
   ["--arch", "deepseek2", "--experts", "8", "--seed", "37", ...v3, ...mla, "--rope-scaling", "yarn",
    "--rope-factor", "40", "--yarn-log-mul", "0.0707"],
   ["--arch", "deepseek2", "--type", "q4_k", "--experts", "8", "--seed", "36", ...v3, ...mla],
+  ["--arch", "phimoe", "--type", "q8_0", "--experts", "4", "--seed", "40", ...shape, "--kv-heads", "2"],
+  ["--arch", "phimoe", "--experts", "4", "--seed", "41", ...shape, "--kv-heads", "2", "--rope-orig", "128"],
 ];
 const tokens = [1, 300, 301, 450, 17, 600, 42, 77, 512, 9];
 const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});

@@ -299,7 +299,7 @@ static void test_ggml_reference(void **state)
             coe_model m = {.rope_dim = n_dims, .rope_base = base, .rope_freq_scale = freq_scale, .rope_neox = mode == 2};
             coe_rope_yarn(&m, n_ctx_orig, ext, attn, fast, slow);
             for (int t = 0; t < NT; t++)
-                coe_rope(&m, v + t * HD * NH, NH, HD, pos[t]);
+                coe_rope(&m, m.rope_freqs, v + t * HD * NH, NH, HD, pos[t]);
             if (fnv64(v, sizeof v) != want)
                 fail_msg("rope mode %d dims %d scale %g ext %g: differs from ggml's (v[773] %.9g)", mode, n_dims,
                          freq_scale, ext, v[773]);
@@ -484,6 +484,19 @@ static void test_batching_deepseek2(void **state)
     coe_model_close(&m);
 }
 
+static void test_batching_phimoe(void **state)
+{
+    (void)state;
+    check_batching(COE_ARCH_PHIMOE, COE_GGML_Q8_0);
+    coe_model *m = open_forged(COE_ARCH_PHIMOE, COE_GGML_Q8_0);
+    assert_true(m->q_prescale);
+    assert_non_null(m->rope_freqs_long);
+    /* LongRoPE's factors by the context: short up to the original one, long beyond */
+    assert_ptr_equal(coe_rope_freqs(m, m->n_ctx_orig), m->rope_freqs);
+    assert_ptr_equal(coe_rope_freqs(m, m->n_ctx_orig + 1), m->rope_freqs_long);
+    coe_model_close(&m);
+}
+
 static void test_batching_qwen3moe(void **state)
 {
     (void)state;
@@ -592,8 +605,14 @@ static void test_rope_scaling(void **state)
     assert_memory_not_equal(yarn4 + V, plain + V, all - first);
     free(yarn4);
     free(linear2), free(freqs2), free(linear4);
-    assert_null(rope_logits("longrope", 0, 0, &why));
-    assert_non_null(strstr(why.data, "RoPE scaling 'longrope'"));
+    /* LongRoPE is linear scaling with its factor tensors (phimoe's, checked against
+     * llama.cpp in test_llama_cpp_logits); anything else is refused by name. */
+    float *longrope = rope_logits("longrope", 0, 0, &why);
+    assert_non_null(longrope);
+    assert_memory_equal(longrope, plain, all);
+    free(longrope);
+    assert_null(rope_logits("dynamic", 0, 0, &why));
+    assert_non_null(strstr(why.data, "RoPE scaling 'dynamic'"));
     coe_buf_free(&why);
     free(plain);
 }
@@ -1046,7 +1065,8 @@ static int teardown(void **state)
  * weight types, architectures and RoPE variants that have no conformance data: Q2_K,
  * Q3_K, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS (llama with experts, qwen2moe, olmoe),
  * granitemoe's four scales, deepseek2 (latent and decompressed attention, V2's and V3's
- * routing, YaRN with its log multiplier), YaRN, linear scaling and frequency factors;
+ * routing, YaRN with its log multiplier), phimoe (biases, LongRoPE's short and long
+ * factors), YaRN, linear scaling and frequency factors;
  * llama.cpp ran with an F32 KV cache, as the engine's. Every one of the 8 largest logits
  * of every position within 5e-5 (some float sums run in another order: 1e-5 seen).
  * Where activations are rounded to a dot type (8 bits, F16), an ulp can meet a value on
@@ -1084,7 +1104,7 @@ static void test_llama_cpp_logits(void **state)
         coe_kv *kv = coe_kv_new(m), *seq[64];
         for (int i = 0; i < n; i++)
             toks[i] = cJSON_GetArrayItem(jt, i)->valueint, want[i] = true, seq[i] = kv;
-        coe_engine *e = coe_engine_new(m, 1, 64);
+        coe_engine *e = coe_engine_new(m, 1, 256); /* llama.cpp's context: LongRoPE chooses by it */
         float *out = malloc((size_t)n * (size_t)V * sizeof *out);
         forward(e, seq, toks, want, n, out);
         double model_worst = 0;
@@ -1127,7 +1147,7 @@ static void test_llama_cpp_logits(void **state)
     }
     fclose(f);
     print_message("%d models, largest difference from llama.cpp %.2e (near-tie positions aside)\n", models, worst);
-    assert_int_equal(models, 19);
+    assert_int_equal(models, 21);
     assert_int_equal(failed, 0);
 }
 
@@ -1233,6 +1253,7 @@ int main(void)
         cmocka_unit_test(test_batching_olmoe),
         cmocka_unit_test(test_batching_qwen3moe),
         cmocka_unit_test(test_batching_deepseek2),
+        cmocka_unit_test(test_batching_phimoe),
         cmocka_unit_test(test_context_limit),
         cmocka_unit_test(test_rope_scaling),
         cmocka_unit_test(test_model_errors_are_named),
