@@ -37,8 +37,8 @@ typedef struct loader {
     coe_buf *diag;
     int rc;
     bool *used;    /* per tensor of g: read by the loader */
-    /* YaRN's magnitude as llama.cpp's context sets it (before ggml's own factor), and
-     * deepseek2's log multiplier of the attention scale: for deepseek2's kq scale */
+    /* the rotation's magnitude as llama.cpp's context sets it (before ggml's own YaRN factor),
+     * and deepseek2's YaRN log multiplier: for deepseek2's kq scale */
     float yarn_attn, yarn_log_mul;
 } loader;
 
@@ -259,7 +259,7 @@ static void rope_scaling(loader *L)
     double attn = 1;
     if (!optional_f(L, "rope.scaling.attn_factor", 1, &attn))
         return;
-    m->rope_mscale = (float)attn;
+    m->rope_mscale = L->yarn_attn = (float)attn;
     if (strcmp(type, "yarn") == 0)
         rope_yarn(L);
     else if (strcmp(type, "none") != 0 && strcmp(type, "linear") != 0 && strcmp(type, "longrope") != 0)
