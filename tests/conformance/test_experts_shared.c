@@ -18,8 +18,8 @@
  * rounding (codes round-half-even of x * 127/amax, the scale as F16) and kept the 16
  * largest logits of every position; those ids and values must match.
  *
- * Tolerances. F32 copy: 1e-3 on every logit, the bar of llama.cpp's F32 references; the
- * only difference from PyTorch is the order of float sums. Q8_0 file: an activation
+ * Tolerances. F32 copy: 5e-5 on every logit (measured 1.6e-5 at most, over the four
+ * models); the only difference from PyTorch is the order of float sums. Q8_0 file: an activation
  * within float noise of a code boundary rounds to one code in PyTorch and the
  * neighbouring one here, and one code step moves later logits measurably (a lot where
  * it flips a MoE routing choice). The script measured, at every position, how far its
@@ -49,7 +49,7 @@
 #include "experts/tokenizer.h"
 #include "tests/conformance/shared.h"
 
-#define TOL 1e-3
+#define TOL 5e-5
 
 static const char *models_dir;
 static cJSON *ref;
