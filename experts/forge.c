@@ -681,6 +681,8 @@ int coe_forge_main(int argc, char **argv)
     }
     if (!shexp_set)
         s.n_ff_shexp = s.arch == COE_ARCH_QWEN2MOE ? 2 * s.n_ff : 0;
+    if (s.arch == COE_ARCH_DEEPSEEK2) /* its key/value heads follow from the layout */
+        s.n_head_kv = s.n_head;
     coe_buf diag = COE_BUF_INIT;
     int rc = coe_forge_write(&s, out, &diag);
     if (rc) {

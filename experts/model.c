@@ -336,7 +336,7 @@ static void deepseek2_params(loader *L)
         m->n_ff_exp = hparam(L, "expert_feed_forward_length", -1, big);
         m->n_ff_shexp = m->n_ff_exp * shared;
     }
-    m->n_group = optional_count(L, "expert_group_count", 0, m->n_expert);
+    m->n_group = optional_count(L, "expert_group_count", 0, 64); /* V3: 8 */
     m->n_group_used = optional_count(L, "expert_group_used_count", 0, m->n_expert);
     if (m->n_group > 1 && (m->n_expert % m->n_group || m->n_group_used < 1 || m->n_group_used >= m->n_group ||
                            m->n_expert / m->n_group < 2))
