@@ -1088,9 +1088,10 @@ static void test_llama_cpp_logits(void **state)
         assert_non_null(j);
         char path[256];
         snprintf(path, sizeof path, "%s/oracle.gguf", dir);
-        char *argv[40] = {"forge", "-o", path};
+        char *argv[96] = {"forge", "-o", path};
         int argc = 3;
         const cJSON *a;
+        assert_true(cJSON_GetArraySize(cJSON_GetObjectItem(j, "forge")) < 96 - 3);
         cJSON_ArrayForEach(a, cJSON_GetObjectItem(j, "forge")) argv[argc++] = a->valuestring;
         assert_int_equal(coe_forge_main(argc - 1, argv + 1), 0);
         coe_model *m;
