@@ -289,15 +289,15 @@ static int check_spec(const coe_forge_spec *s, coe_buf *diag)
     NEED(s->n_vocab >= 512 && s->n_vocab <= 1000000, "--vocab must be 512 to 1000000");
     NEED(coe_quant_supported(s->type) && s->type != COE_GGML_Q8_K,
          "--type must be one of f32, f16, bf16, q8_0, q4_0, q5_0, q4_1, q5_1, iq4_nl, iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k");
+    NEED(s->n_group == 0 || (s->n_expert % s->n_group == 0 && s->n_expert / s->n_group >= 2 &&
+                             s->n_group_used >= 1 && s->n_group_used < s->n_group),
+         "--groups must divide --experts into groups of 2 or more, --groups-used fewer");
     if (s->arch == COE_ARCH_DEEPSEEK2) {
         NEED(s->n_lora_kv >= 2 && s->n_lora_kv % 2 == 0 && s->rope_dim >= 2 && s->rope_dim % 2 == 0 &&
                  s->head_dim > s->rope_dim && s->v_head_dim >= 1 && s->n_lora_q >= 0,
              "deepseek2 needs even --kv-lora and --rope-dim, --head-dim above --rope-dim, and --v-head-dim");
         NEED(s->n_expert >= 1 && s->n_dense_lead < s->n_layer && s->n_shared >= 1,
              "deepseek2 needs experts, a shared one, and fewer --dense-lead than --layers");
-        NEED(s->n_group == 0 || (s->n_expert % s->n_group == 0 && s->n_expert / s->n_group >= 2 &&
-                                 s->n_group_used >= 1 && s->n_group_used < s->n_group),
-             "--groups must divide --experts into groups of 2 or more, --groups-used fewer");
     }
     uint32_t block, bytes;
     coe_ggml_type_layout(s->type, &block, &bytes);
@@ -368,10 +368,6 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
         bool norm = s->norm_w;
         snprintf(key, sizeof key, "%s.expert_weights_norm", arch);
         coe_gguf_writer_kv(f.w, key, COE_GGUF_BOOL, &norm);
-        if (s->n_group) {
-            KV_U32("expert_group_count", s->n_group);
-            KV_U32("expert_group_used_count", s->n_group_used);
-        }
     } else if (s->head_dim) {
         KV_U32("attention.key_length", hd);
         KV_U32("attention.value_length", hd);
@@ -403,6 +399,10 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
     }
     if (s->n_ff_shexp)
         KV_U32("expert_shared_feed_forward_length", s->n_ff_shexp);
+    if (s->n_group) {
+        KV_U32("expert_group_count", s->n_group);
+        KV_U32("expert_group_used_count", s->n_group_used);
+    }
     coe_gguf_writer_kv_str(f.w, "tokenizer.ggml.model", "llama");
     coe_gguf_writer_kv_strings(f.w, "tokenizer.ggml.tokens", vb.text, (uint64_t)vb.n);
     coe_gguf_writer_kv_array(f.w, "tokenizer.ggml.scores", COE_GGUF_F32, vb.score, (uint64_t)vb.n);

@@ -336,12 +336,6 @@ static void deepseek2_params(loader *L)
         m->n_ff_exp = hparam(L, "expert_feed_forward_length", -1, big);
         m->n_ff_shexp = m->n_ff_exp * shared;
     }
-    m->n_group = optional_count(L, "expert_group_count", 0, 64); /* V3: 8 */
-    m->n_group_used = optional_count(L, "expert_group_used_count", 0, m->n_expert);
-    if (m->n_group > 1 && (m->n_expert % m->n_group || m->n_group_used < 1 || m->n_group_used >= m->n_group ||
-                           m->n_expert / m->n_group < 2))
-        fail(L, COE_EINVAL, "%d expert groups (%d used) do not fit %d experts", m->n_group, m->n_group_used,
-             m->n_expert);
     /* llama.cpp's graph: the attention scale of YaRN's magnitude and log multiplier,
      * over each head's decompressed key length */
     const float fs = m->rope_freq_scale;
@@ -619,6 +613,13 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
         fail(&L, COE_EINVAL, "tensor 'token_embd.weight' is missing or not a matrix of one row per token");
         goto done;
     }
+    /* Expert groups, which llama.cpp reads for every architecture (V3: 8, 4 used). */
+    m->n_group = optional_count(&L, "expert_group_count", 0, 64);
+    m->n_group_used = optional_count(&L, "expert_group_used_count", 0, m->n_expert);
+    if (m->n_group > 1 && (m->n_expert % m->n_group || m->n_group_used < 1 || m->n_group_used >= m->n_group ||
+                           m->n_expert / m->n_group < 2))
+        fail(&L, COE_EINVAL, "%d expert groups (%d used) do not fit %d experts", m->n_group, m->n_group_used,
+             m->n_expert);
     m->expert_weights_scale = 1;
     double weights_scale = 0;
     if (m->arch == COE_ARCH_PHIMOE && optional_f(&L, "expert_weights_scale", 0, &weights_scale) && weights_scale)

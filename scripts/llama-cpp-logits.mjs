@@ -47,6 +47,8 @@ const specs = [
   ["--arch", "deepseek2", "--type", "q4_k", "--experts", "8", "--seed", "36", ...v3, ...mla],
   ["--arch", "phimoe", "--type", "q8_0", "--experts", "4", "--seed", "40", ...shape, "--kv-heads", "2"],
   ["--arch", "phimoe", "--experts", "4", "--seed", "41", ...shape, "--kv-heads", "2", "--rope-orig", "128"],
+  // expert groups, which llama.cpp applies to every architecture that has the keys
+  ["--arch", "qwen2moe", "--experts", "8", "--groups", "4", "--groups-used", "2", "--seed", "50", ...shape],
 ];
 const tokens = [1, 300, 301, 450, 17, 600, 42, 77, 512, 9];
 const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
