@@ -131,7 +131,10 @@ coe_engine *coe_engine_new(const coe_model *m, int n_threads, int n_ctx)
     e->n_ctx = n_ctx > 0 ? n_ctx : m->n_ctx_train;
     e->rope_freqs = coe_rope_freqs(m, e->n_ctx);
     e->team = coe_threads_shared(n_threads);
+    /* products in one job: two per expert (gate, up), or one per head (deepseek2) */
     e->cap_items = 2 * (m->n_expert > 0 ? m->n_expert : 1) + 8;
+    if (e->cap_items < m->n_head + 8)
+        e->cap_items = m->n_head + 8;
     e->items = calloc((size_t)e->cap_items, sizeof *e->items);
     if (!e->team || !e->items)
         coe_engine_free(&e);
@@ -338,6 +341,8 @@ static conversion converted(job_builder *jb, uint32_t type, const float *x, int 
 
 static void add_item(job_builder *jb, const coe_weight *w, int mat, conversion c, float *y, int y_stride)
 {
+    if (jb->n == jb->e->cap_items)
+        abort(); /* cap_items counts every job's products: a bug, not an input */
     jb->e->items[jb->n++] = (mm_item){w, mat, c.out, c.row_bytes, c.n, y, y_stride, 0};
 }
 
@@ -399,15 +404,16 @@ static void rms_norm(const float *x, const float *weight, float *y, int n, float
         y[i] = x[i] * scale * weight[i];
 }
 
-/* ggml's rope: pair i turns by freq_scale * (pos * base^(-2i/rope_dim) / freqs[i]),
- * mixed with the unscaled angle by YaRN's ramp, the rotation scaled by mscale, in the
- * same float operations, so that no scaling and no factors give the plain angle bit
- * for bit. */
+/* LongRoPE's long factors beyond the original context, as llama.cpp chooses. */
 const float *coe_rope_freqs(const coe_model *m, int n_ctx)
 {
     return m->rope_freqs_long && n_ctx > m->n_ctx_orig ? m->rope_freqs_long : m->rope_freqs;
 }
 
+/* ggml's rope: pair i turns by freq_scale * (pos * base^(-2i/rope_dim) / freqs[i]),
+ * mixed with the unscaled angle by YaRN's ramp, the rotation scaled by mscale, in the
+ * same float operations, so that no scaling and no factors give the plain angle bit
+ * for bit. */
 void coe_rope(const coe_model *m, const float *freqs, float *x, int n_heads, int head_dim, int pos)
 {
     const int rope_dim = m->rope_dim;
