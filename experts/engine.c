@@ -160,6 +160,8 @@ static int scratch_list(coe_engine *e, size_t T, scratch *list)
     size_t H = (size_t)m->n_head, E = (size_t)m->n_embd;
     size_t Qd = H * max_z(max_z((size_t)m->head_dim, (size_t)m->k_mla), (size_t)m->att_dk);
     size_t KVd = max_z((size_t)m->n_head_kv * (size_t)m->head_dim, (size_t)m->kv_k_dim);
+    if (m->arch == COE_ARCH_DEEPSEEK2) /* e->k holds wkv_a's output: compressed KV and rotary key */
+        KVd = max_z(KVd, (size_t)(m->n_lora_kv + m->rope_dim));
     size_t Vd = max_z((size_t)m->n_head_kv * (size_t)m->head_dim, (size_t)m->kv_v_dim);
     size_t Ad = H * max_z((size_t)m->att_dv, (size_t)m->head_dim);
     /* deepseek2: the Q bottleneck, absorbed Q, one head's rows gathered per head (of

@@ -482,27 +482,34 @@ static void test_batching_deepseek2(void **state)
     assert_false(m->mla);
     assert_int_equal(m->kv_k_dim, m->n_head * m->k_mla);
     coe_model_close(&m);
-    /* More heads than products per expert job (one per head): V3 has 128 heads */
-    coe_forge_spec s = coe_forge_small(COE_ARCH_DEEPSEEK2);
-    s.n_head = s.n_head_kv = 40, s.n_expert = 2, s.n_expert_used = 1;
-    char path[256];
-    snprintf(path, sizeof path, "%s/deepseek2-heads.gguf", dir);
-    coe_buf d = COE_BUF_INIT;
-    if (coe_forge_write(&s, path, &d) || coe_model_open(&m, path, &d))
-        fail_msg("%s", d.data);
-    coe_engine *e = coe_engine_new(m, 2, 16);
-    coe_kv *kv = coe_kv_new(m), *seq[3] = {kv, kv, kv};
-    int32_t toks[3] = {1, 300, 301};
-    bool all[3] = {true, true, true};
-    float *out = malloc(3 * (size_t)m->n_vocab * sizeof *out);
-    forward(e, seq, toks, all, 3, out);
-    for (int i = 0; i < 3 * m->n_vocab; i++)
-        assert_true(isfinite(out[i]));
-    free(out);
-    coe_kv_free(&kv);
-    coe_engine_free(&e);
-    coe_model_close(&m);
-    coe_buf_free(&d);
+    /* Shapes that stretch the scratch: more heads than products per expert job (one per
+     * head; V3 has 128 heads), and one head whose decompressed keys are narrower than
+     * the compressed KV (older layout). */
+    for (int shape = 0; shape < 2; shape++) {
+        coe_forge_spec s = coe_forge_small(COE_ARCH_DEEPSEEK2);
+        if (shape == 0)
+            s.n_head = s.n_head_kv = 40, s.n_expert = 2, s.n_expert_used = 1;
+        else
+            s.n_head = s.n_head_kv = 1, s.n_lora_kv = 256, s.kv_b = true, s.n_lora_q = 0;
+        char path[256];
+        snprintf(path, sizeof path, "%s/deepseek2-shape.gguf", dir);
+        coe_buf d = COE_BUF_INIT;
+        if (coe_forge_write(&s, path, &d) || coe_model_open(&m, path, &d))
+            fail_msg("%s", d.data);
+        coe_engine *e = coe_engine_new(m, 2, 16);
+        coe_kv *kv = coe_kv_new(m), *seq[3] = {kv, kv, kv};
+        int32_t toks[3] = {1, 300, 301};
+        bool all[3] = {true, true, true};
+        float *out = malloc(3 * (size_t)m->n_vocab * sizeof *out);
+        forward(e, seq, toks, all, 3, out);
+        for (int i = 0; i < 3 * m->n_vocab; i++)
+            assert_true(isfinite(out[i]));
+        free(out);
+        coe_kv_free(&kv);
+        coe_engine_free(&e);
+        coe_model_close(&m);
+        coe_buf_free(&d);
+    }
 }
 
 static void test_batching_phimoe(void **state)
