@@ -94,6 +94,12 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         {"qwen2", COE_PRE_QWEN2}, {"deepseek-r1-qwen", COE_PRE_QWEN2}, {"kormo", COE_PRE_QWEN2},
         {"stablelm2", COE_PRE_QWEN2}, {"megrez", COE_PRE_QWEN2}, {"hunyuan", COE_PRE_QWEN2},
         {"grok-2", COE_PRE_QWEN2}, {"qwen35", COE_PRE_QWEN35}, {"deepseek-llm", COE_PRE_DEEPSEEK_LLM},
+        {"f2llmv2", COE_PRE_QWEN2}, {"solar-open", COE_PRE_QWEN2}, {"jina-v5-nano", COE_PRE_LLAMA3},
+        {"kanana2", COE_PRE_GPT4O}, {"talkie", COE_PRE_GPT4O}, {"modern-bert", COE_PRE_GPT2},
+        {"mellum2", COE_PRE_STARCODER}, {"hy_v4", COE_PRE_DEEPSEEK3}, {"joyai-llm", COE_PRE_DEEPSEEK3},
+        {"gemma4", COE_PRE_LINES}, {"granite-embed-multi-311m", COE_PRE_LINES}, {"sarvam-moe", COE_PRE_LINES},
+        {"laguna", COE_PRE_LAGUNA}, {"ufakzeka", COE_PRE_UFAKZEKA}, {"whitespace", COE_PRE_WHITESPACE},
+        {"minicpm5", COE_PRE_MINICPM5},
         {"deepseek-coder", COE_PRE_DEEPSEEK_CODER},
         {"starcoder", COE_PRE_STARCODER}, {"refact", COE_PRE_STARCODER}, {"command-r", COE_PRE_STARCODER},
         {"smollm", COE_PRE_STARCODER}, {"codeshell", COE_PRE_STARCODER}, {"exaone", COE_PRE_STARCODER},
@@ -116,8 +122,9 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
             i++;
         if (i == sizeof pres / sizeof pres[0]) {
             coe_buf_printf(diag, "%s: pre-tokenizer '%.*s' (key 'tokenizer.ggml.pre') is not supported (see the "
-                                 "README: chameleon, kimi-k2, superbpe and afmoe are refused, and so "
-                                 "is any name llama.cpp does not know)\n",
+                                 "README: chameleon, kimi-k2, superbpe, afmoe, tiny_aya, cohere2moe, exaone-moe, "
+                                 "granite-embed-multi-97m, jais-2, spark2_5 and youtu are refused, and so is any name "
+                                 "llama.cpp does not know)\n",
                            g->path, (int)(pre->value.str.len < 64 ? pre->value.str.len : 64), pre->value.str.ptr);
             return COE_EUNSUPPORTED;
         }
@@ -506,6 +513,9 @@ typedef enum expr {
     X_S_DS_LETTERS, /* \s?[deepseek-llm's letters]+ */
     X_S_DS_PUNCT, /* \s?[!-/:-~！-／：-～‘-‟　-。]+ */
     X_SPACES_END, /* \s+$ */
+    X_LINES,      /* [^\n]+|[\n]+ */
+    X_UFAKZEKA,   /* qwen2's without the contractions */
+    X_NONSPACE,   /* \S+ */
 } expr;
 
 /* DeepSeek LLM's letters (its tokenizer's class, as llama.cpp spells it out): the cased
@@ -726,7 +736,8 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
         return spaces(t, i, end);
     case X_LLAMA3:
     case X_QWEN2:
-        if ((n = contraction(t, i, end, true)))
+    case X_UFAKZEKA:
+        if (x != X_UFAKZEKA && (n = contraction(t, i, end, true)))
             return n;
         /* [^\r\n\p{L}\p{N}]?\p{L}+ */
         if (f & IS_L)
@@ -735,7 +746,7 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
             return 1 + run(t, i + 1, end, IS_L, 0);
         if (f & IS_N) {
             n = run(t, i, end, IS_N, 0);
-            return x == X_QWEN2 ? 1 : n < 3 ? n : 3;
+            return x != X_LLAMA3 ? 1 : n < 3 ? n : 3;
         }
         /*  ?[^\s\p{L}\p{N}]+[\r\n]* */
         {
@@ -860,6 +871,14 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
             ;
         return n > j ? n - i : 0;
     }
+    case X_LINES:
+        for (n = i; n < end && (t->cp[n] == '\n') == (c == '\n'); n++)
+            ;
+        return n - i;
+    case X_NONSPACE:
+        for (n = i; n < end && !(flags(t->cp[n]) & IS_S); n++)
+            ;
+        return n - i;
     case X_SPACES_END:
         for (n = i; n < end && (flags(t->cp[n]) & IS_S); n++)
             ;
@@ -932,7 +951,8 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     static const expr starcoder[] = {X_NUMBER, X_GPT2}, falcon[] = {X_PUNCT_SYM_TICK, X_GPT2, X_DIGITS3};
     static const expr bloom[] = {X_BLOOM}, viking[] = {X_BLOOM, X_NUMBER}, tekken[] = {X_TEKKEN}, gpt4o[] = {X_GPT4O};
     static const expr deepseek3[] = {X_NUMBERS3, X_CJK_KANA, X_DEEPSEEK3}, seed[] = {X_SEED_CODER};
-    static const expr qwen35[] = {X_QWEN35};
+    static const expr qwen35[] = {X_QWEN35}, lines[] = {X_LINES}, laguna[] = {X_LINES, X_QWEN2};
+    static const expr ufakzeka[] = {X_UFAKZEKA}, whitespace[] = {X_NONSPACE}, minicpm5[] = {X_NUMBERS3, X_LLAMA3};
     static const expr deepseek_llm[] = {X_NEWLINE, X_S_DS_LETTERS, X_S_DS_PUNCT, X_SPACES_END, X_CJK, X_NUMBERS};
 
     const expr *xs;
@@ -952,6 +972,11 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     case COE_PRE_SEED_CODER: xs = seed, n = 1; break;
     case COE_PRE_QWEN35: xs = qwen35, n = 1; break;
     case COE_PRE_DEEPSEEK_LLM: xs = deepseek_llm, n = 6; break;
+    case COE_PRE_LINES: xs = lines, n = 1; break;
+    case COE_PRE_LAGUNA: xs = laguna, n = 2; break;
+    case COE_PRE_UFAKZEKA: xs = ufakzeka, n = 1; break;
+    case COE_PRE_WHITESPACE: xs = whitespace, n = 1; break;
+    case COE_PRE_MINICPM5: xs = minicpm5, n = 2; break;
 
     default: xs = dflt, n = 4; break;
     }
@@ -978,8 +1003,10 @@ static int bpe_word(const coe_vocab *v, const char *bytes, size_t n, int32_t **o
         coe_buf_append(&s, u, coe_utf8_encode((uint32_t)v->byte_char[(unsigned char)bytes[i]], u));
     }
     int rc = 0;
-    /* llama-3 and tekken take a piece that is a token as it is (llama.cpp's ignore_merges) */
-    int whole = v->pre == COE_PRE_LLAMA3 || v->pre == COE_PRE_TEKKEN ? coe_vocab_find(v, s.data, s.len) : -1;
+    /* llama-3, tekken and minicpm5 take a piece that is a token as it is (llama.cpp's ignore_merges) */
+    int whole = v->pre == COE_PRE_LLAMA3 || v->pre == COE_PRE_TEKKEN || v->pre == COE_PRE_MINICPM5
+                    ? coe_vocab_find(v, s.data, s.len)
+                    : -1;
     if (whole >= 0) {
         rc = push(out, n_out, cap, whole);
         coe_buf_free(&s);

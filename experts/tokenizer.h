@@ -30,6 +30,11 @@ typedef enum coe_pretok {
     COE_PRE_SEED_CODER,/* qwen2's, punctuation without trailing newlines */
     COE_PRE_QWEN35,    /* qwen2's, marks counted with letters */
     COE_PRE_DEEPSEEK_LLM, /* deepseek-coder's, with its own letter and punctuation lists */
+    COE_PRE_LINES,     /* runs of non-newlines and of newlines (gemma4, sarvam-moe) */
+    COE_PRE_LAGUNA,    /* lines, then qwen2's */
+    COE_PRE_UFAKZEKA,  /* qwen2's without the contractions */
+    COE_PRE_WHITESPACE,/* \S+ */
+    COE_PRE_MINICPM5,  /* numbers of up to 3 digits, then llama-3's, with its whole-piece lookup */
 } coe_pretok;
 
 typedef struct coe_vocab {

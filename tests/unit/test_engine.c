@@ -1019,7 +1019,8 @@ static void test_pretokenizer_vectors(void **state)
                 {"deepseek_coder", COE_PRE_DEEPSEEK_CODER}, {"bloom", COE_PRE_BLOOM}, {"viking", COE_PRE_VIKING},
                 {"tekken", COE_PRE_TEKKEN},       {"gpt4o", COE_PRE_GPT4O},       {"deepseek3", COE_PRE_DEEPSEEK3},
                 {"seed_coder", COE_PRE_SEED_CODER}, {"bailing", COE_PRE_QWEN2}, {"qwen35", COE_PRE_QWEN35},
-                {"deepseek_llm", COE_PRE_DEEPSEEK_LLM}};
+                {"deepseek_llm", COE_PRE_DEEPSEEK_LLM}, {"lines", COE_PRE_LINES}, {"laguna", COE_PRE_LAGUNA},
+                {"ufakzeka", COE_PRE_UFAKZEKA}, {"whitespace", COE_PRE_WHITESPACE}, {"minicpm5", COE_PRE_MINICPM5}};
     FILE *f = fopen(COE_REFERENCE_DIR "/pretok-vectors.jsonl", "r");
     assert_non_null(f);
     char line[8192];
