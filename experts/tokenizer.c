@@ -99,7 +99,7 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         {"mellum2", COE_PRE_STARCODER}, {"hy_v4", COE_PRE_DEEPSEEK3}, {"joyai-llm", COE_PRE_DEEPSEEK3},
         {"gemma4", COE_PRE_LINES}, {"granite-embed-multi-311m", COE_PRE_LINES}, {"sarvam-moe", COE_PRE_LINES},
         {"laguna", COE_PRE_LAGUNA}, {"ufakzeka", COE_PRE_UFAKZEKA}, {"whitespace", COE_PRE_WHITESPACE},
-        {"minicpm5", COE_PRE_MINICPM5},
+        {"minicpm5", COE_PRE_MINICPM5}, {"spark2_5", COE_PRE_SPARK},
         {"deepseek-coder", COE_PRE_DEEPSEEK_CODER},
         {"starcoder", COE_PRE_STARCODER}, {"refact", COE_PRE_STARCODER}, {"command-r", COE_PRE_STARCODER},
         {"smollm", COE_PRE_STARCODER}, {"codeshell", COE_PRE_STARCODER}, {"exaone", COE_PRE_STARCODER},
@@ -123,7 +123,7 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         if (i == sizeof pres / sizeof pres[0]) {
             coe_buf_printf(diag, "%s: pre-tokenizer '%.*s' (key 'tokenizer.ggml.pre') is not supported (see the "
                                  "README: chameleon, kimi-k2, superbpe, afmoe, tiny_aya, cohere2moe, exaone-moe, "
-                                 "granite-embed-multi-97m, jais-2, spark2_5 and youtu are refused, and so is any name "
+                                 "granite-embed-multi-97m, jais-2 and youtu are refused, and so is any name "
                                  "llama.cpp does not know)\n",
                            g->path, (int)(pre->value.str.len < 64 ? pre->value.str.len : 64), pre->value.str.ptr);
             return COE_EUNSUPPORTED;
@@ -516,6 +516,7 @@ typedef enum expr {
     X_LINES,      /* [^\n]+|[\n]+ */
     X_UFAKZEKA,   /* qwen2's without the contractions */
     X_NONSPACE,   /* \S+ */
+    X_SPARK,      /* deepseek-v3's third, punctuation without trailing newlines, [\r\n] alone */
 } expr;
 
 /* DeepSeek LLM's letters (its tokenizer's class, as llama.cpp spells it out): the cased
@@ -819,7 +820,8 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
                 break;
         }
         return n;
-    case X_DEEPSEEK3: {
+    case X_DEEPSEEK3:
+    case X_SPARK: {
         if (ascii_punct(c) && i + 1 < end && ascii_letter(t->cp[i + 1])) {
             for (n = 1; i + n < end && ascii_letter(t->cp[i + n]); n++)
                 ;
@@ -832,15 +834,17 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
         n = run(t, j, end, IS_L | IS_M, 0);
         if (n)
             return j - i + n;
-        /*  ?[\p{P}\p{S}]+[\r\n]* */
+        /*  ?[\p{P}\p{S}]+[\r\n]* (spark: no newlines) */
         j = i + (c == ' ' && i + 1 < end && (flags(t->cp[i + 1]) & (IS_P | IS_SYM)));
         n = run(t, j, end, IS_P | IS_SYM, 0);
         if (n) {
             j += n;
-            while (j < end && newline(t->cp[j]))
+            while (x == X_DEEPSEEK3 && j < end && newline(t->cp[j]))
                 j++;
             return j - i;
         }
+        if (x == X_SPARK) /* [\r\n]|\s+(?!\S)|\s+ */
+            return newline(c) ? 1 : spaces(t, i, end);
         return space_tail(t, i, end);
     }
     case X_QWEN35: {
@@ -953,6 +957,7 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     static const expr deepseek3[] = {X_NUMBERS3, X_CJK_KANA, X_DEEPSEEK3}, seed[] = {X_SEED_CODER};
     static const expr qwen35[] = {X_QWEN35}, lines[] = {X_LINES}, laguna[] = {X_LINES, X_QWEN2};
     static const expr ufakzeka[] = {X_UFAKZEKA}, whitespace[] = {X_NONSPACE}, minicpm5[] = {X_NUMBERS3, X_LLAMA3};
+    static const expr spark[] = {X_NUMBERS3, X_CJK_KANA, X_SPARK, X_NUMBER};
     static const expr deepseek_llm[] = {X_NEWLINE, X_S_DS_LETTERS, X_S_DS_PUNCT, X_SPACES_END, X_CJK, X_NUMBERS};
 
     const expr *xs;
@@ -977,6 +982,7 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     case COE_PRE_UFAKZEKA: xs = ufakzeka, n = 1; break;
     case COE_PRE_WHITESPACE: xs = whitespace, n = 1; break;
     case COE_PRE_MINICPM5: xs = minicpm5, n = 2; break;
+    case COE_PRE_SPARK: xs = spark, n = 4; break;
 
     default: xs = dflt, n = 4; break;
     }

@@ -35,6 +35,7 @@ typedef enum coe_pretok {
     COE_PRE_UFAKZEKA,  /* qwen2's without the contractions */
     COE_PRE_WHITESPACE,/* \S+ */
     COE_PRE_MINICPM5,  /* numbers of up to 3 digits, then llama-3's, with its whole-piece lookup */
+    COE_PRE_SPARK,     /* deepseek-v3's, punctuation without newlines, one newline at a time, then digits */
 } coe_pretok;
 
 typedef struct coe_vocab {

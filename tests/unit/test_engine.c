@@ -1020,7 +1020,8 @@ static void test_pretokenizer_vectors(void **state)
                 {"tekken", COE_PRE_TEKKEN},       {"gpt4o", COE_PRE_GPT4O},       {"deepseek3", COE_PRE_DEEPSEEK3},
                 {"seed_coder", COE_PRE_SEED_CODER}, {"bailing", COE_PRE_QWEN2}, {"qwen35", COE_PRE_QWEN35},
                 {"deepseek_llm", COE_PRE_DEEPSEEK_LLM}, {"lines", COE_PRE_LINES}, {"laguna", COE_PRE_LAGUNA},
-                {"ufakzeka", COE_PRE_UFAKZEKA}, {"whitespace", COE_PRE_WHITESPACE}, {"minicpm5", COE_PRE_MINICPM5}};
+                {"ufakzeka", COE_PRE_UFAKZEKA}, {"whitespace", COE_PRE_WHITESPACE}, {"minicpm5", COE_PRE_MINICPM5},
+                {"spark", COE_PRE_SPARK}};
     FILE *f = fopen(COE_REFERENCE_DIR "/pretok-vectors.jsonl", "r");
     assert_non_null(f);
     char line[8192];
