@@ -99,7 +99,8 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         {"mellum2", COE_PRE_STARCODER}, {"hy_v4", COE_PRE_DEEPSEEK3}, {"joyai-llm", COE_PRE_DEEPSEEK3},
         {"gemma4", COE_PRE_LINES}, {"granite-embed-multi-311m", COE_PRE_LINES}, {"sarvam-moe", COE_PRE_LINES},
         {"laguna", COE_PRE_LAGUNA}, {"ufakzeka", COE_PRE_UFAKZEKA}, {"whitespace", COE_PRE_WHITESPACE},
-        {"minicpm5", COE_PRE_MINICPM5}, {"spark2_5", COE_PRE_SPARK},
+        {"minicpm5", COE_PRE_MINICPM5}, {"spark2_5", COE_PRE_SPARK}, {"jais-2", COE_PRE_JAIS2},
+        {"exaone-moe", COE_PRE_EXAONE_MOE},
         {"deepseek-coder", COE_PRE_DEEPSEEK_CODER},
         {"starcoder", COE_PRE_STARCODER}, {"refact", COE_PRE_STARCODER}, {"command-r", COE_PRE_STARCODER},
         {"smollm", COE_PRE_STARCODER}, {"codeshell", COE_PRE_STARCODER}, {"exaone", COE_PRE_STARCODER},
@@ -122,8 +123,8 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
             i++;
         if (i == sizeof pres / sizeof pres[0]) {
             coe_buf_printf(diag, "%s: pre-tokenizer '%.*s' (key 'tokenizer.ggml.pre') is not supported (see the "
-                                 "README: chameleon, kimi-k2, superbpe, afmoe, tiny_aya, cohere2moe, exaone-moe, "
-                                 "granite-embed-multi-97m, jais-2 and youtu are refused, and so is any name "
+                                 "README: chameleon, kimi-k2, superbpe, afmoe, tiny_aya, cohere2moe, "
+                                 "granite-embed-multi-97m and youtu are refused, and so is any name "
                                  "llama.cpp does not know)\n",
                            g->path, (int)(pre->value.str.len < 64 ? pre->value.str.len : 64), pre->value.str.ptr);
             return COE_EUNSUPPORTED;
@@ -517,6 +518,9 @@ typedef enum expr {
     X_UFAKZEKA,   /* qwen2's without the contractions */
     X_NONSPACE,   /* \S+ */
     X_SPARK,      /* deepseek-v3's third, punctuation without trailing newlines, [\r\n] alone */
+    X_JAIS2,      /* llama-3's, with \s{512}(?!\S)|\s{256}(?!\S)|...|\s{4}(?!\S)|\s{1,2}(?!\S)|\s{1} */
+    X_EXAONE_MOE, /* contractions, [^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+, \p{N},
+                     ?[^\s\p{L}\p{N}]+[\r\n/]?, \s*[\r\n], \s+(?!\S), \s+ */
 } expr;
 
 /* DeepSeek LLM's letters (its tokenizer's class, as llama.cpp spells it out): the cased
@@ -633,6 +637,25 @@ static size_t space_tail(const cps *t, size_t i, size_t end)
     return last_nl ? last_nl : spaces(t, i, end);
 }
 
+/* jais-2's \s*[\r\n]+, else the longest of \s{512}(?!\S), \s{256}(?!\S), ..., \s{4}(?!\S),
+ * \s{1,2}(?!\S), \s{1}: a run of spaces cut in powers of two, as its expression does. */
+static size_t jais_spaces(const cps *t, size_t i, size_t end)
+{
+    if (!(flags(t->cp[i]) & IS_S))
+        return 0;
+    size_t all = run(t, i, end, IS_S, 0), last_nl = 0;
+    for (size_t k = 0; k < all; k++)
+        if (newline(t->cp[i + k]))
+            last_nl = k + 1;
+    if (last_nl)
+        return last_nl;
+    bool at_end = i + all == end; /* (?!\S) after the whole run */
+    for (size_t k = 512; k >= 4; k /= 2)
+        if (k < all || (k == all && at_end))
+            return k;
+    return 2 < all || (all == 2 && at_end) ? 2 : 1;
+}
+
 /* A letter that is not [a-z] (upper-ish) or not [A-Z] (lower-ish), as tekken's
  * ((?=[\p{L}])([^a-z])) and ((?=[\p{L}])([^A-Z])). */
 static bool upperish(uint32_t c)
@@ -738,6 +761,7 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
     case X_LLAMA3:
     case X_QWEN2:
     case X_UFAKZEKA:
+    case X_JAIS2:
         if (x != X_UFAKZEKA && (n = contraction(t, i, end, true)))
             return n;
         /* [^\r\n\p{L}\p{N}]?\p{L}+ */
@@ -747,7 +771,7 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
             return 1 + run(t, i + 1, end, IS_L, 0);
         if (f & IS_N) {
             n = run(t, i, end, IS_N, 0);
-            return x != X_LLAMA3 ? 1 : n < 3 ? n : 3;
+            return x != X_LLAMA3 && x != X_JAIS2 ? 1 : n < 3 ? n : 3;
         }
         /*  ?[^\s\p{L}\p{N}]+[\r\n]* */
         {
@@ -759,7 +783,7 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
                 return j - i;
             }
         }
-        return space_tail(t, i, end);
+        return x == X_JAIS2 ? jais_spaces(t, i, end) : space_tail(t, i, end);
     case X_NEWLINE:
         return newline(c);
     case X_S_LETTERS:
@@ -875,6 +899,34 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
             ;
         return n > j ? n - i : 0;
     }
+    case X_EXAONE_MOE: {
+        if ((n = contraction(t, i, end, true)))
+            return n;
+        size_t j = i + (!newline(c) && !(f & (IS_L | IS_N)) && i + 1 < end && (flags(t->cp[i + 1]) & IS_L));
+        if (j < end && (flags(t->cp[j]) & IS_L)) { /* L M* (' '? L M*)* */
+            size_t k = j;
+            for (;;) {
+                k++;
+                while (k < end && (flags(t->cp[k]) & IS_M))
+                    k++;
+                if (k < end && (flags(t->cp[k]) & IS_L))
+                    continue;
+                if (k + 1 < end && t->cp[k] == ' ' && (flags(t->cp[k + 1]) & IS_L)) {
+                    k++;
+                    continue;
+                }
+                return k - i;
+            }
+        }
+        if (f & IS_N)
+            return 1;
+        j = i + (c == ' ' && i + 1 < end && other(t->cp[i + 1]));
+        if (j < end && other(t->cp[j])) {
+            j += run_other(t, j, end);
+            return j - i + (j < end && (newline(t->cp[j]) || t->cp[j] == '/'));
+        }
+        return space_tail(t, i, end);
+    }
     case X_LINES:
         for (n = i; n < end && (t->cp[n] == '\n') == (c == '\n'); n++)
             ;
@@ -958,6 +1010,7 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     static const expr qwen35[] = {X_QWEN35}, lines[] = {X_LINES}, laguna[] = {X_LINES, X_QWEN2};
     static const expr ufakzeka[] = {X_UFAKZEKA}, whitespace[] = {X_NONSPACE}, minicpm5[] = {X_NUMBERS3, X_LLAMA3};
     static const expr spark[] = {X_NUMBERS3, X_CJK_KANA, X_SPARK, X_NUMBER};
+    static const expr jais2[] = {X_JAIS2}, exaone_moe[] = {X_EXAONE_MOE};
     static const expr deepseek_llm[] = {X_NEWLINE, X_S_DS_LETTERS, X_S_DS_PUNCT, X_SPACES_END, X_CJK, X_NUMBERS};
 
     const expr *xs;
@@ -983,6 +1036,8 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     case COE_PRE_WHITESPACE: xs = whitespace, n = 1; break;
     case COE_PRE_MINICPM5: xs = minicpm5, n = 2; break;
     case COE_PRE_SPARK: xs = spark, n = 4; break;
+    case COE_PRE_JAIS2: xs = jais2, n = 1; break;
+    case COE_PRE_EXAONE_MOE: xs = exaone_moe, n = 1; break;
 
     default: xs = dflt, n = 4; break;
     }

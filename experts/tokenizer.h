@@ -36,6 +36,8 @@ typedef enum coe_pretok {
     COE_PRE_WHITESPACE,/* \S+ */
     COE_PRE_MINICPM5,  /* numbers of up to 3 digits, then llama-3's, with its whole-piece lookup */
     COE_PRE_SPARK,     /* deepseek-v3's, punctuation without newlines, one newline at a time, then digits */
+    COE_PRE_JAIS2,     /* llama-3's, runs of spaces cut in powers of two */
+    COE_PRE_EXAONE_MOE,/* words of letters (with marks) joined by single spaces */
 } coe_pretok;
 
 typedef struct coe_vocab {

@@ -52,6 +52,9 @@ const pres = {
   spark: ["\\p{N}{1,3}", "[一-龥぀-ゟ゠-ヿ]+",
           `[!"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_\`{|}~][A-Za-z]+|[^\\r\\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+|[\\r\\n]|\\s+(?!\\S)|\\s+`,
           "\\p{N}"],
+  jais2: [`${contraction}|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|` +
+          [512, 256, 128, 64, 32, 16, 8, 4].map((k) => `\\s{${k}}(?!\\S)|`).join("") + "\\s{1,2}(?!\\S)|\\s{1}"],
+  exaone_moe: [`${contraction}|[^\\r\\n\\p{L}\\p{N}]?(?:\\p{L}\\p{M}*(?: \\p{L}\\p{M}*)*)+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]?|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+`],
   bailing: [`'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+`],
 };
 const texts = [
@@ -66,6 +69,7 @@ const texts = [
   "   leading and trailing   ",
   "\n\n\n",
   "a'b c'D 'S '",
+  "x" + " ".repeat(9) + "y" + " ".repeat(5) + "z\t\t\t\tw" + " ".repeat(4),
 ];
 for (const [name, exprs] of Object.entries(pres)) {
   for (const text of texts) {
