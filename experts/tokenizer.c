@@ -100,7 +100,8 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
         {"gemma4", COE_PRE_LINES}, {"granite-embed-multi-311m", COE_PRE_LINES}, {"sarvam-moe", COE_PRE_LINES},
         {"laguna", COE_PRE_LAGUNA}, {"ufakzeka", COE_PRE_UFAKZEKA}, {"whitespace", COE_PRE_WHITESPACE},
         {"minicpm5", COE_PRE_MINICPM5}, {"spark2_5", COE_PRE_SPARK}, {"jais-2", COE_PRE_JAIS2},
-        {"exaone-moe", COE_PRE_EXAONE_MOE},
+        {"exaone-moe", COE_PRE_EXAONE_MOE}, {"tiny_aya", COE_PRE_TINY_AYA}, {"cohere2moe", COE_PRE_TINY_AYA},
+        {"youtu", COE_PRE_YOUTU}, {"granite-embed-multi-97m", COE_PRE_GRANITE_EMB},
         {"deepseek-coder", COE_PRE_DEEPSEEK_CODER},
         {"starcoder", COE_PRE_STARCODER}, {"refact", COE_PRE_STARCODER}, {"command-r", COE_PRE_STARCODER},
         {"smollm", COE_PRE_STARCODER}, {"codeshell", COE_PRE_STARCODER}, {"exaone", COE_PRE_STARCODER},
@@ -123,9 +124,8 @@ static int load_bpe(coe_vocab *v, const coe_gguf *g, coe_buf *diag)
             i++;
         if (i == sizeof pres / sizeof pres[0]) {
             coe_buf_printf(diag, "%s: pre-tokenizer '%.*s' (key 'tokenizer.ggml.pre') is not supported (see the "
-                                 "README: chameleon, kimi-k2, superbpe, afmoe, tiny_aya, cohere2moe, "
-                                 "granite-embed-multi-97m and youtu are refused, and so is any name "
-                                 "llama.cpp does not know)\n",
+                                 "README: chameleon, kimi-k2, superbpe and afmoe are refused, and so is any "
+                                 "name llama.cpp does not know)\n",
                            g->path, (int)(pre->value.str.len < 64 ? pre->value.str.len : 64), pre->value.str.ptr);
             return COE_EUNSUPPORTED;
         }
@@ -519,6 +519,11 @@ typedef enum expr {
     X_NONSPACE,   /* \S+ */
     X_SPARK,      /* deepseek-v3's third, punctuation without trailing newlines, [\r\n] alone */
     X_JAIS2,      /* llama-3's, with \s{512}(?!\S)|\s{256}(?!\S)|...|\s{4}(?!\S)|\s{1,2}(?!\S)|\s{1} */
+    X_GRANITE_EMB, /* gpt-4o's, letters or marks in the cases */
+    X_TINY_AYA,   /* gpt-4o's with caseless letters and marks (see upperish) */
+    X_YOUTU,      /* the same, digits one at a time */
+    X_DIGITS_R3,  /* \d{1,3}(?=(?:\d{3})*\b): ASCII numbers in threes from the right */
+    X_YOUTU_CJK,  /* runs of Hangul, of CJK punctuation, of Bopomofo, of CJK and kana */
     X_EXAONE_MOE, /* contractions, [^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+, \p{N},
                      ?[^\s\p{L}\p{N}]+[\r\n/]?, \s*[\r\n], \s+(?!\S), \s+ */
 } expr;
@@ -556,6 +561,22 @@ static bool in_ranges(uint32_t c, const uint32_t (*r)[2], size_t n)
             return true;
     }
     return false;
+}
+
+/* youtu's first expression: which of its four runs c belongs to (0: none):
+ * [가-힣ㄱ-ㆎ], [！…“”‘’—：；，、-〿︰-﹏], [ㄅ-ㄯ], [一-龥\u3040-ゟ゠-ヿ]. */
+static int youtu_class(uint32_t c)
+{
+    if ((c >= 0xAC00 && c <= 0xD7A3) || (c >= 0x3131 && c <= 0x318E))
+        return 1;
+    if (c == 0xFF01 || c == 0x2026 || c == 0x201C || c == 0x201D || c == 0x2018 || c == 0x2019 || c == 0x2014 ||
+        c == 0xFF1A || c == 0xFF1B || c == 0xFF0C || (c >= 0x3001 && c <= 0x303F) || (c >= 0xFE30 && c <= 0xFE4F))
+        return 2;
+    if (c >= 0x3105 && c <= 0x312F)
+        return 3;
+    if ((c >= 0x4E00 && c <= 0x9FA5) || (c >= 0x3040 && c <= 0x30FF))
+        return 4;
+    return 0;
 }
 
 static bool deepseek_letter(uint32_t c)
@@ -657,20 +678,26 @@ static size_t jais_spaces(const cps *t, size_t i, size_t end)
 }
 
 /* A letter that is not [a-z] (upper-ish) or not [A-Z] (lower-ish), as tekken's
- * ((?=[\p{L}])([^a-z])) and ((?=[\p{L}])([^A-Z])). */
-static bool upperish(uint32_t c)
+ * ((?=[\p{L}])([^a-z])) and ((?=[\p{L}])([^A-Z])); with CASES_MARKS, letters or marks
+ * (granite-embed-multi's [\p{L}\p{M}]); with CASES_NONE any letter or mark either way:
+ * tiny_aya's [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}], which llama.cpp's
+ * collapsed expressions read as [\p{L}\p{M}] (every \p{L...} is one letter class there). */
+enum { CASES_ASCII, CASES_MARKS, CASES_NONE };
+static bool upperish(uint32_t c, int cases)
 {
-    return (flags(c) & IS_L) && !(c >= 'a' && c <= 'z');
+    return cases == CASES_NONE ? (flags(c) & (IS_L | IS_M)) != 0
+                               : (flags(c) & (cases == CASES_MARKS ? IS_L | IS_M : IS_L)) && !(c >= 'a' && c <= 'z');
 }
 
-static bool lowerish(uint32_t c)
+static bool lowerish(uint32_t c, int cases)
 {
-    return (flags(c) & IS_L) && !(c >= 'A' && c <= 'Z');
+    return cases == CASES_NONE ? (flags(c) & (IS_L | IS_M)) != 0
+                               : (flags(c) & (cases == CASES_MARKS ? IS_L | IS_M : IS_L)) && !(c >= 'A' && c <= 'Z');
 }
 
 /* [^\r\n\p{L}\p{N}]?U*L+|[^\r\n\p{L}\p{N}]?U+L* with backtracking, from i: the
- * length of the word, 0 if none. */
-static size_t cased_word(const cps *t, size_t i, size_t end)
+ * length of the word, 0 if none. U and L as cases says. */
+static size_t cased_word(const cps *t, size_t i, size_t end, int cases)
 {
     for (int with_prefix = 1; with_prefix >= 0; with_prefix--) {
         size_t j = i;
@@ -681,16 +708,16 @@ static size_t cased_word(const cps *t, size_t i, size_t end)
             j = i + 1;
         }
         size_t u = j;
-        while (u < end && upperish(t->cp[u]))
+        while (u < end && upperish(t->cp[u], cases))
             u++;
         /* U* then L+: give back upper-ish letters until a lower-ish one can start L+. */
         size_t l = u;
-        while (l < end && lowerish(t->cp[l]))
+        while (l < end && lowerish(t->cp[l], cases))
             l++;
         if (l > u)
             return l - i;
         for (size_t q = u; q > j; q--)
-            if (lowerish(t->cp[q - 1]))
+            if (lowerish(t->cp[q - 1], cases))
                 return q - i;
         if (u > j) /* U+ L* */
             return u - i;
@@ -825,15 +852,38 @@ static size_t match(expr x, const cps *t, size_t i, size_t end)
     }
     case X_TEKKEN:
     case X_GPT4O:
-        if ((n = cased_word(t, i, end)))
-            return x == X_GPT4O ? n + optional_contraction(t, i + n, end) : n;
+    case X_GRANITE_EMB:
+    case X_TINY_AYA:
+    case X_YOUTU: {
+        int cases = x == X_GRANITE_EMB ? CASES_MARKS : x == X_TINY_AYA || x == X_YOUTU ? CASES_NONE : CASES_ASCII;
+        if ((n = cased_word(t, i, end, cases)))
+            return x == X_TEKKEN ? n : n + optional_contraction(t, i + n, end);
         if (f & IS_N) {
             n = run(t, i, end, IS_N, 0);
-            return x == X_TEKKEN ? 1 : n < 3 ? n : 3;
+            return x == X_TEKKEN || x == X_YOUTU ? 1 : n < 3 ? n : 3;
         }
         if ((n = punct_then(t, i, end, "\r\n/")))
             return n;
         return space_tail(t, i, end);
+    }
+    case X_DIGITS_R3: {
+        size_t k = 0;
+        while (i + k < end && t->cp[i + k] >= '0' && t->cp[i + k] <= '9')
+            k++;
+        uint32_t after = i + k < end ? t->cp[i + k] : 0;
+        bool word = after == '_' || (after < 128 && isalnum((int)after)); /* \b needs a non-word after the run */
+        if (k == 0 || (i + k < end && word))
+            return 0;
+        return k % 3 ? k % 3 : 3;
+    }
+    case X_YOUTU_CJK: {
+        int cls = youtu_class(c);
+        if (!cls)
+            return 0;
+        for (n = 1; i + n < end && youtu_class(t->cp[i + n]) == cls; n++)
+            ;
+        return n;
+    }
     case X_NUMBERS3:
         n = run(t, i, end, IS_N, 0);
         return n < 3 ? n : 3;
@@ -1011,6 +1061,8 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     static const expr ufakzeka[] = {X_UFAKZEKA}, whitespace[] = {X_NONSPACE}, minicpm5[] = {X_NUMBERS3, X_LLAMA3};
     static const expr spark[] = {X_NUMBERS3, X_CJK_KANA, X_SPARK, X_NUMBER};
     static const expr jais2[] = {X_JAIS2}, exaone_moe[] = {X_EXAONE_MOE};
+    static const expr tiny_aya[] = {X_DIGITS_R3, X_TINY_AYA}, youtu[] = {X_YOUTU_CJK, X_YOUTU};
+    static const expr granite_emb[] = {X_GRANITE_EMB};
     static const expr deepseek_llm[] = {X_NEWLINE, X_S_DS_LETTERS, X_S_DS_PUNCT, X_SPACES_END, X_CJK, X_NUMBERS};
 
     const expr *xs;
@@ -1038,6 +1090,9 @@ static int pre_split(coe_pretok pre, const cps *t, size_t **cuts, size_t *n_cuts
     case COE_PRE_SPARK: xs = spark, n = 4; break;
     case COE_PRE_JAIS2: xs = jais2, n = 1; break;
     case COE_PRE_EXAONE_MOE: xs = exaone_moe, n = 1; break;
+    case COE_PRE_TINY_AYA: xs = tiny_aya, n = 2; break;
+    case COE_PRE_YOUTU: xs = youtu, n = 2; break;
+    case COE_PRE_GRANITE_EMB: xs = granite_emb, n = 1; break;
 
     default: xs = dflt, n = 4; break;
     }
@@ -1064,8 +1119,10 @@ static int bpe_word(const coe_vocab *v, const char *bytes, size_t n, int32_t **o
         coe_buf_append(&s, u, coe_utf8_encode((uint32_t)v->byte_char[(unsigned char)bytes[i]], u));
     }
     int rc = 0;
-    /* llama-3, tekken and minicpm5 take a piece that is a token as it is (llama.cpp's ignore_merges) */
-    int whole = v->pre == COE_PRE_LLAMA3 || v->pre == COE_PRE_TEKKEN || v->pre == COE_PRE_MINICPM5
+    /* llama-3, tekken, minicpm5, youtu and granite-embed-multi-97m take a piece that is a token
+     * as it is (llama.cpp's ignore_merges) */
+    int whole = v->pre == COE_PRE_LLAMA3 || v->pre == COE_PRE_TEKKEN || v->pre == COE_PRE_MINICPM5 ||
+                        v->pre == COE_PRE_YOUTU || v->pre == COE_PRE_GRANITE_EMB
                     ? coe_vocab_find(v, s.data, s.len)
                     : -1;
     if (whole >= 0) {

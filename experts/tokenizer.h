@@ -38,6 +38,9 @@ typedef enum coe_pretok {
     COE_PRE_SPARK,     /* deepseek-v3's, punctuation without newlines, one newline at a time, then digits */
     COE_PRE_JAIS2,     /* llama-3's, runs of spaces cut in powers of two */
     COE_PRE_EXAONE_MOE,/* words of letters (with marks) joined by single spaces */
+    COE_PRE_TINY_AYA,  /* numbers in threes from the right, then gpt-4o's with caseless letters */
+    COE_PRE_YOUTU,     /* CJK and Hangul runs, then tiny_aya's words with single digits */
+    COE_PRE_GRANITE_EMB, /* gpt-4o's with marks in the cases */
 } coe_pretok;
 
 typedef struct coe_vocab {

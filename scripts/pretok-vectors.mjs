@@ -27,6 +27,11 @@ const dsLetters = [[0x41, 0x5A], [0x61, 0x7A], [0xB5, 0xB5], [0xC0, 0xD6], [0xD8
   [0xFF21, 0xFF3A], [0xFF41, 0xFF5A], [0x10400, 0x1044F], [0x104B0, 0x104D3], [0x104D8, 0x104FB], [0x10C80, 0x10CB2],
   [0x10CC0, 0x10CF2], [0x118A0, 0x118DF], [0x1E900, 0x1E943]]
   .map(([a, b]) => `\\u{${a.toString(16)}}-\\u{${b.toString(16)}}`).join("");
+const tinyWords = (digits) =>
+  `[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+${contraction}?|` +
+  `[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*${contraction}?|` +
+  `${digits}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|${spaces}`;
+const caseless = (e) => e.replace(/\\p\{L[ultmo]\}/g, "\\p{L}");
 const pres = {
   gpt2: [gpt2],
   llama3: [llama3],
@@ -55,6 +60,12 @@ const pres = {
   jais2: [`${contraction}|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|` +
           [512, 256, 128, 64, 32, 16, 8, 4].map((k) => `\\s{${k}}(?!\\S)|`).join("") + "\\s{1,2}(?!\\S)|\\s{1}"],
   exaone_moe: [`${contraction}|[^\\r\\n\\p{L}\\p{N}]?(?:\\p{L}\\p{M}*(?: \\p{L}\\p{M}*)*)+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]?|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+`],
+  // llama.cpp reads every \\p{L...} of these as any letter (its collapsed expressions)
+  tiny_aya: ["\\d{1,3}(?=(?:\\d{3})*\\b)", caseless(tinyWords("\\p{N}{1,3}"))],
+  youtu: ["[가-힣ㄱ-ㆎ]+|[！…“”‘’—：；，、-〿︰-﹏]+|[ㄅ-ㄯ]+|[一-龥\\u3040-ゟ゠-ヿ]+", caseless(tinyWords("\\p{N}"))],
+  granite_emb: [`[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}\\p{M}])([^a-z]))*((?=[\\p{L}\\p{M}])([^A-Z]))+${contraction}?|` +
+                `[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}\\p{M}])([^a-z]))+((?=[\\p{L}\\p{M}])([^A-Z]))*${contraction}?|` +
+                `\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|${spaces}`],
   bailing: [`'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+`],
 };
 const texts = [

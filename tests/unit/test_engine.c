@@ -1021,7 +1021,8 @@ static void test_pretokenizer_vectors(void **state)
                 {"seed_coder", COE_PRE_SEED_CODER}, {"bailing", COE_PRE_QWEN2}, {"qwen35", COE_PRE_QWEN35},
                 {"deepseek_llm", COE_PRE_DEEPSEEK_LLM}, {"lines", COE_PRE_LINES}, {"laguna", COE_PRE_LAGUNA},
                 {"ufakzeka", COE_PRE_UFAKZEKA}, {"whitespace", COE_PRE_WHITESPACE}, {"minicpm5", COE_PRE_MINICPM5},
-                {"spark", COE_PRE_SPARK}, {"jais2", COE_PRE_JAIS2}, {"exaone_moe", COE_PRE_EXAONE_MOE}};
+                {"spark", COE_PRE_SPARK}, {"jais2", COE_PRE_JAIS2}, {"exaone_moe", COE_PRE_EXAONE_MOE},
+                {"tiny_aya", COE_PRE_TINY_AYA}, {"youtu", COE_PRE_YOUTU}, {"granite_emb", COE_PRE_GRANITE_EMB}};
     FILE *f = fopen(COE_REFERENCE_DIR "/pretok-vectors.jsonl", "r");
     assert_non_null(f);
     char line[8192];
