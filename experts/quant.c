@@ -481,17 +481,25 @@ static void quantize_q2_k(const float *x, coe_block_q2_k *y, int64_t nb)
     }
 }
 
+/* The scale of each 16 values of a super-block of 256 (their largest magnitude / top,
+ * top the largest code), and the largest of them (Q3_K, Q6_K). */
+static float scales16(const float *x, float top, float scale[16])
+{
+    float smax = 0;
+    for (int j = 0; j < 16; j++) {
+        float amax = 0;
+        for (int k = 0; k < 16; k++)
+            amax = fmaxf(amax, fabsf(x[16 * j + k]));
+        scale[j] = amax / top;
+        smax = fmaxf(smax, scale[j]);
+    }
+    return smax;
+}
+
 static void quantize_q3_k(const float *x, coe_block_q3_k *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, x += COE_QKK) {
-        float scale[16], smax = 0;
-        for (int j = 0; j < 16; j++) {
-            float amax = 0;
-            for (int k = 0; k < 16; k++)
-                amax = fmaxf(amax, fabsf(x[16 * j + k]));
-            scale[j] = amax / 4;
-            smax = fmaxf(smax, scale[j]);
-        }
+        float scale[16], smax = scales16(x, 4, scale);
         y[i].d = coe_f32_to_f16(smax / 31);
         float d = coe_f16_to_f32(y[i].d);
         memset(y[i].scales, 0, sizeof y[i].scales);
@@ -538,14 +546,7 @@ static void q6_k_at(int p, int *ql, int *high_nibble, int *qh, int *shift)
 static void quantize_q6_k(const float *x, coe_block_q6_k *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, x += COE_QKK) {
-        float scale[16], smax = 0;
-        for (int j = 0; j < 16; j++) {
-            float amax = 0;
-            for (int k = 0; k < 16; k++)
-                amax = fmaxf(amax, fabsf(x[16 * j + k]));
-            scale[j] = amax / 31;
-            smax = fmaxf(smax, scale[j]);
-        }
+        float scale[16], smax = scales16(x, 31, scale);
         y[i].d = coe_f32_to_f16(smax / 127);
         float d = coe_f16_to_f32(y[i].d);
         memset(y[i].ql, 0, sizeof y[i].ql);
