@@ -646,16 +646,23 @@ static bool newline(uint32_t c)
     return c == '\r' || c == '\n';
 }
 
+/* \s*[\r\n]+ over the `all` spaces from i: through their last newline, 0 if none. */
+static size_t through_last_newline(const cps *t, size_t i, size_t all)
+{
+    size_t last_nl = 0;
+    for (size_t k = 0; k < all; k++)
+        if (newline(t->cp[i + k]))
+            last_nl = k + 1;
+    return last_nl;
+}
+
 /* \s*[\r\n]+|\s+(?!\S)|\s+ : through the last newline of a run of spaces, else as spaces(). */
 static size_t space_tail(const cps *t, size_t i, size_t end)
 {
     if (!(flags(t->cp[i]) & IS_S))
         return 0;
-    size_t all = run(t, i, end, IS_S, 0), last_nl = 0;
-    for (size_t k = 0; k < all; k++)
-        if (newline(t->cp[i + k]))
-            last_nl = k + 1;
-    return last_nl ? last_nl : spaces(t, i, end);
+    size_t nl = through_last_newline(t, i, run(t, i, end, IS_S, 0));
+    return nl ? nl : spaces(t, i, end);
 }
 
 /* jais-2's \s*[\r\n]+, else the longest of \s{512}(?!\S), \s{256}(?!\S), ..., \s{4}(?!\S),
@@ -664,12 +671,9 @@ static size_t jais_spaces(const cps *t, size_t i, size_t end)
 {
     if (!(flags(t->cp[i]) & IS_S))
         return 0;
-    size_t all = run(t, i, end, IS_S, 0), last_nl = 0;
-    for (size_t k = 0; k < all; k++)
-        if (newline(t->cp[i + k]))
-            last_nl = k + 1;
-    if (last_nl)
-        return last_nl;
+    size_t all = run(t, i, end, IS_S, 0), nl = through_last_newline(t, i, all);
+    if (nl)
+        return nl;
     bool at_end = i + all == end; /* (?!\S) after the whole run */
     for (size_t k = 512; k >= 4; k /= 2)
         if (k < all || (k == all && at_end))
