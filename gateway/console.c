@@ -51,20 +51,16 @@ static void requests_json(coe_buf *b)
         const coe_console_entry *e = &copy[i];
         coe_buf_puts(b, i ? ",{" : "{");
         str(b, "id", e->id);
-        coe_buf_printf(b, ",\"at_ms\":%lld,", e->at_ms);
-        str(b, "method", e->method);
-        coe_buf_puts(b, ",");
-        str(b, "path", e->path);
-        coe_buf_puts(b, ",");
-        str(b, "model", e->model);
-        coe_buf_puts(b, ",");
-        str(b, "rule", e->rule);
-        coe_buf_puts(b, ",");
-        str(b, "category", e->category);
-        coe_buf_puts(b, ",");
-        str(b, "confidence", e->confidence);
-        coe_buf_puts(b, ",");
-        str(b, "expert", e->expert);
+        coe_buf_printf(b, ",\"at_ms\":%lld", e->at_ms);
+        const struct {
+            const char *key, *value;
+        } texts[] = {{"method", e->method}, {"path", e->path},             {"model", e->model},
+                     {"rule", e->rule},     {"category", e->category},     {"confidence", e->confidence},
+                     {"expert", e->expert}};
+        for (size_t k = 0; k < sizeof texts / sizeof texts[0]; k++) {
+            coe_buf_puts(b, ",");
+            str(b, texts[k].key, texts[k].value);
+        }
         coe_buf_printf(b, ",\"status\":%d,\"ms\":%.2f", e->status, e->ms);
         if (e->prompt_tokens >= 0)
             coe_buf_printf(b, ",\"prompt_tokens\":%ld,\"completion_tokens\":%ld}", e->prompt_tokens,
