@@ -13,7 +13,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
-from harness import Gateway, request  # noqa: E402
+from harness import Gateway, read_until_closed, request  # noqa: E402
 
 ECHO = {"experts": {"e": {"kind": "echo"}}, "routes": {"auto": {"default": "e"}}}
 BODY = b'{"model":"e","messages":[{"role":"user","content":"hi"}]}'
@@ -58,26 +58,11 @@ CASES = {
 def exchange(port, raw, timeout=3.0):
     """Sends raw, reads until the server closes (or timeout); returns (bytes, closed)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    data, closed = b"", False
     try:
         s.sendall(raw)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            s.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = s.recv(65536)
-            except socket.timeout:
-                break
-            except ConnectionResetError:
-                closed = True
-                break
-            if not chunk:
-                closed = True
-                break
-            data += chunk
+        return read_until_closed(s, timeout)
     finally:
         s.close()
-    return data, closed
 
 
 class Framing(unittest.TestCase):

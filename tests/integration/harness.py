@@ -248,6 +248,24 @@ def content_of_stream(events):
     return text, chunks
 
 
+def read_until_closed(s, timeout=3.0):
+    """Reads socket s until the peer closes it or timeout passes: (bytes, closed)."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            return data, False
+        except ConnectionResetError:
+            return data, True
+        if not chunk:
+            return data, True
+        data += chunk
+    return data, False
+
+
 def raw_stream_then_hangup(port, body, events_before_close):
     """Sends a streamed request on a raw socket, reads some events, then hangs up.
     Returns the wall time of the hang-up."""

@@ -12,7 +12,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Gateway, request  # noqa: E402
+from harness import Gateway, read_until_closed, request  # noqa: E402
 
 ECHO = {"experts": {"e": {"kind": "echo"}}, "routes": {"auto": {"default": "e"}}}
 BODY = b'{"model":"e","messages":[{"role":"user","content":"hi"}]}'
@@ -21,23 +21,6 @@ STREAM_BODY = b'{"model":"e","stream":true,"messages":[{"role":"user","content":
 
 def connect(port):
     return socket.create_connection(("127.0.0.1", port), timeout=5)
-
-
-def read_until_closed(s, timeout=3.0):
-    data = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        s.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            chunk = s.recv(65536)
-        except socket.timeout:
-            return data, False
-        except ConnectionResetError:
-            return data, True
-        if not chunk:
-            return data, True
-        data += chunk
-    return data, False
 
 
 def read_response(s, buf=b""):
