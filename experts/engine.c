@@ -723,6 +723,17 @@ static void attention(coe_engine *e, const coe_layer *l, const coe_batch *b, int
     add_bias(e->tmp, l->bo, T, E);
 }
 
+/* width values of each of H heads of T rows (row_stride apart, the heads head_stride
+ * apart within a row) into dst, one head's T rows after another's: the contiguous
+ * input of per-head products. */
+static void gather_heads(float *dst, const float *src, int T, int H, int row_stride, int head_stride, int width)
+{
+    for (int h = 0; h < H; h++)
+        for (int t = 0; t < T; t++)
+            memcpy(dst + ((size_t)h * (size_t)T + (size_t)t) * (size_t)width,
+                   src + (size_t)t * (size_t)row_stride + (size_t)h * (size_t)head_stride, (size_t)width * sizeof(float));
+}
+
 /* deepseek2: Q through its bottleneck, the compressed KV and the shared rotary key;
  * RoPE on the last rope_dim of each head. Split files (mla): each head's Q absorbs
  * wk_b, the cache holds the normed compressed KV and the rotary key once per position
@@ -754,12 +765,8 @@ static void attention_deepseek2(coe_engine *e, const coe_layer *l, const coe_bat
         coe_rope(m, e->rope_freqs, kv + R, 1, r, e->pos[t]);
         coe_rope(m, e->rope_freqs, e->q + (size_t)t * (size_t)QK + nope, H, kq, e->pos[t]);
     }
-    /* e->gat holds one head's rows after another's (T each) for the per-head products */
     if (m->mla) {
-        for (int h = 0; h < H; h++)
-            for (int t = 0; t < T; t++)
-                memcpy(e->gat + ((size_t)h * (size_t)T + (size_t)t) * (size_t)nope,
-                       e->q + (size_t)t * (size_t)QK + (size_t)h * (size_t)kq, (size_t)nope * sizeof(float));
+        gather_heads(e->gat, e->q, T, H, QK, kq, nope);
         job_begin(e, &jb);
         for (int h = 0; h < H; h++)
             job_add(&jb, &l->wk_b, h, e->gat + (size_t)h * (size_t)T * (size_t)nope, T, e->qa + (size_t)h * (size_t)KVA,
@@ -773,10 +780,7 @@ static void attention_deepseek2(coe_engine *e, const coe_layer *l, const coe_bat
                    (size_t)KVA * sizeof(float));
         }
         attend(e, b, il, e->qa, T);
-        for (int h = 0; h < H; h++)
-            for (int t = 0; t < T; t++)
-                memcpy(e->gat + ((size_t)h * (size_t)T + (size_t)t) * (size_t)R,
-                       e->att + ((size_t)t * (size_t)H + (size_t)h) * (size_t)R, (size_t)R * sizeof(float));
+        gather_heads(e->gat, e->att, T, H, H * R, R, R);
         job_begin(e, &jb);
         for (int h = 0; h < H; h++)
             job_add(&jb, &l->wv_b, h, e->gat + (size_t)h * (size_t)T * (size_t)R, T, e->att2 + (size_t)h * (size_t)dv,
@@ -784,8 +788,7 @@ static void attention_deepseek2(coe_engine *e, const coe_layer *l, const coe_bat
         job_run(&jb);
         matmul(e, &l->wo, 0, e->att2, T, e->tmp);
     } else {
-        for (int t = 0; t < T; t++)
-            memcpy(e->gat + (size_t)t * (size_t)R, e->k + (size_t)t * (size_t)KVA, (size_t)R * sizeof(float));
+        gather_heads(e->gat, e->k, T, 1, KVA, 0, R);
         matmul(e, &l->wkv_b, 0, e->gat, T, e->kvb);
         for (int t = 0; t < T; t++) {
             const float *kv = e->kvb + (size_t)t * (size_t)H * (size_t)(nope + dv);
