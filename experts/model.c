@@ -297,18 +297,9 @@ static void deepseek2_params(loader *L)
     int value_mla = optional_count(L, "attention.value_length_mla", 0, big);
     int value_length = hparam(L, "attention.value_length", m->head_dim, big);
     int shared = hparam(L, "expert_shared_count", -1, 64);
-    double scale, gating = 0;
-    if (!optional_f(L, "expert_weights_scale", 0, &scale) || !optional_f(L, "expert_gating_func", 0, &gating) ||
-        L->rc)
+    double gating = 0;
+    if (!optional_f(L, "expert_gating_func", 0, &gating) || L->rc)
         return;
-    const coe_gguf_kv *nw = NULL;
-    char key[128];
-    snprintf(key, sizeof key, "%s.expert_weights_norm", m->arch_name);
-    if ((nw = coe_gguf_find_kv(L->g, key)) && !coe_gguf_get_bool(&nw->value, &m->norm_topk)) {
-        fail(L, COE_EINVAL, "key '%s' must be a boolean", key);
-        return;
-    }
-    m->expert_weights_scale = scale == 0 ? 1.0f : (float)scale;
     if (gating == 0) /* absent: softmax, but for GLM-4.7-Flash, whose files lack the key (as llama.cpp) */
         gating = (m->n_layer == 47 || m->n_layer == 48) && m->n_vocab == 154880 ? 2 : 1;
     if (gating != 1 && gating != 2) {
@@ -601,9 +592,13 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
         m->q_prescale = true;
         m->attn_scale = 1.0f;
     }
-    const coe_gguf_kv *nw = coe_gguf_find_kv(g, "qwen3moe.expert_weights_norm");
-    if (nw && m->arch == COE_ARCH_QWEN3MOE)
-        coe_gguf_get_bool(&nw->value, &m->norm_topk);
+    if (m->arch == COE_ARCH_QWEN3MOE || m->arch == COE_ARCH_DEEPSEEK2) { /* the file's word over the default */
+        char key[128];
+        snprintf(key, sizeof key, "%s.expert_weights_norm", m->arch_name);
+        const coe_gguf_kv *nw = coe_gguf_find_kv(g, key);
+        if (nw && !coe_gguf_get_bool(&nw->value, &m->norm_topk))
+            fail(&L, COE_EINVAL, "key '%s' must be a boolean", key);
+    }
     if (L.rc)
         goto done;
 
@@ -620,10 +615,10 @@ int coe_model_from_gguf(coe_model **out, coe_gguf *g, coe_buf *diag)
                            m->n_expert / m->n_group < 2))
         fail(&L, COE_EINVAL, "%d expert groups (%d used) do not fit %d experts", m->n_group, m->n_group_used,
              m->n_expert);
-    m->expert_weights_scale = 1;
+    /* 0 or absent: none; other values are refused above where the engine does not scale */
     double weights_scale = 0;
-    if (m->arch == COE_ARCH_PHIMOE && optional_f(&L, "expert_weights_scale", 0, &weights_scale) && weights_scale)
-        m->expert_weights_scale = (float)weights_scale;
+    optional_f(&L, "expert_weights_scale", 0, &weights_scale);
+    m->expert_weights_scale = weights_scale ? (float)weights_scale : 1;
     m->att_dk = m->att_dv = m->head_dim;
     m->kv_k_dim = m->kv_v_dim = m->n_head_kv * m->head_dim;
     if (m->arch == COE_ARCH_DEEPSEEK2)
