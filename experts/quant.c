@@ -1268,26 +1268,39 @@ VNNI static inline __m256i pairs_vnni(__m256i aa, __m256i s)
             even = block_q8_0_##NAME(a + i, b + i, even);                                                              \
         return hsum8(_mm256_add_ps(even, odd));                                                                        \
     }                                                                                                                  \
+    /* One weight block against four activation rows, into sums s[0..3]. */                                        \
+    ATTR static inline void block4_q8_0_##NAME(const coe_block_q8_0 *a, const coe_block_q8_0_act *const *b,         \
+                                               int64_t i, __m256 *s0, __m256 *s1, __m256 *s2, __m256 *s3)           \
+    {                                                                                                                  \
+        __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs), aa = _mm256_sign_epi8(qa, qa);                      \
+        __m256 dw = _mm256_set1_ps(_cvtsh_ss(a[i].d));                                                                 \
+        __m256 *s[4] = {s0, s1, s2, s3};                                                                               \
+        for (int t = 0; t < 4; t++) {                                                                                  \
+            __m256i q = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)b[t][i].qs), qa);                         \
+            __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&b[t][i].d)); /* the single kernel's product */        \
+            *s[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(PAIRS(aa, q)), *s[t]);                                   \
+        }                                                                                                              \
+    }                                                                                                                  \
+    /* Even and odd blocks unrolled so the eight sums stay in registers (an index i & 1                                \
+     * kept them in memory, a store-to-load chain on every block). */                                                 \
     ATTR static void dot4_q8_0_##NAME(const void *w, const void *x, size_t stride, int64_t n, float *out)             \
     {                                                                                                                  \
         const coe_block_q8_0 *a = w;                                                                                   \
         const coe_block_q8_0_act *b[4];                                                                                \
-        __m256 sum[4][2];                                                                                              \
-        for (int t = 0; t < 4; t++) {                                                                                  \
-            b[t] = (const coe_block_q8_0_act *)((const uint8_t *)x + (size_t)t * stride);                              \
-            sum[t][0] = sum[t][1] = _mm256_setzero_ps();                                                               \
-        }                                                                                                              \
-        for (int64_t i = 0; i < n / COE_QK; i++) {                                                                     \
-            __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs), aa = _mm256_sign_epi8(qa, qa);                  \
-            float dw = _cvtsh_ss(a[i].d);                                                                              \
-            for (int t = 0; t < 4; t++) {                                                                              \
-                __m256i s = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)b[t][i].qs), qa);                     \
-                __m256 p = _mm256_cvtepi32_ps(PAIRS(aa, s));                                                           \
-                sum[t][i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(dw * b[t][i].d), p, sum[t][i & 1]);                     \
-            }                                                                                                          \
-        }                                                                                                              \
         for (int t = 0; t < 4; t++)                                                                                    \
-            out[t] = hsum8(_mm256_add_ps(sum[t][0], sum[t][1]));                                                       \
+            b[t] = (const coe_block_q8_0_act *)((const uint8_t *)x + (size_t)t * stride);                              \
+        __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;                \
+        int64_t nb = n / COE_QK, i = 0;                                                                                \
+        for (; i + 1 < nb; i += 2) {                                                                                   \
+            block4_q8_0_##NAME(a, b, i, &e0, &e1, &e2, &e3);                                                           \
+            block4_q8_0_##NAME(a, b, i + 1, &o0, &o1, &o2, &o3);                                                       \
+        }                                                                                                              \
+        if (i < nb)                                                                                                    \
+            block4_q8_0_##NAME(a, b, i, &e0, &e1, &e2, &e3);                                                           \
+        out[0] = hsum8(_mm256_add_ps(e0, o0));                                                                         \
+        out[1] = hsum8(_mm256_add_ps(e1, o1));                                                                         \
+        out[2] = hsum8(_mm256_add_ps(e2, o2));                                                                         \
+        out[3] = hsum8(_mm256_add_ps(e3, o3));                                                                         \
     }
 
 Q8_0_DOTS(AVX2, avx2, pairs_avx2)
