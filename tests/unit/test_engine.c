@@ -17,8 +17,10 @@
 
 #include <cJSON.h>
 
+#include "common/err.h"
 #include "common/rand.h"
 #include "experts/chat.h"
+#include "experts/cuda.h"
 #include "experts/engine.h"
 #include "experts/forge.h"
 #include "experts/quant.h"
@@ -177,6 +179,44 @@ static void test_dots_match_reference(void **state)
                 }
                 free(four);
             }
+        }
+    }
+}
+
+/* The CUDA dequantizer's code for one value, run on the CPU, against the reference:
+ * every bit layout checked here on machines without a GPU (the gpu suite checks the
+ * kernel). Random bytes reach scales, minimums and high bits that a quantizer's
+ * output may not; only F16 scales are kept finite. */
+static void test_cuda_dequantizer_layouts(void **state)
+{
+    (void)state;
+    enum { N = 1024 };
+    float x[N], want[N], got[N];
+    uint8_t buf[N * 4];
+    uint64_t bits = 7;
+    memset(buf, 0, sizeof buf);
+    if (coe_cuda_dequantize_on_cpu(COE_GGML_Q8_0, buf, 32, got) == COE_EUNSUPPORTED)
+        skip(); /* no CUDA in this build */
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        uint32_t t = types[k];
+        for (int round = 0; round < 2; round++) {
+            size_t n_bytes = coe_row_bytes(t, N);
+            if (round == 0) {
+                for (int i = 0; i < N; i++)
+                    x[i] = frand() * (float)(i % 5 + 1);
+                coe_quantize_row(t, x, buf, N);
+            } else {
+                for (size_t i = 0; i < n_bytes; i++)
+                    buf[i] = (uint8_t)(coe_splitmix64(&bits) >> 56);
+                if (t == COE_GGML_F32 || t == COE_GGML_F16 || t == COE_GGML_BF16)
+                    continue; /* raw bits of floats are NaNs and infinities: nothing of a layout */
+            }
+            coe_dequantize_row(t, buf, want, N);
+            assert_int_equal(coe_cuda_dequantize_on_cpu(t, buf, N, got), 0);
+            for (int i = 0; i < N; i++)
+                if (memcmp(&got[i], &want[i], sizeof got[i]) && !(isnan(got[i]) && isnan(want[i])))
+                    fail_msg("%s value %d (%s bytes): %.9g, reference %.9g", coe_ggml_type_name(t), i,
+                             round ? "random" : "quantized", got[i], want[i]);
         }
     }
 }
@@ -1278,6 +1318,7 @@ int main(void)
         cmocka_unit_test(test_llama_cpp_vocabs),
         cmocka_unit_test(test_quantize_hostile_values),
         cmocka_unit_test(test_dots_match_reference),
+        cmocka_unit_test(test_cuda_dequantizer_layouts),
         cmocka_unit_test(test_axpy_matches_reference),
         cmocka_unit_test(test_threads_run_every_member),
         cmocka_unit_test(test_batching_llama),
