@@ -13,21 +13,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "experts/cuda.h"
+#include "experts/cuda_internal.h"
 extern "C" {
 #include "common/err.h"
 #include "experts/quant.h"
 }
 
-struct coe_cuda {
-    int device;
-    cudaStream_t stream;
-    cublasHandle_t blas;
-    char name[160];
-    char error[256];
-};
-
-static int fail(coe_cuda *c, int err, const char *fmt, ...)
+int coe_cuda_fail(coe_cuda *c, int err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -36,17 +28,18 @@ static int fail(coe_cuda *c, int err, const char *fmt, ...)
     return err;
 }
 
-static int check(coe_cuda *c, cudaError_t e, const char *what)
+int coe_cuda_check(coe_cuda *c, cudaError_t e, const char *what)
 {
     if (e == cudaSuccess)
         return 0;
-    return fail(c, e == cudaErrorMemoryAllocation ? COE_ENOMEM : COE_EIO, "%s: %s", what, cudaGetErrorString(e));
+    return coe_cuda_fail(c, e == cudaErrorMemoryAllocation ? COE_ENOMEM : COE_EIO, "%s: %s", what,
+                         cudaGetErrorString(e));
 }
 
 /* A kernel launch: its configuration errors now, its faults at the next sync. */
 static int launched(coe_cuda *c, const char *what)
 {
-    return check(c, cudaGetLastError(), what);
+    return coe_cuda_check(c, cudaGetLastError(), what);
 }
 
 extern "C" int coe_cuda_device_count(void)
@@ -87,6 +80,8 @@ extern "C" int coe_cuda_open(coe_cuda **out, int device, char *why, size_t n)
     cublasStatus_t s = cublasCreate(&c->blas);
     if (s == CUBLAS_STATUS_SUCCESS)
         s = cublasSetStream(c->blas, c->stream);
+    if (s == CUBLAS_STATUS_SUCCESS) /* full single precision: no TF32 */
+        s = cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
     if (s != CUBLAS_STATUS_SUCCESS) {
         snprintf(why, n, "cuBLAS on device %d: %s", device, cublasGetStatusString(s));
         cudaStreamDestroy(c->stream);
@@ -124,7 +119,7 @@ extern "C" const char *coe_cuda_last_error(const coe_cuda *c)
 extern "C" int coe_cuda_memory(coe_cuda *c, size_t *free_bytes, size_t *total_bytes)
 {
     cudaSetDevice(c->device);
-    return check(c, cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+    return coe_cuda_check(c, cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
 }
 
 extern "C" void *coe_cuda_alloc(coe_cuda *c, size_t bytes)
@@ -133,7 +128,7 @@ extern "C" void *coe_cuda_alloc(coe_cuda *c, size_t bytes)
     cudaSetDevice(c->device);
     if (cudaMalloc(&d, bytes ? bytes : 1) != cudaSuccess) {
         cudaGetLastError();
-        fail(c, COE_ENOMEM, "cudaMalloc of %zu bytes failed", bytes);
+        coe_cuda_fail(c, COE_ENOMEM, "cudaMalloc of %zu bytes failed", bytes);
         return NULL;
     }
     return d;
@@ -150,22 +145,22 @@ extern "C" void coe_cuda_release(coe_cuda *c, void *d)
 extern "C" int coe_cuda_upload(coe_cuda *c, void *d_dst, const void *src, size_t bytes)
 {
     cudaSetDevice(c->device);
-    int rc = check(c, cudaMemcpyAsync(d_dst, src, bytes, cudaMemcpyHostToDevice, c->stream), "upload");
+    int rc = coe_cuda_check(c, cudaMemcpyAsync(d_dst, src, bytes, cudaMemcpyHostToDevice, c->stream), "upload");
     /* src may be freed or reused when this returns. */
-    return rc ? rc : check(c, cudaStreamSynchronize(c->stream), "upload");
+    return rc ? rc : coe_cuda_check(c, cudaStreamSynchronize(c->stream), "upload");
 }
 
 extern "C" int coe_cuda_download(coe_cuda *c, void *dst, const void *d_src, size_t bytes)
 {
     cudaSetDevice(c->device);
-    int rc = check(c, cudaMemcpyAsync(dst, d_src, bytes, cudaMemcpyDeviceToHost, c->stream), "download");
-    return rc ? rc : check(c, cudaStreamSynchronize(c->stream), "download");
+    int rc = coe_cuda_check(c, cudaMemcpyAsync(dst, d_src, bytes, cudaMemcpyDeviceToHost, c->stream), "download");
+    return rc ? rc : coe_cuda_check(c, cudaStreamSynchronize(c->stream), "download");
 }
 
 extern "C" int coe_cuda_sync(coe_cuda *c)
 {
     cudaSetDevice(c->device);
-    return check(c, cudaStreamSynchronize(c->stream), "kernel");
+    return coe_cuda_check(c, cudaStreamSynchronize(c->stream), "kernel");
 }
 
 /* ---- dequantization: element e of a row, as coe_dequantize_row ----
@@ -338,9 +333,9 @@ static int check_type(coe_cuda *c, uint32_t type, int64_t n)
 {
     uint32_t block, bytes;
     if (!coe_cuda_type_supported(type) || !coe_ggml_type_layout(type, &block, &bytes))
-        return fail(c, COE_EUNSUPPORTED, "tensor type %u has no CUDA kernel", type);
+        return coe_cuda_fail(c, COE_EUNSUPPORTED, "tensor type %u has no CUDA kernel", type);
     if (n < 0 || n % block)
-        return fail(c, COE_EINVAL, "%lld values are not whole blocks of %u (tensor type %u)", (long long)n, block,
+        return coe_cuda_fail(c, COE_EINVAL, "%lld values are not whole blocks of %u (tensor type %u)", (long long)n, block,
                     type);
     return 0;
 }
@@ -431,9 +426,9 @@ extern "C" int coe_cuda_matmul(coe_cuda *c, uint32_t type, const void *d_w, int6
     if (T <= 0 || rows <= 0)
         return 0;
     if (ld_y < rows)
-        return fail(c, COE_EINVAL, "matmul: output stride %lld below %lld rows", (long long)ld_y, (long long)rows);
+        return coe_cuda_fail(c, COE_EINVAL, "matmul: output stride %lld below %lld rows", (long long)ld_y, (long long)rows);
     if (rows > 65535LL * ROWS_PER_BLOCK || rows > INT32_MAX || cols > INT32_MAX)
-        return fail(c, COE_ERANGE, "matmul: %lld x %lld is too large", (long long)rows, (long long)cols);
+        return coe_cuda_fail(c, COE_ERANGE, "matmul: %lld x %lld is too large", (long long)rows, (long long)cols);
     cudaSetDevice(c->device);
     if (T > COE_CUDA_MATVEC_MAX_T && d_scratch) {
         /* Prompts and large batches: W as floats once, then cuBLAS (no TF32). Column-major
@@ -444,7 +439,7 @@ extern "C" int coe_cuda_matmul(coe_cuda *c, uint32_t type, const void *d_w, int6
         cublasStatus_t s = cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, T, (int)cols, &one, d_scratch,
                                        (int)cols, d_x, (int)cols, &zero, d_y, (int)ld_y);
         if (s != CUBLAS_STATUS_SUCCESS)
-            return fail(c, COE_EIO, "cublasSgemm: %s", cublasGetStatusString(s));
+            return coe_cuda_fail(c, COE_EIO, "cublasSgemm: %s", cublasGetStatusString(s));
         return 0;
     }
     for (int t0 = 0; t0 < T; t0 += COE_CUDA_MATVEC_MAX_T) {
@@ -569,11 +564,11 @@ extern "C" int coe_cuda_rope(coe_cuda *c, const coe_cuda_rope_params *p, const f
                              int n_heads, int head_dim, const int32_t *d_pos)
 {
     if (p->rope_dim <= 0 || p->rope_dim % 2 || p->rope_dim > head_dim)
-        return fail(c, COE_EINVAL, "rope: %d rotated of %d per head", p->rope_dim, head_dim);
+        return coe_cuda_fail(c, COE_EINVAL, "rope: %d rotated of %d per head", p->rope_dim, head_dim);
     if (T <= 0 || n_heads <= 0)
         return 0;
     if (T > 65535)
-        return fail(c, COE_ERANGE, "rope: %d tokens in one call", T);
+        return coe_cuda_fail(c, COE_ERANGE, "rope: %d tokens in one call", T);
     cudaSetDevice(c->device);
     int work = n_heads * (p->rope_dim / 2);
     dim3 grid((unsigned)((work + 127) / 128), (unsigned)T);
@@ -642,11 +637,11 @@ extern "C" int coe_cuda_attention(coe_cuda *c, const coe_cuda_attention_shape *s
                                   const int32_t *d_pos, int T, float *d_scratch, float *d_out)
 {
     if (s->n_head <= 0 || s->n_head_kv <= 0 || s->n_head % s->n_head_kv)
-        return fail(c, COE_EINVAL, "attention: %d heads over %d kv heads", s->n_head, s->n_head_kv);
+        return coe_cuda_fail(c, COE_EINVAL, "attention: %d heads over %d kv heads", s->n_head, s->n_head_kv);
     if (T <= 0)
         return 0;
     if ((int64_t)T * s->n_head > INT32_MAX)
-        return fail(c, COE_ERANGE, "attention: %d tokens of %d heads", T, s->n_head);
+        return coe_cuda_fail(c, COE_ERANGE, "attention: %d tokens of %d heads", T, s->n_head);
     cudaSetDevice(c->device);
     attention_kernel<<<(unsigned)(T * s->n_head), 128, 0, c->stream>>>(*s, d_q, d_k_cache, d_v_cache, d_pos,
                                                                        d_scratch, d_out);
