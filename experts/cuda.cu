@@ -518,19 +518,124 @@ extern "C" int coe_cuda_silu_mul(coe_cuda *c, float *d_g, const float *d_u, int6
     return launched(c, "silu_mul");
 }
 
-__global__ void add_kernel(float *y, const float *x, int64_t n)
+#define GRID_STRIDE(i, n) \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
+__global__ void add_kernel(float *y, const float *x, int64_t n, float s)
 {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = __fadd_rn(y[i], x[i]);
+    GRID_STRIDE(i, n)
+    y[i] = __fadd_rn(y[i], s != 1 ? __fmul_rn(x[i], s) : x[i]);
 }
 
-extern "C" int coe_cuda_add(coe_cuda *c, float *d_y, const float *d_x, int64_t n)
+extern "C" int coe_cuda_add(coe_cuda *c, float *d_y, const float *d_x, int64_t n, float s)
 {
     if (n <= 0)
         return 0;
     cudaSetDevice(c->device);
-    add_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(d_y, d_x, n);
+    add_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(d_y, d_x, n, s);
     return launched(c, "add");
+}
+
+__global__ void scale_kernel(float *x, int64_t n, float s)
+{
+    GRID_STRIDE(i, n)
+    x[i] = __fmul_rn(x[i], s);
+}
+
+extern "C" int coe_cuda_scale(coe_cuda *c, float *d_x, int64_t n, float s)
+{
+    if (n <= 0)
+        return 0;
+    cudaSetDevice(c->device);
+    scale_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(d_x, n, s);
+    return launched(c, "scale");
+}
+
+__global__ void add_rows_kernel(float *y, const float *b, int64_t total, int n)
+{
+    GRID_STRIDE(i, total)
+    y[i] = __fadd_rn(y[i], b[i % n]);
+}
+
+extern "C" int coe_cuda_add_rows(coe_cuda *c, float *d_y, const float *d_b, int rows, int n)
+{
+    if (rows <= 0 || n <= 0)
+        return 0;
+    int64_t total = (int64_t)rows * n;
+    cudaSetDevice(c->device);
+    add_rows_kernel<<<grid_for(total, 256), 256, 0, c->stream>>>(d_y, d_b, total, n);
+    return launched(c, "add_rows");
+}
+
+__global__ void gather_rows_kernel(float *dst, const float *src, const int32_t *idx, int64_t total, int width)
+{
+    GRID_STRIDE(i, total)
+    dst[i] = src[(size_t)idx[i / width] * (size_t)width + (size_t)(i % width)];
+}
+
+extern "C" int coe_cuda_gather_rows(coe_cuda *c, float *d_dst, const float *d_src, const int32_t *d_idx, int n,
+                                    int width)
+{
+    if (n <= 0 || width <= 0)
+        return 0;
+    int64_t total = (int64_t)n * width;
+    cudaSetDevice(c->device);
+    gather_rows_kernel<<<grid_for(total, 256), 256, 0, c->stream>>>(d_dst, d_src, d_idx, total, width);
+    return launched(c, "gather_rows");
+}
+
+__global__ void scatter_rows_kernel(float *const *dst, const float *src, int64_t total, int width)
+{
+    GRID_STRIDE(i, total)
+    dst[i / width][i % width] = src[i];
+}
+
+extern "C" int coe_cuda_scatter_rows(coe_cuda *c, float *const *d_dst, const float *d_src, int n, int width)
+{
+    if (n <= 0 || width <= 0)
+        return 0;
+    int64_t total = (int64_t)n * width;
+    cudaSetDevice(c->device);
+    scatter_rows_kernel<<<grid_for(total, 256), 256, 0, c->stream>>>(d_dst, d_src, total, width);
+    return launched(c, "scatter_rows");
+}
+
+extern "C" int coe_cuda_copy(coe_cuda *c, void *d_dst, const void *d_src, size_t bytes)
+{
+    if (bytes == 0)
+        return 0;
+    cudaSetDevice(c->device);
+    return coe_cuda_check(c, cudaMemcpyAsync(d_dst, d_src, bytes, cudaMemcpyDeviceToDevice, c->stream), "copy");
+}
+
+/* One thread per value of a token's row: the experts in the CPU's order, then the
+ * shared expert. */
+__global__ void moe_combine_kernel(float *out, const float *eo, const int32_t *slot, const float *w, int T, int k,
+                                   int width, const float *so, const float *z)
+{
+    GRID_STRIDE(i, (int64_t)T * width)
+    {
+        int t = (int)(i / width), d = (int)(i % width);
+        float o = 0;
+        for (int s = 0; s < k; s++)
+            o = __fadd_rn(o, __fmul_rn(eo[(size_t)slot[t * k + s] * (size_t)width + (size_t)d], w[t * k + s]));
+        if (so) {
+            float gate = z ? __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-z[t]))) : 1.0f;
+            o = __fadd_rn(o, __fmul_rn(so[i], gate));
+        }
+        out[i] = o;
+    }
+}
+
+extern "C" int coe_cuda_moe_combine(coe_cuda *c, float *d_out, const float *d_eo, const int32_t *d_slot,
+                                    const float *d_w, int T, int k, int width, const float *d_so, const float *d_z)
+{
+    if (T <= 0 || width <= 0)
+        return 0;
+    cudaSetDevice(c->device);
+    moe_combine_kernel<<<grid_for((int64_t)T * width, 256), 256, 0, c->stream>>>(d_out, d_eo, d_slot, d_w, T, k,
+                                                                                 width, d_so, d_z);
+    return launched(c, "moe_combine");
 }
 
 /* One thread per rotated pair of one head of one token (blockIdx.y = token). theta

@@ -71,8 +71,30 @@ int coe_cuda_rms_norm(coe_cuda *c, const float *d_x, const float *d_w, float *d_
 /* g = silu(g) * u over n floats. */
 int coe_cuda_silu_mul(coe_cuda *c, float *d_g, const float *d_u, int64_t n);
 
-/* y += x over n floats. */
-int coe_cuda_add(coe_cuda *c, float *d_y, const float *d_x, int64_t n);
+/* y += x over n floats; with s != 1, y += x * s (the residual's scale). */
+int coe_cuda_add(coe_cuda *c, float *d_y, const float *d_x, int64_t n, float s);
+
+/* x *= s over n floats. */
+int coe_cuda_scale(coe_cuda *c, float *d_x, int64_t n, float s);
+
+/* Each of rows rows of y (n floats) += b (n floats): a bias. */
+int coe_cuda_add_rows(coe_cuda *c, float *d_y, const float *d_b, int rows, int n);
+
+/* dst row i = src row idx[i], for n rows of width floats; idx in device memory. */
+int coe_cuda_gather_rows(coe_cuda *c, float *d_dst, const float *d_src, const int32_t *d_idx, int n, int width);
+
+/* Copies src row i (width floats, rows contiguous) to dst[i], for n rows; dst an
+ * array of device pointers in device memory (a cache row per token). */
+int coe_cuda_scatter_rows(coe_cuda *c, float *const *d_dst, const float *d_src, int n, int width);
+
+/* Bytes from device memory to device memory, queued. */
+int coe_cuda_copy(coe_cuda *c, void *d_dst, const void *d_src, size_t bytes);
+
+/* The experts' outputs summed per token, as the CPU engine's ffn_moe: out row t =
+ * sum over s < k of w[t k + s] * eo row slot[t k + s], then, with a shared expert
+ * (so not NULL), + so row t, times sigmoid(z[t]) where z is not NULL. Rows of width. */
+int coe_cuda_moe_combine(coe_cuda *c, float *d_out, const float *d_eo, const int32_t *d_slot, const float *d_w,
+                         int T, int k, int width, const float *d_so, const float *d_z);
 
 /* Rotary embedding as coe_rope (experts/engine.c) computes it; the fields are the
  * model's rope_* values. freqs: rope_dim / 2 factors in device memory, or NULL. */

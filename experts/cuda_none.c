@@ -108,9 +108,46 @@ int coe_cuda_silu_mul(coe_cuda *c, float *d_g, const float *d_u, int64_t n)
     return COE_EUNSUPPORTED;
 }
 
-int coe_cuda_add(coe_cuda *c, float *d_y, const float *d_x, int64_t n)
+int coe_cuda_add(coe_cuda *c, float *d_y, const float *d_x, int64_t n, float s)
 {
-    (void)c, (void)d_y, (void)d_x, (void)n;
+    (void)c, (void)d_y, (void)d_x, (void)n, (void)s;
+    return COE_EUNSUPPORTED;
+}
+
+int coe_cuda_scale(coe_cuda *c, float *d_x, int64_t n, float s)
+{
+    (void)c, (void)d_x, (void)n, (void)s;
+    return COE_EUNSUPPORTED;
+}
+
+int coe_cuda_add_rows(coe_cuda *c, float *d_y, const float *d_b, int rows, int n)
+{
+    (void)c, (void)d_y, (void)d_b, (void)rows, (void)n;
+    return COE_EUNSUPPORTED;
+}
+
+int coe_cuda_gather_rows(coe_cuda *c, float *d_dst, const float *d_src, const int32_t *d_idx, int n, int width)
+{
+    (void)c, (void)d_dst, (void)d_src, (void)d_idx, (void)n, (void)width;
+    return COE_EUNSUPPORTED;
+}
+
+int coe_cuda_scatter_rows(coe_cuda *c, float *const *d_dst, const float *d_src, int n, int width)
+{
+    (void)c, (void)d_dst, (void)d_src, (void)n, (void)width;
+    return COE_EUNSUPPORTED;
+}
+
+int coe_cuda_copy(coe_cuda *c, void *d_dst, const void *d_src, size_t bytes)
+{
+    (void)c, (void)d_dst, (void)d_src, (void)bytes;
+    return COE_EUNSUPPORTED;
+}
+
+int coe_cuda_moe_combine(coe_cuda *c, float *d_out, const float *d_eo, const int32_t *d_slot, const float *d_w,
+                         int T, int k, int width, const float *d_so, const float *d_z)
+{
+    (void)c, (void)d_out, (void)d_eo, (void)d_slot, (void)d_w, (void)T, (void)k, (void)width, (void)d_so, (void)d_z;
     return COE_EUNSUPPORTED;
 }
 

@@ -2,12 +2,15 @@
 
 #include <math.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/err.h"
-#include "experts/threads.h"
+#include "experts/cuda.h"
+#include "experts/engine_cuda.h"
 #include "experts/quant.h"
+#include "experts/threads.h"
 
 /* ---- key/value cache ---- */
 
@@ -31,7 +34,9 @@ void coe_kv_free(coe_kv **p)
     coe_kv *kv = *p;
     if (!kv)
         return;
-    for (int l = 0; l < kv->n_layer && kv->k && kv->v; l++) {
+    if (kv->release && kv->k && kv->v)
+        kv->release(kv);
+    for (int l = 0; l < kv->n_layer && kv->k && kv->v && !kv->release; l++) {
         free(kv->k[l]);
         free(kv->v[l]);
     }
@@ -49,6 +54,8 @@ void coe_kv_truncate(coe_kv *kv, int n)
 
 static int kv_reserve(coe_kv *kv, int n)
 {
+    if (kv->owner)
+        return COE_EINVAL; /* its storage is a GPU engine's */
     if (n <= kv->cap)
         return 0;
     int cap = kv->cap ? kv->cap : 64;
@@ -105,6 +112,9 @@ struct coe_engine {
     mm_item *items;
     int cap_items;
     unsigned long long weight_bytes; /* weight bytes the products have read, in all */
+    int cap_pos;                     /* of pos: each token's position in its sequence */
+    coe_engine_cuda *gpu;            /* the forward on a CUDA device, or NULL: the CPU's */
+    char where[200];
 };
 
 const coe_model *coe_engine_model(const coe_engine *e)
@@ -119,7 +129,18 @@ int coe_engine_n_ctx(const coe_engine *e)
 
 unsigned long long coe_engine_weight_bytes(const coe_engine *e)
 {
-    return e->weight_bytes;
+    return e->gpu ? coe_engine_cuda_weight_bytes(e->gpu) : e->weight_bytes;
+}
+
+const char *coe_engine_where(const coe_engine *e)
+{
+    return e->where;
+}
+
+int coe_device_parse(const char *s)
+{
+    return !strcmp(s, "auto") ? COE_DEVICE_AUTO : !strcmp(s, "cpu") ? COE_DEVICE_CPU
+                                                  : !strcmp(s, "cuda") ? COE_DEVICE_CUDA : -1;
 }
 
 coe_engine *coe_engine_new(const coe_model *m, int n_threads, int n_ctx)
@@ -138,12 +159,37 @@ coe_engine *coe_engine_new(const coe_model *m, int n_threads, int n_ctx)
     e->items = calloc((size_t)e->cap_items, sizeof *e->items);
     if (!e->team || !e->items)
         coe_engine_free(&e);
+    else
+        snprintf(e->where, sizeof e->where, "cpu, %d threads", coe_threads_count(e->team));
     return e;
+}
+
+int coe_engine_open(coe_engine **out, const coe_model *m, coe_device device, int n_threads, int n_ctx,
+                    coe_buf *diag)
+{
+    coe_engine *e = *out = coe_engine_new(m, n_threads, n_ctx);
+    if (!e)
+        return COE_ENOMEM;
+    if (device == COE_DEVICE_CPU || (device == COE_DEVICE_AUTO && coe_cuda_device_count() == 0))
+        return 0;
+    coe_buf why = COE_BUF_INIT;
+    int rc = coe_engine_cuda_new(&e->gpu, m, e->n_ctx, &why);
+    if (!rc)
+        snprintf(e->where, sizeof e->where, "%s", coe_engine_cuda_where(e->gpu));
+    else if (device == COE_DEVICE_CUDA) {
+        coe_buf_printf(diag, "device cuda: %s", why.data ? why.data : "");
+        coe_engine_free(out);
+    } else {
+        coe_buf_printf(diag, "device auto: on the CPU, since %s", why.data ? why.data : "");
+        rc = 0;
+    }
+    coe_buf_free(&why);
+    return rc;
 }
 
 /* Every scratch buffer with the bytes it needs for a batch of T tokens; returns how
  * many. One list, so allocating and freeing cannot disagree. */
-#define N_SCRATCH 30
+#define N_SCRATCH 29
 typedef struct scratch {
     void **p;
     size_t bytes;
@@ -189,7 +235,7 @@ static int scratch_list(coe_engine *e, size_t T, scratch *list)
         {(void **)&e->hu, A * F * f},      {(void **)&e->eo, A * E * f},    {(void **)&e->sg, T * Fs * f},
         {(void **)&e->su, T * Fs * f},     {(void **)&e->so, T * E * f},
         {(void **)&e->scores, nth * (size_t)e->n_ctx * f},
-        {(void **)&e->pos, T * i},         {(void **)&e->sel, A * i},       {(void **)&e->sel_slot, A * i},
+        {(void **)&e->sel, A * i},         {(void **)&e->sel_slot, A * i},
         {(void **)&e->ex_count, nx * i},   {(void **)&e->ex_first, nx * i}, {(void **)&e->xq, e->xq_cap},
         {(void **)&e->ql, T * QL * f},     {(void **)&e->qa, T * QA * f},   {(void **)&e->gat, T * G * f},
         {(void **)&e->kvb, T * KVB * f},   {(void **)&e->att2, T * A2 * f},
@@ -216,8 +262,10 @@ void coe_engine_free(coe_engine **p)
     if (!e)
         return;
     free_scratch(e);
+    coe_engine_cuda_free(&e->gpu);
     coe_threads_free(&e->team);
     free(e->items);
+    free(e->pos);
     free(e);
     *p = NULL;
 }
@@ -540,7 +588,7 @@ static void top_n(const float *v, int n_v, int n, int *out)
  * selection bias, within the best groups where the model has them; the weights the
  * unbiased scores, renormalized (the sum clamped as there) and scaled. s: scratch of
  * n_expert + n_group. */
-static void route(const coe_model *m, const coe_layer *l, float *p, float *s, int *sel, float *w)
+void coe_moe_route(const coe_model *m, const coe_layer *l, float *p, float *s, int *sel, float *w)
 {
     const int nx = m->n_expert, k = m->n_expert_used;
     if (m->gating == COE_GATING_SIGMOID) {
@@ -599,28 +647,35 @@ static void route(const coe_model *m, const coe_layer *l, float *p, float *s, in
             w[j] *= m->expert_weights_scale;
 }
 
+void coe_moe_assign(const coe_model *m, const coe_layer *l, int T, float *logits, float *s, coe_moe_plan *p)
+{
+    const int k = m->n_expert_used, nx = m->n_expert;
+    memset(p->ex_count, 0, (size_t)nx * sizeof *p->ex_count);
+    for (int t = 0; t < T; t++)
+        coe_moe_route(m, l, logits + (size_t)t * (size_t)nx, s, p->sel + t * k, p->sel_w + t * k);
+    for (int a = 0; a < T * k; a++)
+        p->ex_count[p->sel[a]]++;
+    for (int i = 0, at = 0; i < nx; i++) {
+        p->ex_first[i] = at;
+        at += p->ex_count[i];
+        p->ex_count[i] = 0;
+    }
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < k; j++) {
+            int x = p->sel[t * k + j], a = p->ex_first[x] + p->ex_count[x]++;
+            p->sel_slot[t * k + j] = a;
+            p->slot_tok[a] = t;
+        }
+}
+
 static void ffn_moe(coe_engine *e, const coe_layer *l, int T)
 {
     const coe_model *m = e->m;
     const int E = m->n_embd, k = m->n_expert_used, nx = m->n_expert, F = m->n_ff_exp, Fs = m->n_ff_shexp;
     matmul(e, &l->gate_inp, 0, e->cur, T, e->router);
-    memset(e->ex_count, 0, (size_t)nx * sizeof *e->ex_count);
-    for (int t = 0; t < T; t++)
-        route(m, l, e->router + (size_t)t * (size_t)nx, e->sel_s, e->sel + t * k, e->sel_w + t * k);
-    for (int a = 0; a < T * k; a++)
-        e->ex_count[e->sel[a]]++;
-    /* Gather each expert's tokens together so its weights are read once. */
-    for (int i = 0, at = 0; i < nx; i++) {
-        e->ex_first[i] = at;
-        at += e->ex_count[i];
-        e->ex_count[i] = 0;
-    }
-    for (int t = 0; t < T; t++)
-        for (int s = 0; s < k; s++) {
-            int x = e->sel[t * k + s], a = e->ex_first[x] + e->ex_count[x]++;
-            e->sel_slot[t * k + s] = a;
-            e->slot_tok[a] = t;
-        }
+    /* Each expert's tokens together so its weights are read once. */
+    coe_moe_plan plan = {e->sel, e->sel_w, e->ex_count, e->ex_first, e->sel_slot, e->slot_tok};
+    coe_moe_assign(m, l, T, e->router, e->sel_s, &plan);
     job_builder jb;
     job_begin(e, &jb);
     for (int i = 0; i < nx; i++) {
@@ -807,35 +862,20 @@ static void attention_deepseek2(coe_engine *e, const coe_layer *l, const coe_bat
 
 /* ---- the forward pass ---- */
 
-int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf *diag)
+/* The CPU's forward of a checked batch at the positions e->pos. */
+static int forward_cpu(coe_engine *e, const coe_batch *b, float *logits, coe_buf *diag)
 {
     const coe_model *m = e->m;
     const int T = b->n, E = m->n_embd;
-    if (T <= 0)
-        return 0;
-    for (int t = 0; t < T; t++)
-        if (b->tokens[t] < 0 || b->tokens[t] >= m->n_vocab) {
-            coe_buf_printf(diag, "token %d at batch index %d is outside the vocabulary of %d\n", b->tokens[t], t,
-                           m->n_vocab);
-            return COE_EINVAL;
-        }
     int rc = reserve(e, T);
     if (rc)
         return rc;
-    /* Positions: each token takes its sequence's next one. */
-    for (int t = 0; t < T; t++) {
-        int before = 0;
-        for (int u = 0; u < t; u++)
-            before += b->seq[u] == b->seq[t];
-        e->pos[t] = b->seq[t]->n_pos + before;
-        if (e->pos[t] >= e->n_ctx) {
-            coe_buf_printf(diag, "the sequence would exceed the context of %d positions\n", e->n_ctx);
-            return COE_ERANGE;
-        }
-    }
     for (int t = 0; t < T; t++)
-        if ((rc = kv_reserve(b->seq[t], e->pos[t] + 1)))
+        if ((rc = kv_reserve(b->seq[t], e->pos[t] + 1))) {
+            if (rc == COE_EINVAL)
+                coe_buf_printf(diag, "a sequence's cache belongs to a GPU engine\n");
             return rc;
+        }
 
     for (int t = 0; t < T; t++)
         coe_dequantize_row(m->tok_embd.type, m->tok_embd.data + (size_t)b->tokens[t] * m->tok_embd.row_bytes,
@@ -883,6 +923,42 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
             logits[i] *= inv;
     }
 
+    return 0;
+}
+
+int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf *diag)
+{
+    const coe_model *m = e->m;
+    const int T = b->n;
+    if (T <= 0)
+        return 0;
+    for (int t = 0; t < T; t++)
+        if (b->tokens[t] < 0 || b->tokens[t] >= m->n_vocab) {
+            coe_buf_printf(diag, "token %d at batch index %d is outside the vocabulary of %d\n", b->tokens[t], t,
+                           m->n_vocab);
+            return COE_EINVAL;
+        }
+    if (T > e->cap_pos) {
+        int *p = realloc(e->pos, (size_t)T * sizeof *p);
+        if (!p)
+            return COE_ENOMEM;
+        e->pos = p;
+        e->cap_pos = T;
+    }
+    /* Positions: each token takes its sequence's next one. */
+    for (int t = 0; t < T; t++) {
+        int before = 0;
+        for (int u = 0; u < t; u++)
+            before += b->seq[u] == b->seq[t];
+        e->pos[t] = b->seq[t]->n_pos + before;
+        if (e->pos[t] >= e->n_ctx) {
+            coe_buf_printf(diag, "the sequence would exceed the context of %d positions\n", e->n_ctx);
+            return COE_ERANGE;
+        }
+    }
+    int rc = e->gpu ? coe_engine_cuda_forward(e->gpu, b, e->pos, logits, diag) : forward_cpu(e, b, logits, diag);
+    if (rc)
+        return rc;
     for (int t = 0; t < T; t++)
         if (e->pos[t] + 1 > b->seq[t]->n_pos)
             b->seq[t]->n_pos = e->pos[t] + 1;

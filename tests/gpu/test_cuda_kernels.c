@@ -279,7 +279,7 @@ static void test_silu_mul_and_add(void **state)
     /* add: exact */
     for (size_t i = 0; i < n; i++)
         want[i] = got[i] + u[i];
-    ok(coe_cuda_add(dev, d_g, d_u, (int64_t)n));
+    ok(coe_cuda_add(dev, d_g, d_u, (int64_t)n, 1));
     down(got, d_g, n * sizeof *got);
     assert_memory_equal(got, want, n * sizeof *got);
     coe_cuda_release(dev, d_g);
