@@ -27,6 +27,8 @@
 #include "experts/fusion.h"
 #include "experts/json_grammar.h"
 #include "experts/sample.h"
+#include "experts/cuda.h"
+#include "experts/engine_cuda.h"
 #include "experts/sched.h"
 #include "experts/tokenizer.h"
 #include "experts/unicode.h"
@@ -750,6 +752,7 @@ static char *registry_key(const coe_local_opts *o)
                    (unsigned long long)st.st_dev, (unsigned long long)st.st_ino, (long long)st.st_size,
                    (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec, o->threads, o->context, o->max_batch,
                    o->max_queue, o->chat_template ? o->chat_template : "-");
+    coe_buf_printf(&k, " %d", (int)o->device);
     return coe_buf_steal(&k);
 }
 
@@ -861,9 +864,27 @@ int coe_local_open(coe_local **out, const coe_local_opts *o, bool start, coe_buf
     L->n_ctx = o->context > 0 ? o->context : L->model ? (L->model->n_ctx_train < 4096 ? L->model->n_ctx_train : 4096) : 0;
     L->max_batch = o->max_batch > 0 ? o->max_batch : 8;
     L->max_queue = o->max_queue >= 0 ? o->max_queue : 64;
+    if (!rc && !start && o->device == COE_DEVICE_CUDA) {
+        /* what starting would find, said at check time */
+        const char *why = coe_cuda_device_count() == 0 ? "no CUDA device is found (no GPU, driver or CUDA build)"
+                                                        : coe_engine_cuda_refuses(L->model);
+        if (why) {
+            coe_buf_printf(diag, "device cuda: %s\n", why);
+            rc = COE_EUNSUPPORTED;
+        }
+    }
     if (!rc && start) {
-        coe_sched_opts so = {o->threads, L->n_ctx, L->max_batch, L->max_queue};
-        rc = coe_sched_open(&L->sched, L->model, &so);
+        coe_sched_opts so = {o->threads, L->n_ctx, L->max_batch, L->max_queue, o->device};
+        coe_buf note = COE_BUF_INIT; /* why it stayed on the CPU, or why the device failed */
+        rc = coe_sched_open(&L->sched, L->model, &so, &note);
+        const char *who = o->name ? o->name : o->path;
+        if (rc && note.len)
+            coe_buf_printf(diag, "%s", note.data);
+        else if (!rc && note.len)
+            coe_info("local expert '%s': %s", who, note.data);
+        if (!rc)
+            coe_info("local expert '%s': on %s", who, coe_sched_where(L->sched));
+        coe_buf_free(&note);
     }
     if (rc) {
         free(key);

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 
 #include "common/buf.h"
+#include "experts/engine.h"
 #include "experts/fusion.h"
 
 typedef struct coe_local coe_local;
@@ -19,6 +20,7 @@ typedef struct coe_local_opts {
     const char *name;          /* the expert's */
     const char *path;          /* the GGUF file */
     int threads;               /* engine threads; 0: one per CPU */
+    coe_device device;         /* where the engine computes (auto: a GPU when one is there and the model fits) */
     int context;               /* positions per sequence; 0: the model's, at most 4096 */
     int max_batch;             /* sequences decoded together */
     int max_queue;             /* requests waiting beyond max_batch; more are refused (503) */

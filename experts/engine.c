@@ -177,10 +177,12 @@ int coe_engine_open(coe_engine **out, const coe_model *m, coe_device device, int
     if (!rc)
         snprintf(e->where, sizeof e->where, "%s", coe_engine_cuda_where(e->gpu));
     else if (device == COE_DEVICE_CUDA) {
-        coe_buf_printf(diag, "device cuda: %s", why.data ? why.data : "");
+        if (diag)
+            coe_buf_printf(diag, "device cuda: %s", why.data ? why.data : "");
         coe_engine_free(out);
     } else {
-        coe_buf_printf(diag, "device auto: on the CPU, since %s", why.data ? why.data : "");
+        if (diag)
+            coe_buf_printf(diag, "device auto: on the CPU, since %s", why.data ? why.data : "");
         rc = 0;
     }
     coe_buf_free(&why);

@@ -305,7 +305,12 @@ static void driver_leave(coe_sched *s)
     s->d = NULL;
 }
 
-int coe_sched_open(coe_sched **out, const coe_model *m, const coe_sched_opts *o)
+const char *coe_sched_where(const coe_sched *s)
+{
+    return coe_engine_where(s->engine);
+}
+
+int coe_sched_open(coe_sched **out, const coe_model *m, const coe_sched_opts *o, coe_buf *diag)
 {
     *out = NULL;
     coe_sched *s = calloc(1, sizeof *s);
@@ -316,7 +321,11 @@ int coe_sched_open(coe_sched **out, const coe_model *m, const coe_sched_opts *o)
     s->max_batch = o->max_batch > 0 ? o->max_batch : 8;
     s->max_queue = o->max_queue >= 0 ? o->max_queue : 64;
     int cap = s->max_batch + PREFILL_PER_STEP, all = s->max_batch + s->max_queue;
-    s->engine = coe_engine_new(m, o->threads, o->n_ctx);
+    int rc = coe_engine_open(&s->engine, m, o->device, o->threads, o->n_ctx, diag);
+    if (rc) {
+        free(s);
+        return rc;
+    }
     s->admitted = calloc((size_t)s->max_batch, sizeof *s->admitted);
     s->waiting = calloc((size_t)(s->max_queue + 1), sizeof *s->waiting);
     s->tokens = calloc((size_t)cap, sizeof *s->tokens);

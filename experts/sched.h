@@ -11,6 +11,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/buf.h"
+#include "experts/engine.h"
 #include "experts/model.h"
 
 typedef struct coe_sched coe_sched;
@@ -21,11 +23,16 @@ typedef struct coe_sched_opts {
     int n_ctx;     /* positions a sequence may hold */
     int max_batch; /* sequences admitted (decoding) at once */
     int max_queue; /* sequences waiting for admission beyond max_batch; more are refused */
+    coe_device device; /* where the engine computes */
 } coe_sched_opts;
 
 /* Starts the engine over m (borrowed: it must outlive the scheduler) and joins the
- * driver thread of its thread team, which steps the team's schedulers in turn. */
-int coe_sched_open(coe_sched **out, const coe_model *m, const coe_sched_opts *o);
+ * driver thread of its thread team, which steps the team's schedulers in turn. A
+ * device that cannot be had is refused with the reason in diag; auto notes there why
+ * it stayed on the CPU, if it did. */
+int coe_sched_open(coe_sched **out, const coe_model *m, const coe_sched_opts *o, coe_buf *diag);
+/* Where its engine computes (coe_engine_where). */
+const char *coe_sched_where(const coe_sched *s);
 /* Leaves the driver once no step of s is under way (the last one out stops it);
  * sequences still open are released (their release callbacks run). */
 void coe_sched_close(coe_sched **s);

@@ -294,15 +294,21 @@ static void open_local(vctx *v, const char *path, coe_expert_cfg *e)
 {
     char full[4096], p[512];
     resolve_path(v, e->path, full, sizeof full);
-    coe_local_opts o = {e->name, full, e->threads, e->context, e->max_batch, e->max_queue, e->chat_template};
+    coe_local_opts o = {e->name,          full,         e->threads,      (coe_device)e->device,
+                        e->context,       e->max_batch, e->max_queue,    e->chat_template};
     coe_buf why = COE_BUF_INIT;
     if (coe_local_open(&e->local, &o, v->mode == COE_CONFIG_SERVE, &why)) {
         size_t n = why.len;
         while (n > 0 && why.data[n - 1] == '\n')
             why.data[--n] = '\0';
-        child_path(p, sizeof p, path, e->chat_template && strstr(why.data ? why.data : "", "chat_template") == why.data
-                                          ? "chat_template" : "path");
-        verr(v, p, "cannot load the model: %s", why.data ? why.data : "unknown error");
+        const char *said = why.data ? why.data : "";
+        child_path(p, sizeof p, path, e->chat_template && strstr(said, "chat_template") == said ? "chat_template"
+                                      : strncmp(said, "device ", 7) == 0                        ? "device"
+                                                                                                : "path");
+        if (strncmp(said, "device ", 7) == 0)
+            verr(v, p, "%s", said + 7); /* "cuda: why not" */
+        else
+            verr(v, p, "cannot load the model: %s", why.data ? why.data : "unknown error");
     }
     coe_buf_free(&why);
 }
@@ -345,7 +351,7 @@ static const char *const expert_keys[] = {
     "kind", "base_url", "model", "api_key_env", "headers", "connect_timeout_ms",
     "first_byte_timeout_ms", "chunk_timeout_ms", "stream_timeout_ms", "retries", "retry_backoff_ms",
     "max_retry_after_ms", "breaker_failures", "breaker_cooldown_ms", "max_concurrency", "max_tokens", "cost",
-    "fallbacks", "delay_ms", "path", "threads", "context", "max_batch", "max_queue", "chat_template",
+    "fallbacks", "delay_ms", "path", "threads", "device", "context", "max_batch", "max_queue", "chat_template",
     "max_tokens_field", "capabilities", NULL};
 
 static void parse_headers(vctx *v, const cJSON *j, const char *path, coe_expert_cfg *e)
@@ -501,14 +507,21 @@ static void parse_expert(vctx *v, const cJSON *j, const char *path, coe_expert_c
     bool local = e->kind == COE_EXPERT_LOCAL;
     e->path = get_string(v, j, path, "path", local && known, NULL);
     e->threads = (int)get_int(v, j, path, "threads", 0, 1024, 0);
+    char *device = get_string(v, j, path, "device", false, NULL);
+    e->device = device ? coe_device_parse(device) : COE_DEVICE_AUTO;
+    if (e->device < 0) {
+        child_path(p, sizeof p, path, "device");
+        verr(v, p, "must be \"auto\", \"cpu\" or \"cuda\", not \"%s\"", device);
+    }
+    free(device);
     e->context = (int)get_int(v, j, path, "context", 0, 1 << 20, 0);
     e->max_batch = (int)get_int(v, j, path, "max_batch", 1, 256, 8);
     e->max_queue = (int)get_int(v, j, path, "max_queue", 0, 100000, 64);
     e->chat_template = get_string(v, j, path, "chat_template", false, NULL);
     static const char *const remote_only[] = {"base_url", "api_key_env", "headers", "max_tokens_field",
                                               "capabilities", NULL};
-    static const char *const local_only[] = {"path", "threads", "context", "max_batch", "max_queue", "chat_template",
-                                             NULL};
+    static const char *const local_only[] = {"path", "threads", "device", "context", "max_batch", "max_queue",
+                                             "chat_template", NULL};
     for (const char *const *k = remote_only; known && !remote && *k; k++)
         if (get(j, *k)) {
             child_path(p, sizeof p, path, *k);

@@ -46,6 +46,7 @@ typedef struct coe_expert_cfg {
     /* local */
     char *path;                 /* owned; the GGUF file, relative paths from the config's folder */
     int threads;                /* engine threads; 0: one per CPU */
+    int device;                 /* coe_device: where the engine computes */
     int context;                /* positions per sequence; 0: the model's, at most 4096 */
     int max_batch;              /* sequences decoded together */
     int max_queue;              /* requests waiting beyond max_batch */

@@ -23,6 +23,7 @@
 #include "experts/nll.h"
 #include "gateway/config.h"
 #include "gateway/server.h"
+#include "experts/cuda.h"
 #include "experts/forge.h"
 #include "router/classifier.h"
 #include "router/cli.h"
@@ -455,7 +456,9 @@ int main(int argc, char **argv)
     if (strcmp(verb, "route") == 0)
         return cmd_route(argc - 2, argv + 2);
     if (strcmp(verb, "version") == 0 || strcmp(verb, "--version") == 0) {
-        printf("coegate %s (cuda: %s)\n", COE_VERSION, COE_HAVE_CUDA ? "yes" : "no");
+        int gpus = coe_cuda_device_count();
+        printf("coegate %s (cuda: %s, %d GPU%s found)\n", COE_VERSION, COE_HAVE_CUDA ? "yes" : "no", gpus,
+               gpus == 1 ? "" : "s");
         return 0;
     }
     fprintf(stderr, "coegate: unknown verb '%s'\n\n%s", verb, usage_main);

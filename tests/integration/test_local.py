@@ -339,6 +339,27 @@ class LocalConfig(unittest.TestCase):
                 self.assertIn("experts.x.path: cannot load the model", r.stderr)
                 self.assertIn(words, r.stderr)
 
+    def test_device(self):
+        gpus = int(subprocess.run([COEGATE, "version"], capture_output=True, text=True).stdout.split(", ")[1].split()[0])
+        with tempfile.TemporaryDirectory() as d:
+            model = os.path.join(d, "m.gguf")
+            forge(model)
+            for device in ("auto", "cpu"):
+                r = self.check({"experts": {"x": {"kind": "local", "path": model, "device": device}},
+                                "routes": {"auto": {"default": "x"}}})
+                self.assertEqual(r.returncode, 0, r.stderr)
+            r = self.check({"experts": {"x": {"kind": "local", "path": model, "device": "cuda"}},
+                            "routes": {"auto": {"default": "x"}}})
+            if gpus == 0:  # what starting would find, said by the check
+                self.assertEqual(r.returncode, 1)
+                self.assertIn("experts.x.device: cuda: no CUDA device is found", r.stderr)
+            else:
+                self.assertEqual(r.returncode, 0, r.stderr)
+            r = self.check({"experts": {"x": {"kind": "local", "path": model, "device": "tpu"}},
+                            "routes": {"auto": {"default": "x"}}})
+            self.assertEqual(r.returncode, 1)
+            self.assertIn('experts.x.device: must be "auto", "cpu" or "cuda", not "tpu"', r.stderr)
+
     def test_template_override_and_keys(self):
         with tempfile.TemporaryDirectory() as d:
             model = os.path.join(d, "m.gguf")

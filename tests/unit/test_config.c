@@ -93,6 +93,10 @@ static void test_json_syntax(void **state)
 static void test_every_error_reported(void **state)
 {
     (void)state;
+    /* where a local expert computes: auto, cpu or cuda, and only local experts say */
+    refused("{\"experts\":{\"x\":{\"kind\":\"echo\",\"device\":\"gpu\"}}}",
+            "t.json: experts.x.device: must be \"auto\", \"cpu\" or \"cuda\", not \"gpu\"\n"
+            "t.json: experts.x.device: only local experts take this key\n");
     unsetenv("COE_TEST_MISSING");
     refused("{\"server\":{\"port\":70000,\"bogus\":1,\"access_log\":\"yes\"},"
             "\"experts\":{"
@@ -114,7 +118,7 @@ static void test_every_error_reported(void **state)
             "t.json: experts.a.timeout: unknown key (allowed here: kind, base_url, model, api_key_env, headers, "
             "connect_timeout_ms, first_byte_timeout_ms, chunk_timeout_ms, stream_timeout_ms, retries, "
             "retry_backoff_ms, max_retry_after_ms, breaker_failures, breaker_cooldown_ms, max_concurrency, "
-            "max_tokens, cost, fallbacks, delay_ms, path, threads, context, max_batch, max_queue, chat_template, "
+            "max_tokens, cost, fallbacks, delay_ms, path, threads, device, context, max_batch, max_queue, chat_template, "
             "max_tokens_field, capabilities)\n"
             "t.json: experts.a.base_url: must start with http:// or https://\n"
             "t.json: experts.a.api_key_env: environment variable COE_TEST_MISSING is unset or empty\n"

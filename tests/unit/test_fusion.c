@@ -167,6 +167,43 @@ static void on_release(void *ctx)
     pthread_mutex_unlock(&w->mu);
 }
 
+/* Holds the driver thread inside a sequence's callback until the test opens it, so
+ * that feeds made meanwhile are certainly still pending. */
+typedef struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int inside, open, released;
+} gate;
+
+static void on_gate(void *ctx, coe_seq *q, const float *logits, const float *hidden, const char *error)
+{
+    (void)q, (void)logits, (void)hidden, (void)error;
+    gate *g = ctx;
+    pthread_mutex_lock(&g->mu);
+    g->inside = 1;
+    pthread_cond_broadcast(&g->cv);
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void on_gate_release(void *ctx)
+{
+    gate *g = ctx;
+    pthread_mutex_lock(&g->mu);
+    g->released = 1;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_wait(gate *g, int *flag)
+{
+    pthread_mutex_lock(&g->mu);
+    while (!*flag)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
 static void wait_done(waiter *w, int n)
 {
     pthread_mutex_lock(&w->mu);
@@ -187,9 +224,9 @@ static void test_lazy_catch_up(void **state)
     coe_buf d = COE_BUF_INIT;
     if (coe_model_open(&m, path, &d))
         fail_msg("%s", d.data);
-    coe_sched_opts o = {2, 64, 4, 4};
+    coe_sched_opts o = {2, 64, 4, 4, COE_DEVICE_CPU};
     coe_sched *s;
-    assert_int_equal(coe_sched_open(&s, m, &o), 0);
+    assert_int_equal(coe_sched_open(&s, m, &o, NULL), 0);
     const int V = m->n_vocab;
     waiter eager = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, malloc(V * sizeof(float)), V, 0};
     waiter lazy = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, malloc(V * sizeof(float)), V, 0};
@@ -197,10 +234,22 @@ static void test_lazy_catch_up(void **state)
     assert_int_equal(coe_seq_open(s, &a, on_logits, on_release, &eager), 0);
     assert_int_equal(coe_seq_open(s, &b, on_logits, on_release, &lazy), 0);
     int32_t toks[12] = {1, 300, 301, 450, 17, 60, 99, 5, 42, 7, 8, 9};
+    /* The driver held in a third sequence's callback: feeds wait. */
+    gate g = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
+    coe_seq *held;
+    assert_int_equal(coe_seq_open(s, &held, on_gate, on_gate_release, &g), 0);
+    assert_int_equal(coe_seq_feed(held, toks, 1), 0);
+    gate_wait(&g, &g.inside);
     /* The prompt (4 tokens) to both; then b reads the rest in catch-ups of 3, 1 and 4. */
     assert_int_equal(coe_seq_feed(a, toks, 4), 0);
     assert_int_equal(coe_seq_feed(b, toks, 4), 0);
     assert_int_equal(coe_seq_feed(b, toks, 1), COE_EBUSY); /* one feed at a time */
+    pthread_mutex_lock(&g.mu);
+    g.open = 1;
+    pthread_cond_broadcast(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+    coe_seq_close(held);
+    gate_wait(&g, &g.released);
     wait_done(&eager, 1);
     wait_done(&lazy, 1);
     assert_memory_equal(eager.logits, lazy.logits, V * sizeof(float));
@@ -251,9 +300,9 @@ static void test_busy_and_close(void **state)
     coe_buf d = COE_BUF_INIT;
     if (coe_model_open(&m, path, &d))
         fail_msg("%s", d.data);
-    coe_sched_opts o = {1, 32, 1, 1};
+    coe_sched_opts o = {1, 32, 1, 1, COE_DEVICE_CPU};
     coe_sched *s;
-    assert_int_equal(coe_sched_open(&s, m, &o), 0);
+    assert_int_equal(coe_sched_open(&s, m, &o, NULL), 0);
     waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, malloc(m->n_vocab * sizeof(float)),
                 m->n_vocab, 0};
     coe_seq *a, *b, *c;
