@@ -19,6 +19,10 @@ extern "C" {
 #include "experts/quant.h"
 }
 
+/* Each thread over a strided share of n. */
+#define GRID_STRIDE(i, n) \
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
 int coe_cuda_fail(coe_cuda *c, int err, const char *fmt, ...)
 {
     va_list ap;
@@ -372,6 +376,89 @@ extern "C" int coe_cuda_dequantize_on_cpu(uint32_t type, const void *w, int64_t 
     return 0;
 }
 
+/* ---- activations through the dot type and back ---- */
+
+/* Rounded to nearest, ties to even; NaN 0 and out of range saturated (quant.c's nearest). */
+__device__ __forceinline__ int nearest(float x)
+{
+    return __float2int_rn(x);
+}
+
+/* One thread per block of a row: Q8_0 / Q8_1 codes (blocks of 32) or Q8_K (256). */
+__global__ void round_blocks_kernel(int kind, const float *x, float *y, int64_t n_blocks)
+{
+    const int QK = kind == 2 ? COE_QKK : COE_QK;
+    GRID_STRIDE(b, n_blocks)
+    {
+        const float *xb = x + (size_t)b * QK;
+        float *yb = y + (size_t)b * QK;
+        if (kind == 2) { /* Q8_K: by the signed value of largest magnitude */
+            float amax = 0, max = 0;
+            for (int j = 0; j < QK; j++)
+                if (fabsf(xb[j]) > amax) {
+                    amax = fabsf(xb[j]);
+                    max = xb[j];
+                }
+            if (amax == 0) {
+                for (int j = 0; j < QK; j++)
+                    yb[j] = 0;
+                continue;
+            }
+            float iscale = __fdiv_rn(-127.f, max), d = __fdiv_rn(1.0f, iscale);
+            for (int j = 0; j < QK; j++) {
+                int q = nearest(__fmul_rn(iscale, xb[j]));
+                q = q < -127 ? -127 : q > 127 ? 127 : q;
+                yb[j] = __fmul_rn(d, (float)q);
+            }
+            continue;
+        }
+        float amax = 0;
+        for (int j = 0; j < QK; j++)
+            amax = fmaxf(amax, fabsf(xb[j]));
+        /* the scale as its F16 (kind 0: Q8_0's d; kind 1: Q8_1's, the same value) */
+        float d = __half2float(__float2half_rn(__fdiv_rn(amax, 127.f)));
+        float id = amax != 0 ? __fdiv_rn(127.f, amax) : 0;
+        for (int j = 0; j < QK; j++)
+            yb[j] = __fmul_rn(d, (float)(int8_t)nearest(__fmul_rn(xb[j], id)));
+    }
+}
+
+__global__ void round_half_kernel(bool brain, const float *x, float *y, int64_t n)
+{
+    GRID_STRIDE(i, n)
+    {
+        if (brain) { /* to BF16, nearest even, as coe_f32_to_bf16 (NaN stays NaN) */
+            uint32_t u = __float_as_uint(x[i]);
+            uint32_t r = (u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) : u + 0x7fffu + ((u >> 16) & 1u);
+            y[i] = __uint_as_float(r & 0xffff0000u);
+        } else {
+            y[i] = __half2float(__float2half_rn(x[i]));
+        }
+    }
+}
+
+extern "C" int coe_cuda_round_activations(coe_cuda *c, uint32_t wtype, const float *d_x, float *d_y, int T,
+                                          int64_t cols)
+{
+    int rc = check_type(c, wtype, cols);
+    if (rc || T <= 0)
+        return rc;
+    int64_t n = (int64_t)T * cols;
+    uint32_t dt = coe_dot_type(wtype);
+    cudaSetDevice(c->device);
+    if (dt == COE_GGML_F32)
+        return coe_cuda_copy(c, d_y, d_x, (size_t)n * sizeof *d_x);
+    if (dt == COE_GGML_F16 || dt == COE_GGML_BF16)
+        round_half_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(dt == COE_GGML_BF16, d_x, d_y, n);
+    else {
+        int kind = dt == COE_ACT_Q8_0 ? 0 : dt == COE_ACT_Q8_1 ? 1 : 2, QK = kind == 2 ? COE_QKK : COE_QK;
+        if (cols % QK)
+            return coe_cuda_fail(c, COE_EINVAL, "%lld values are not whole blocks of %d", (long long)cols, QK);
+        round_blocks_kernel<<<grid_for(n / QK, 128), 128, 0, c->stream>>>(kind, d_x, d_y, n / QK);
+    }
+    return launched(c, "round_activations");
+}
+
 /* ---- matrix times a few vectors: one warp per row, lanes along the row ---- */
 
 enum { WARP = 32, ROWS_PER_BLOCK = 4 };
@@ -517,9 +604,6 @@ extern "C" int coe_cuda_silu_mul(coe_cuda *c, float *d_g, const float *d_u, int6
     silu_mul_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(d_g, d_u, n);
     return launched(c, "silu_mul");
 }
-
-#define GRID_STRIDE(i, n) \
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
 __global__ void add_kernel(float *y, const float *x, int64_t n, float s)
 {

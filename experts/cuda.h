@@ -55,6 +55,14 @@ int coe_cuda_dequantize(coe_cuda *c, uint32_t type, const void *d_w, int64_t n, 
  * builds without CUDA. */
 int coe_cuda_dequantize_on_cpu(uint32_t type, const void *w, int64_t n, float *y);
 
+/* The activations x (T rows of cols) as the CPU engine's products see them against
+ * weights of type wtype: through the weights' dot type (coe_dot_type: Q8_0's codes and
+ * scale for Q8_0, Q4_0, Q5_0 and IQ4_NL; Q8_1's for Q4_1 and Q5_1; Q8_K's for the
+ * K-quants and IQ4_XS; F16 or BF16 for those) and back, bit for bit as
+ * coe_quantize_row then coe_dequantize_row of that type; F32 weights: a copy. So a
+ * product of the rounded rows equals the CPU's up to the order of its float sums. */
+int coe_cuda_round_activations(coe_cuda *c, uint32_t wtype, const float *d_x, float *d_y, int T, int64_t cols);
+
 /* y[t * ld_y + r] = sum over k of W[r][k] x[t * cols + k], for the T rows of x
  * (float) and the rows of W (rows x cols of type, row-major). Few tokens (decode)
  * read W once for all of them in one kernel; more dequantize W to floats in

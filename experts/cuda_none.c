@@ -88,6 +88,12 @@ int coe_cuda_dequantize_on_cpu(uint32_t type, const void *w, int64_t n, float *y
     return COE_EUNSUPPORTED;
 }
 
+int coe_cuda_round_activations(coe_cuda *c, uint32_t wtype, const float *d_x, float *d_y, int T, int64_t cols)
+{
+    (void)c, (void)wtype, (void)d_x, (void)d_y, (void)T, (void)cols;
+    return COE_EUNSUPPORTED;
+}
+
 int coe_cuda_matmul(coe_cuda *c, uint32_t type, const void *d_w, int64_t rows, int64_t cols, const float *d_x,
                     int T, float *d_y, int64_t ld_y, float *d_scratch)
 {

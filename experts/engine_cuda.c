@@ -29,6 +29,7 @@ struct coe_engine_cuda {
     /* device scratch for batches of up to cap_T tokens */
     int cap_T;
     float *x, *cur, *q, *k, *v, *att, *tmp, *out, *router, *xg, *hg, *hu, *eo, *sg, *su, *so, *z, *sel_w, *scores;
+    float *xr; /* a product's input rounded as the CPU rounds it */
     int32_t *pos, *slot_tok, *sel_slot, *wanted;
     float **ptrs;     /* per layer: T key rows, T value rows to write, T key caches, T value caches */
     float *mm_scratch; /* the largest matrix as floats: products of many tokens */
@@ -81,7 +82,7 @@ static void free_scratch(coe_engine_cuda *g)
 {
     void *all[] = {g->x, g->cur, g->q, g->k, g->v, g->att, g->tmp, g->out, g->router, g->xg, g->hg, g->hu,
                    g->eo, g->sg, g->su, g->so, g->z, g->sel_w, g->scores, g->pos, g->slot_tok, g->sel_slot,
-                   g->wanted, g->ptrs};
+                   g->wanted, g->ptrs, g->xr};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         coe_cuda_release(g->dev, all[i]);
     void *host[] = {g->h_router, g->h_sel_w, g->h_sel_s, g->h_sel, g->h_ex_count, g->h_ex_first, g->h_sel_slot,
@@ -89,7 +90,7 @@ static void free_scratch(coe_engine_cuda *g)
     for (size_t i = 0; i < sizeof host / sizeof *host; i++)
         free(host[i]);
     g->x = g->cur = g->q = g->k = g->v = g->att = g->tmp = g->out = g->router = g->xg = g->hg = g->hu = NULL;
-    g->eo = g->sg = g->su = g->so = g->z = g->sel_w = g->scores = NULL;
+    g->eo = g->sg = g->su = g->so = g->z = g->sel_w = g->scores = g->xr = NULL;
     g->pos = g->slot_tok = g->sel_slot = g->wanted = NULL;
     g->ptrs = NULL;
     g->h_router = g->h_sel_w = g->h_sel_s = NULL;
@@ -256,13 +257,15 @@ static int reserve(coe_engine_cuda *g, int T)
     g->pos = coe_cuda_alloc(d, t * sizeof(int32_t)), g->wanted = coe_cuda_alloc(d, t * sizeof(int32_t));
     g->slot_tok = coe_cuda_alloc(d, A * sizeof(int32_t)), g->sel_slot = coe_cuda_alloc(d, A * sizeof(int32_t));
     g->ptrs = coe_cuda_alloc(d, 4 * L * t * sizeof(float *));
+    size_t widest = max_z(max_z(A * E, A * F), max_z(max_z(t * Qd, t * Fs), t * E));
+    g->xr = coe_cuda_alloc(d, widest * f);
     g->h_router = malloc(t * nx * f), g->h_sel_w = malloc(A * f), g->h_sel_s = malloc((nx + (size_t)m->n_group + 1) * f);
     g->h_sel = malloc(A * sizeof(int)), g->h_ex_count = malloc(nx * sizeof(int)), g->h_ex_first = malloc(nx * sizeof(int));
     g->h_sel_slot = malloc(A * sizeof(int)), g->h_slot_tok = malloc(A * sizeof(int));
     g->h_wanted = malloc(t * sizeof(int32_t)), g->h_pos = malloc(t * sizeof(int32_t)), g->h_ptrs = malloc(4 * L * t * sizeof(float *));
     void *all[] = {g->x, g->cur, g->q, g->k, g->v, g->att, g->tmp, g->out, g->router, g->xg, g->hg, g->hu, g->eo,
                    g->sg, g->su, g->so, g->z, g->sel_w, g->scores, g->pos, g->wanted, g->slot_tok, g->sel_slot,
-                   g->ptrs, g->h_router, g->h_sel_w, g->h_sel_s, g->h_sel, g->h_ex_count, g->h_ex_first,
+                   g->ptrs, g->xr, g->h_router, g->h_sel_w, g->h_sel_s, g->h_sel, g->h_ex_count, g->h_ex_first,
                    g->h_sel_slot, g->h_slot_tok, g->h_wanted, g->h_pos, g->h_ptrs};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         if (!all[i]) {
@@ -324,11 +327,19 @@ static const void *dw(const coe_engine_cuda *g, const coe_weight *w, int mat)
     return g->d_file + (w->data - g->m->gguf->base) + (size_t)mat * w->mat_bytes;
 }
 
-/* y (T rows, ld apart) = W_mat x. */
+/* y (T rows, ld apart) = W_mat x, x rounded first as the CPU engine's products round
+ * it (to Q8_0's codes for Q8_0 weights, and so on), so that the two engines agree up to
+ * the order of float sums, as the CPU agrees with llama.cpp. */
 static int mm(coe_engine_cuda *g, const coe_weight *w, int mat, const float *x, int T, float *y, int64_t ld)
 {
     if (T <= 0 || !w->data)
         return 0;
+    if (coe_dot_type(w->type) != COE_GGML_F32) {
+        int rc = coe_cuda_round_activations(g->dev, w->type, x, g->xr, T, w->cols);
+        if (rc)
+            return rc;
+        x = g->xr;
+    }
     if (T > COE_CUDA_MATVEC_MAX_T && !g->mm_scratch &&
         !(g->mm_scratch = coe_cuda_alloc(g->dev, (size_t)largest_matrix(g->m) * sizeof(float))))
         return COE_ENOMEM;

@@ -5,8 +5,10 @@
  *
  * Measure: normalised mean squared error, sum (gpu - cpu)^2 / sum cpu^2, as
  * llama.cpp's test-backend-ops. The bounds, and why:
- *  - dequantization and the residual add: none; the same float operations, each
- *    rounded explicitly, give the same bits.
+ *  - dequantization, activations rounded through a dot type, scale, bias and
+ *    residual adds, row gathers and copies: none; the same float operations, each
+ *    rounded explicitly, give the same bits. The experts' combination: 1e-6
+ *    relative (the shared expert's gate takes CUDA's expf).
  *  - products of a weight matrix and float activations, every type: 1e-10. Both
  *    sides multiply the same dequantized values; only the order of the float sums
  *    differs (the CPU reference sums in double), a relative error of a few float
@@ -224,6 +226,92 @@ static void test_matmul_stride(void **state)
     free(w);
 }
 
+/* Activations through each weight type's dot type and back: the CPU's bits. */
+static void test_round_activations(void **state)
+{
+    (void)state;
+    enum { T = 3, COLS = 512 };
+    float x[T * COLS], want[T * COLS], got[T * COLS];
+    fill(x, T * COLS, 4);
+    x[7] = 0, x[300] = -1e-30f, x[301] = 65504.5f; /* zero, a denormal's neighbour, past F16's range */
+    for (int i = 0; i < 32; i++)
+        x[COLS + 64 + i] = 0; /* a block of zeros */
+    float *d_x = up(x, sizeof x), *d_y = coe_cuda_alloc(dev, sizeof got);
+    uint8_t q[T * COLS * 4];
+    for (size_t k = 0; k < N_TYPES; k++) {
+        uint32_t type = types[k], dt = coe_dot_type(type);
+        for (int t = 0; t < T; t++) {
+            coe_quantize_row(dt, x + t * COLS, q, COLS);
+            coe_dequantize_row(dt, q, want + t * COLS, COLS);
+        }
+        ok(coe_cuda_round_activations(dev, type, d_x, d_y, T, COLS));
+        down(got, d_y, sizeof got);
+        for (int i = 0; i < T * COLS; i++)
+            if (memcmp(&got[i], &want[i], sizeof got[i]) && !(isnan(got[i]) && isnan(want[i])))
+                fail_msg("type %u, value %d (%.9g): %.9g on the GPU, %.9g on the CPU", type, i, x[i], got[i], want[i]);
+    }
+    coe_cuda_release(dev, d_x);
+    coe_cuda_release(dev, d_y);
+}
+
+/* The engine's small movers: exact. */
+static void test_rows_and_moe_combine(void **state)
+{
+    (void)state;
+    enum { T = 5, W = 37, K = 3, A = T * K };
+    float x[A * W], b[W], y[A * W], want[A * W];
+    fill(x, A * W, 2);
+    fill(b, W, 1);
+    float *d_x = up(x, sizeof x), *d_b = up(b, sizeof b), *d_y = coe_cuda_alloc(dev, sizeof y);
+    /* scale, add_rows, add with a scale, copy */
+    ok(coe_cuda_copy(dev, d_y, d_x, sizeof x));
+    ok(coe_cuda_scale(dev, d_y, A * W, 0.25f));
+    ok(coe_cuda_add_rows(dev, d_y, d_b, A, W));
+    ok(coe_cuda_add(dev, d_y, d_x, A * W, 1.5f));
+    for (int i = 0; i < A * W; i++)
+        want[i] = (x[i] * 0.25f + b[i % W]) + x[i] * 1.5f;
+    down(y, d_y, sizeof y);
+    assert_memory_equal(y, want, sizeof y);
+    /* gather rows 4, 0, 4 and scatter them to rows 1, 2, 3 of y */
+    int32_t idx[3] = {4, 0, 4};
+    int32_t *d_idx = up(idx, sizeof idx);
+    float *d_g = coe_cuda_alloc(dev, 3 * W * sizeof(float));
+    ok(coe_cuda_gather_rows(dev, d_g, d_x, d_idx, 3, W));
+    float *dst[3] = {d_y + W, d_y + 2 * W, d_y + 3 * W};
+    void *d_dst = up(dst, sizeof dst);
+    ok(coe_cuda_scatter_rows(dev, d_dst, d_g, 3, W));
+    down(y, d_y, sizeof y);
+    for (int r = 0; r < 3; r++)
+        assert_memory_equal(y + (r + 1) * W, x + idx[r] * W, W * sizeof(float));
+    /* combine: each token's K experts' rows (slots) weighted, then the shared expert gated */
+    int32_t slot[A];
+    float w[A], z[T], out[T * W];
+    for (int a = 0; a < A; a++)
+        slot[a] = (a * 7) % A, w[a] = 0.1f * (float)(a % 4 + 1);
+    fill(z, T, 3);
+    int32_t *d_slot = up(slot, sizeof slot);
+    float *d_w = up(w, sizeof w), *d_z = up(z, sizeof z), *d_out = coe_cuda_alloc(dev, sizeof out);
+    for (int gated = 0; gated < 3; gated++) {
+        const float *so = gated ? d_x : NULL; /* x's first T rows as the shared expert's */
+        ok(coe_cuda_moe_combine(dev, d_out, d_x, d_slot, d_w, T, K, W, so, gated == 2 ? d_z : NULL));
+        down(out, d_out, sizeof out);
+        for (int t = 0; t < T; t++)
+            for (int d = 0; d < W; d++) {
+                float o = 0;
+                for (int s = 0; s < K; s++)
+                    o += x[slot[t * K + s] * W + d] * w[t * K + s];
+                if (gated)
+                    o += x[t * W + d] * (gated == 2 ? 1.0f / (1.0f + expf(-z[t])) : 1.0f);
+                if (fabsf(out[t * W + d] - o) > 1e-6f * (fabsf(o) + 1))
+                    fail_msg("combine %d, token %d, value %d: %.9g on the GPU, %.9g on the CPU", gated, t, d,
+                             out[t * W + d], o);
+            }
+    }
+    void *all[] = {d_x, d_b, d_y, d_idx, d_g, d_dst, d_slot, d_w, d_z, d_out};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        coe_cuda_release(dev, all[i]);
+}
+
 static void rms_norm_ref(const float *x, const float *w, float *y, int n, float eps)
 {
     double sum = 0;
@@ -432,7 +520,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dequantize),  cmocka_unit_test(test_matmul),           cmocka_unit_test(test_matmul_stride),
         cmocka_unit_test(test_rms_norm),    cmocka_unit_test(test_silu_mul_and_add), cmocka_unit_test(test_rope),
-        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention),  cmocka_unit_test(test_round_activations),
+        cmocka_unit_test(test_rows_and_moe_combine),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     coe_cuda_close(&dev);

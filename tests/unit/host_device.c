@@ -173,6 +173,21 @@ int coe_cuda_dequantize(coe_cuda *c, uint32_t type, const void *d_w, int64_t n, 
     return 0;
 }
 
+int coe_cuda_round_activations(coe_cuda *c, uint32_t wtype, const float *d_x, float *d_y, int T, int64_t cols)
+{
+    (void)c;
+    DEVICE(d_x, (size_t)T * (size_t)cols * 4);
+    DEVICE(d_y, (size_t)T * (size_t)cols * 4);
+    uint32_t dt = coe_dot_type(wtype);
+    uint8_t *q = malloc(coe_row_bytes(dt, cols) + (size_t)cols * 4);
+    for (int t = 0; t < T; t++) {
+        coe_quantize_row(dt, d_x + (size_t)t * (size_t)cols, q, cols);
+        coe_dequantize_row(dt, q, d_y + (size_t)t * (size_t)cols, cols);
+    }
+    free(q);
+    return 0;
+}
+
 int coe_cuda_matmul(coe_cuda *c, uint32_t type, const void *d_w, int64_t rows, int64_t cols, const float *d_x,
                     int T, float *d_y, int64_t ld_y, float *d_scratch)
 {
