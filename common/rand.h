@@ -14,6 +14,13 @@ static inline uint64_t coe_splitmix64(uint64_t *state)
     return z ^ (z >> 31);
 }
 
+/* The state n draws later: each draw adds the same constant, so a stream can be split
+ * into parts drawn apart (in parallel) and still give the same numbers. */
+static inline void coe_splitmix64_skip(uint64_t *state, uint64_t n)
+{
+    *state += n * 0x9e3779b97f4a7c15ULL;
+}
+
 /* Uniform in [-a, a). */
 static inline float coe_uniform(uint64_t *state, float a)
 {

@@ -1,6 +1,7 @@
 #include "experts/forge.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include "common/strtab.h"
 #include "common/rand.h"
 #include "experts/quant.h"
+#include "experts/threads.h"
 
 coe_forge_spec coe_forge_small(coe_arch arch)
 {
@@ -163,6 +165,7 @@ static void free_vocab(vocab_builder *v)
 
 typedef struct forge {
     coe_gguf_writer *w;
+    coe_threads *team; /* fills a tensor's rows in parallel (every thread its share of the one stream) */
     uint64_t rng;
     void **blobs;
     int n_blobs, cap_blobs;
@@ -187,6 +190,39 @@ static void *keep(forge *f, size_t n)
 }
 
 /* A tensor of rows x cols (x n_mat), uniform in [-a, a) around center, of type. */
+/* Rows of center + uniform(a) values, quantized: one draw of the stream per value, row
+ * after row, so each thread starts its share of rows that many draws on. */
+typedef struct fill_job {
+    uint8_t *data;
+    size_t row_bytes, n_rows;
+    int64_t cols;
+    uint32_t type;
+    float center, a;
+    uint64_t rng;
+    atomic_int failed;
+} fill_job;
+
+static void fill_rows(void *ctx, int ith, int nth)
+{
+    fill_job *j = ctx;
+    size_t r0 = j->n_rows * (size_t)ith / (size_t)nth, r1 = j->n_rows * (size_t)(ith + 1) / (size_t)nth;
+    if (r0 == r1)
+        return;
+    float *row = malloc((size_t)j->cols * sizeof *row);
+    if (!row) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    uint64_t rng = j->rng;
+    coe_splitmix64_skip(&rng, (uint64_t)r0 * (uint64_t)j->cols);
+    for (size_t r = r0; r < r1; r++) {
+        for (int64_t c = 0; c < j->cols; c++)
+            row[c] = j->center + coe_uniform(&rng, j->a);
+        coe_quantize_row(j->type, row, j->data + r * j->row_bytes, j->cols);
+    }
+    free(row);
+}
+
 static void tensor(forge *f, const char *name, uint32_t type, int64_t cols, int64_t rows, int64_t n_mat, float center,
                    float a)
 {
@@ -201,22 +237,20 @@ static void tensor(forge *f, const char *name, uint32_t type, int64_t cols, int6
         return;
     }
     size_t row_bytes = coe_row_bytes(type, cols), n_rows = (size_t)(rows * n_mat);
-    uint8_t *data = keep(f, row_bytes * n_rows);
-    float *row = malloc((size_t)cols * sizeof *row);
-    if (!data || !row) {
-        free(row);
+    fill_job j = {keep(f, row_bytes * n_rows), row_bytes, n_rows, cols, type, center, a, f->rng, 0};
+    if (!j.data) {
         f->rc = COE_ENOMEM;
         return;
     }
-    for (size_t r = 0; r < n_rows; r++) {
-        for (int64_t c = 0; c < cols; c++)
-            row[c] = center + coe_uniform(&f->rng, a);
-        coe_quantize_row(type, row, data + r * row_bytes, cols);
+    coe_threads_run(f->team, fill_rows, &j);
+    if (j.failed) {
+        f->rc = COE_ENOMEM;
+        return;
     }
-    free(row);
+    coe_splitmix64_skip(&f->rng, (uint64_t)n_rows * (uint64_t)cols);
     uint64_t dims[3] = {(uint64_t)cols, (uint64_t)rows, (uint64_t)n_mat};
     uint32_t n_dims = n_mat > 1 ? 3 : rows > 1 ? 2 : 1;
-    f->rc = coe_gguf_writer_tensor(f->w, name, type, n_dims, dims, data);
+    f->rc = coe_gguf_writer_tensor(f->w, name, type, n_dims, dims, j.data);
 }
 
 /* deepseek2's attention of layer l, in the layout llama.cpp reads: rows that the
@@ -315,10 +349,11 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
     int rc = check_spec(s, diag);
     if (rc)
         return rc;
-    forge f = {coe_gguf_writer_new(32), s->seed, NULL, 0, 0, 0, diag};
+    forge f = {coe_gguf_writer_new(32), coe_threads_shared(0), s->seed, NULL, 0, 0, 0, diag};
     vocab_builder vb = {0};
-    if (!f.w || (rc = build_vocab(&vb, s->n_vocab))) {
+    if (!f.w || !f.team || (rc = build_vocab(&vb, s->n_vocab))) {
         coe_gguf_writer_free(&f.w);
+        coe_threads_free(&f.team);
         free_vocab(&vb);
         return rc ? rc : COE_ENOMEM;
     }
@@ -497,6 +532,7 @@ int coe_forge_write(const coe_forge_spec *s, const char *path, coe_buf *diag)
 #undef KV_F32
     rc = f.rc ? f.rc : coe_gguf_writer_save(f.w, path, diag);
     coe_gguf_writer_free(&f.w);
+    coe_threads_free(&f.team);
     for (int i = 0; i < f.n_blobs; i++)
         free(f.blobs[i]);
     free(f.blobs);
