@@ -4,7 +4,9 @@
  * caches, on every thread), prompt processing, single-sequence decode against its
  * bandwidth bound (bandwidth / weight bytes one token reads), and decode with 4
  * concurrent sequences. Tokens are random, so the experts vary as in real use.
- * usage: engine-bench MODEL.gguf [THREADS] */
+ * With "cuda": the same on CUDA device 0, the bandwidth a copy kernel measures there,
+ * prompts of 512 and 1, 8 and 32 concurrent sequences.
+ * usage: engine-bench MODEL.gguf [THREADS] [cuda] */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +17,7 @@
 #include <immintrin.h>
 #endif
 
+#include "experts/cuda.h"
 #include "experts/engine.h"
 #include "experts/quant.h"
 #include "experts/threads.h"
@@ -132,7 +135,7 @@ static void run(coe_engine *e, int n, const int32_t *tok, coe_kv *const *seq, co
 static double decode(coe_engine *e, const coe_model *m, int n, int prompt, int steps, float *logits,
                      double *bytes_per_step)
 {
-    coe_kv *kv[8];
+    coe_kv *kv[64];
     int32_t tok[512];
     coe_kv *seq[512];
     bool want[512];
@@ -163,10 +166,69 @@ static double decode(coe_engine *e, const coe_model *m, int n, int prompt, int s
     return rate;
 }
 
+/* The model on CUDA device 0: copy bandwidth, the bound, prompts, 1, 8 and 32 sequences. */
+static int gpu_main(const coe_model *m)
+{
+    coe_engine *e = NULL;
+    coe_buf d = COE_BUF_INIT;
+    if (coe_engine_open(&e, m, COE_DEVICE_CUDA, 1, 4096, &d)) {
+        fprintf(stderr, "engine-bench: %s", d.data);
+        return 1;
+    }
+    char why[256];
+    coe_cuda *c = NULL;
+    double bw = 0;
+    if (coe_cuda_open(&c, 0, why, sizeof why) || coe_cuda_copy_bandwidth(c, (size_t)2 << 30, 5, &bw)) {
+        fprintf(stderr, "engine-bench: no bandwidth: %s\n", c ? coe_cuda_last_error(c) : why);
+        return 1;
+    }
+    coe_cuda_close(&c);
+    float *logits = malloc(512 * (size_t)m->n_vocab * sizeof *logits);
+    enum { PROMPT = 512 };
+    int32_t tok[PROMPT];
+    coe_kv *seq[PROMPT];
+    bool want[PROMPT];
+    double pp = 0;
+    decode(e, m, 1, 8, 8, logits, NULL); /* warm-up: scratch, the products' float copies */
+    for (int r = 0; r < 3; r++) {
+        coe_kv *kv = coe_kv_new(m);
+        for (int i = 0; i < PROMPT; i++)
+            tok[i] = random_token(m->n_vocab), seq[i] = kv, want[i] = i == PROMPT - 1;
+        double t0 = now();
+        run(e, PROMPT, tok, seq, want, logits);
+        double rate = PROMPT / (now() - t0);
+        pp = rate > pp ? rate : pp;
+        coe_kv_free(&kv);
+    }
+    const double bytes = (double)m->bytes_per_token, bound = bw / bytes;
+    printf("## Local engine on CUDA (%s, %d layers, embedding %d, %d experts top-%d, %s)\n\n", m->arch_name,
+           m->n_layer, m->n_embd, m->n_expert, m->n_expert_used, coe_engine_where(e));
+    printf("| measure | value | ratio |\n|---|---|---|\n");
+    printf("| device memory bandwidth (our copy kernel, read + written) | %.0f GB/s | |\n", bw / 1e9);
+    printf("| weight bytes read per decoded token | %.1f MB | |\n", bytes / 1e6);
+    printf("| bandwidth bound for one sequence | %.1f tokens/s | 1.00 |\n", bound);
+    printf("| prompt processing (%d tokens, one batch) | %.0f tokens/s | |\n", PROMPT, pp);
+    const int seqs[] = {1, 8, 32};
+    double one = 0;
+    for (int k = 0; k < 3; k++) {
+        double step_bytes = 0, rate = decode(e, m, seqs[k], 32, 64, logits, &step_bytes);
+        one = k == 0 ? rate : one;
+        if (k == 0)
+            printf("| decode, 1 sequence | %.1f tokens/s | **%.2f of the bound** |\n", rate, rate / bound);
+        else
+            printf("| decode, %d concurrent sequences | %.1f tokens/s | %.2fx one; %.2f of their bound (%.0f MB a step) |\n",
+                   seqs[k], rate, rate / one, rate / (seqs[k] * bw / step_bytes), step_bytes / 1e6);
+    }
+    free(logits);
+    coe_engine_free(&e);
+    coe_buf_free(&d);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: engine-bench MODEL.gguf [THREADS]\n");
+        fprintf(stderr, "usage: engine-bench MODEL.gguf [THREADS] [cuda]\n");
         return 2;
     }
     int threads = argc > 2 ? atoi(argv[2]) : 0;
@@ -181,6 +243,11 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < m->gguf->size; i += 4096)
         x ^= m->gguf->base[i];
     (void)x;
+    if (argc > 3 && strcmp(argv[3], "cuda") == 0) {
+        int rc = gpu_main(m);
+        coe_model_close(&m);
+        return rc;
+    }
     coe_engine *e = coe_engine_new(m, threads, 4096);
     coe_threads *team = coe_threads_new(threads);
     int n_threads = coe_threads_count(team);

@@ -167,6 +167,46 @@ extern "C" int coe_cuda_sync(coe_cuda *c)
     return coe_cuda_check(c, cudaStreamSynchronize(c->stream), "kernel");
 }
 
+/* ---- bandwidth: 16 bytes per thread per step ---- */
+
+__global__ void copy_kernel(const float4 *src, float4 *dst, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = src[i];
+}
+
+extern "C" int coe_cuda_copy_bandwidth(coe_cuda *c, size_t bytes, int reps, double *bytes_per_s)
+{
+    *bytes_per_s = 0;
+    bytes = bytes / sizeof(float4) * sizeof(float4);
+    void *a = coe_cuda_alloc(c, bytes), *b = a ? coe_cuda_alloc(c, bytes) : NULL;
+    if (!b) {
+        coe_cuda_release(c, a);
+        return COE_ENOMEM;
+    }
+    cudaEvent_t t0, t1;
+    cudaEventCreate(&t0);
+    cudaEventCreate(&t1);
+    int rc = coe_cuda_check(c, cudaMemsetAsync(a, 1, bytes, c->stream), "memset");
+    size_t n = bytes / sizeof(float4);
+    for (int r = 0; !rc && r < reps + 1; r++) {
+        cudaEventRecord(t0, c->stream);
+        copy_kernel<<<132 * 8, 512, 0, c->stream>>>((const float4 *)a, (float4 *)b, n);
+        cudaEventRecord(t1, c->stream);
+        rc = coe_cuda_check(c, cudaEventSynchronize(t1), "copy");
+        float ms = 0;
+        cudaEventElapsedTime(&ms, t0, t1);
+        double rate = 2.0 * (double)bytes / ((double)ms / 1e3);
+        if (r > 0 && rate > *bytes_per_s) /* the first one warms up */
+            *bytes_per_s = rate;
+    }
+    cudaEventDestroy(t0);
+    cudaEventDestroy(t1);
+    coe_cuda_release(c, a);
+    coe_cuda_release(c, b);
+    return rc;
+}
+
 /* ---- dequantization: element e of a row, as coe_dequantize_row ----
  * Host and device code both: the unit suite runs it on the CPU against the reference
  * (coe_cuda_dequantize_on_cpu), so the bit layouts are checked on machines without a

@@ -43,6 +43,10 @@ int coe_cuda_upload(coe_cuda *c, void *d_dst, const void *src, size_t bytes);
 int coe_cuda_download(coe_cuda *c, void *dst, const void *d_src, size_t bytes);
 int coe_cuda_sync(coe_cuda *c);
 
+/* The device memory's bandwidth as a copy kernel of ours sees it: bytes read plus
+ * bytes written per second, the best of reps copies of bytes (benchmarks). */
+int coe_cuda_copy_bandwidth(coe_cuda *c, size_t bytes, int reps, double *bytes_per_s);
+
 /* Weight types the kernels read: every type the CPU engine reads. */
 bool coe_cuda_type_supported(uint32_t type);
 

@@ -70,6 +70,13 @@ int coe_cuda_sync(coe_cuda *c)
     return COE_EUNSUPPORTED;
 }
 
+int coe_cuda_copy_bandwidth(coe_cuda *c, size_t bytes, int reps, double *bytes_per_s)
+{
+    (void)c, (void)bytes, (void)reps;
+    *bytes_per_s = 0;
+    return COE_EUNSUPPORTED;
+}
+
 bool coe_cuda_type_supported(uint32_t type)
 {
     (void)type;
