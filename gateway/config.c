@@ -12,8 +12,12 @@
 #include "backends/local.h"
 #include "common/err.h"
 #include "common/jsonx.h"
+#include "common/log.h"
 #include "gateway/request.h"
+#include "experts/cuda.h"
+#include "router/batcher.h"
 #include "router/classifier.h"
+#include "router/classifier_cuda.h"
 
 const char coe_config_demo_json[] =
     "{\n"
@@ -840,7 +844,66 @@ static void check_categories_reachable(vctx *v, const coe_config *c)
     }
 }
 
-static const char *const top_keys[] = {"server", "experts", "fusions", "categories", "routes", NULL};
+static const char *const top_keys[] = {"server", "router", "experts", "fusions", "categories", "routes", NULL};
+static const char *const router_keys[] = {"device", "batch_window_us", "max_batch", NULL};
+
+/* Where the routers classify; the batching window is set, or -1 for the default:
+ * 200 us on a GPU, 0 (no batching) on the CPU, where a single query is cheaper. */
+static void parse_router_settings(vctx *v, const cJSON *j, coe_router_settings *r)
+{
+    r->device = COE_DEVICE_AUTO;
+    r->batch_window_us = -1;
+    r->max_batch = 1024;
+    if (!j)
+        return;
+    if (!cJSON_IsObject(j)) {
+        verr(v, "router", "expected an object, found %s", type_name(j));
+        return;
+    }
+    check_keys(v, j, "router", router_keys);
+    char *device = get_string(v, j, "router", "device", false, NULL);
+    if (device && (r->device = coe_device_parse(device)) < 0)
+        verr(v, "router.device", "must be \"auto\", \"cpu\" or \"cuda\", not \"%s\"", device);
+    free(device);
+    r->batch_window_us = (int)get_int(v, j, "router", "batch_window_us", 0, 100000, -1);
+    r->max_batch = (int)get_int(v, j, "router", "max_batch", 1, 65536, 1024);
+    if (r->device == COE_DEVICE_CUDA && coe_cuda_device_count() == 0)
+        verr(v, "router.device", "cuda: no CUDA device is found (no GPU, driver or CUDA build)");
+}
+
+static int cpu_batch(void *router, const coe_features *const *f, int n, float *probs, coe_buf *diag)
+{
+    (void)diag;
+    return coe_router_classify_batch(router, f, n, probs);
+}
+
+/* Serving: the route's router on the GPU (router.device) behind a batcher, or on the
+ * CPU, batched only when a window is set; auto stays on the CPU, saying why, when the
+ * GPU cannot be had. */
+static void route_device(vctx *v, const coe_router_settings *s, coe_route_cfg *r)
+{
+    if (v->mode != COE_CONFIG_SERVE)
+        return;
+    if (s->device != COE_DEVICE_CPU && coe_cuda_device_count() > 0) {
+        coe_buf why = COE_BUF_INIT;
+        int rc = coe_router_gpu_open(&r->gpu, r->router, 0, s->max_batch, (size_t)s->max_batch * 4096, &why);
+        const char *said = why.data ? why.data : coe_strerror(rc);
+        if (rc && s->device == COE_DEVICE_CUDA)
+            verr(v, "router.device", "cuda: %s", said);
+        else if (rc)
+            coe_info("route '%s': its router stays on the CPU: %s", r->name, said);
+        coe_buf_free(&why);
+    }
+    int window = s->batch_window_us >= 0 ? s->batch_window_us : r->gpu ? 200 : 0;
+    if (r->gpu)
+        coe_router_batcher_open(&r->batcher, coe_router_gpu_batch, r->gpu, r->router->n_classes, window,
+                                s->max_batch);
+    else if (window > 0)
+        coe_router_batcher_open(&r->batcher, cpu_batch, r->router, r->router->n_classes, window, s->max_batch);
+    if (r->batcher)
+        coe_info("route '%s': classifies on %s, up to %d requests together within %d us", r->name,
+                 r->gpu ? coe_router_gpu_device(r->gpu) : "the CPU", s->max_batch, window);
+}
 
 int coe_config_parse(const char *text, size_t len, const char *name, coe_config_mode mode,
                      coe_config **out, coe_buf *d)
@@ -874,6 +937,7 @@ int coe_config_parse(const char *text, size_t len, const char *name, coe_config_
     }
     check_keys(&v, root, "", top_keys);
     parse_server(&v, get(root, "server"), &c->server);
+    parse_router_settings(&v, get(root, "router"), &c->router);
 
     const cJSON *experts = get(root, "experts");
     if (!experts) {
@@ -939,6 +1003,8 @@ int coe_config_parse(const char *text, size_t len, const char *name, coe_config_
             char path[512];
             child_path(path, sizeof path, "routes", j->string);
             parse_route(&v, j, path, c, &c->routes[i]);
+            if (c->routes[i].router)
+                route_device(&v, &c->router, &c->routes[i]);
         }
     }
     check_categories_reachable(&v, c);
@@ -1009,6 +1075,8 @@ void coe_config_unref(coe_config **cp)
     free(c->experts);
     for (int i = 0; i < c->n_routes && c->routes; i++) {
         free(c->routes[i].router_path);
+        coe_router_batcher_close(&c->routes[i].batcher); /* runs what is waiting, on the GPU still */
+        coe_router_gpu_close(&c->routes[i].gpu);
         coe_router_close(&c->routes[i].router);
         free(c->routes[i].category_of_class);
     }

@@ -89,6 +89,8 @@ typedef struct coe_route_cfg {
     /* The learned policy, when the route has a router: */
     char *router_path;          /* owned */
     struct coe_router *router;  /* owned; loaded with the configuration */
+    struct coe_router_gpu *gpu; /* owned; the router on a GPU (serving, router.device), or NULL */
+    struct coe_router_batcher *batcher; /* owned; gathers concurrent requests' classifications, or NULL */
     int *category_of_class;     /* owned; router class -> index into coe_config.categories, or -1 */
     double threshold;           /* below this top probability, the fallback answers */
     int fallback_expert;        /* index into coe_config.experts */
@@ -115,10 +117,18 @@ typedef struct coe_server_cfg {
     bool access_log;
 } coe_server_cfg;
 
+/* Where the routes' routers classify ("router" in the file). */
+typedef struct coe_router_settings {
+    int device;                 /* coe_device: auto (a GPU when there is one), cpu or cuda */
+    int batch_window_us;        /* how long a routed request waits for others to be classified with */
+    int max_batch;              /* the most classified together */
+} coe_router_settings;
+
 typedef struct coe_config {
     atomic_int refs;
     char *path;                 /* owned; "<built-in demo>" for the built-in one */
     coe_server_cfg server;
+    coe_router_settings router;
     coe_expert_cfg *experts;    /* owned, n_experts: the experts, then the fusion groups */
     int n_experts;
     coe_route_cfg *routes;      /* owned, n_routes */

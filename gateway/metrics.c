@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "gateway/config.h"
+#include "router/batcher.h"
 
 static const int statuses[] = {200, 400, 401, 404, 405, 413, 429, 499, 500, 502, 503, 504};
 #define N_STATUS (sizeof statuses / sizeof statuses[0])
@@ -131,4 +132,27 @@ int coe_metrics_render(coe_buf *b, int inflight)
                            atomic_load(&experts[i].n[ev]));
     }
     return 0;
+}
+
+void coe_metrics_routes(const coe_config *c, coe_buf *b)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } families[3] = {
+        {"coegate_router_batches_total", "counter", "Per route with batching: batches classified."},
+        {"coegate_router_batched_queries_total", "counter", "Per route with batching: queries classified in them."},
+        {"coegate_router_batch_max", "gauge", "Per route with batching: the most classified together."},
+    };
+    for (int k = 0; k < 3; k++)
+        for (int i = 0, shown = 0; i < c->n_routes; i++) {
+            if (!c->routes[i].batcher)
+                continue;
+            if (!shown++)
+                coe_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", families[k].name, families[k].help,
+                               families[k].name, families[k].type);
+            coe_batcher_stats st;
+            coe_router_batcher_stats(c->routes[i].batcher, &st);
+            coe_buf_printf(b, "%s{route=\"%s\"} %lld\n", families[k].name, c->routes[i].name,
+                           k == 0 ? st.batches : k == 1 ? st.queries : (long long)st.largest);
+        }
 }

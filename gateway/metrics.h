@@ -28,6 +28,10 @@ typedef enum coe_expert_event {
 void coe_metrics_request(coe_metric_endpoint ep, int status, double seconds);
 /* n occurrences of ev for the expert named expert (borrowed). */
 void coe_metrics_expert(const char *expert, coe_expert_event ev, long n);
+
+struct coe_config;
+/* The batched routes' batchers: batches, queries classified in them, the largest. */
+void coe_metrics_routes(const struct coe_config *c, coe_buf *b);
 /* The count of ev for the expert named expert so far (0 when none). */
 unsigned long long coe_metrics_expert_count(const char *expert, coe_expert_event ev);
 /* Appends the exposition text (Prometheus format 0.0.4). */

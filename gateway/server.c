@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,9 @@
 #include "gateway/auth.h"
 #include "gateway/console.h"
 #include "gateway/dispatch.h"
+#include "router/features.h"
+#include "router/classifier.h"
+#include "router/batcher.h"
 #include "gateway/exchange.h"
 #include "gateway/http.h"
 #include "gateway/metrics.h"
@@ -72,6 +76,7 @@ typedef struct conn_ctx {
     long long start_us;
     bool counted;             /* holds a place in inflight */
     coe_exchange *ex;         /* once dispatched */
+    struct routing *routing;  /* while the route's batcher classifies the request */
     int status;               /* for the access log, when answered here */
     bool close;               /* answer with Connection: close (the framing cannot be trusted) */
     const char *method;
@@ -383,6 +388,105 @@ static void wake_conn(void *arg)
     coe_http_wake(arg);
 }
 
+/* ---- routing that waits for a batch ---- */
+
+static int routed(conn_ctx *cx, coe_request *req, const coe_route_decision *d, int route_rc);
+
+/* A request whose features the route's batcher classifies (on a GPU, with others):
+ * held by its connection and by the batcher until both let go. */
+typedef struct routing {
+    atomic_int refs;
+    coe_http_conn *conn; /* referenced: the batcher wakes it */
+    coe_config *cfg;     /* referenced: the batcher lives in it */
+    coe_request *req;    /* owned until routed */
+    coe_route_decision dec;
+    coe_features f;
+    float *probs;
+    atomic_int rc;
+    atomic_bool classified;
+} routing;
+
+static void routing_unref(routing *rt)
+{
+    if (atomic_fetch_sub(&rt->refs, 1) != 1)
+        return;
+    coe_request_free(&rt->req);
+    coe_features_free(&rt->f);
+    free(rt->probs);
+    coe_http_conn_unref(&rt->conn);
+    coe_config_unref(&rt->cfg);
+    free(rt);
+}
+
+/* On the batcher's thread. */
+static void on_classified(void *arg, int rc)
+{
+    routing *rt = arg;
+    atomic_store(&rt->rc, rc);
+    atomic_store(&rt->classified, true);
+    coe_http_wake(rt->conn);
+    routing_unref(rt);
+}
+
+/* The probabilities where the batcher could not give them (rc: its answer), then the
+ * policy. */
+static int classify_now(const coe_config *cfg, const coe_request *req, const coe_features *f, coe_route_decision *dec,
+                        int rc)
+{
+    const coe_route_cfg *r = &cfg->routes[dec->route];
+    float probs[4096];
+    if (r->router->n_classes > 4096)
+        return COE_EINVAL;
+    if (rc) /* no batcher, or its device failed: the CPU classifies */
+        rc = coe_router_classify(r->router, f, probs);
+    return rc ? rc : coe_route_finish(cfg, req, probs, dec);
+}
+
+/* Hands the request to its route's batcher; 0, or an error with everything still the
+ * caller's. The features move into the routing. */
+static int classify_later(conn_ctx *cx, coe_request **req, const coe_route_decision *dec, coe_features *f)
+{
+    routing *rt = calloc(1, sizeof *rt);
+    const coe_route_cfg *r = &cx->cfg->routes[dec->route];
+    if (!rt || !(rt->probs = malloc((size_t)r->router->n_classes * sizeof *rt->probs))) {
+        free(rt);
+        return COE_ENOMEM;
+    }
+    atomic_init(&rt->refs, 2);
+    atomic_init(&rt->rc, 0);
+    atomic_init(&rt->classified, false);
+    rt->conn = coe_http_conn_ref(cx->conn);
+    rt->cfg = coe_config_ref(cx->cfg);
+    rt->dec = *dec;
+    rt->f = *f;
+    if (coe_router_batcher_submit(r->batcher, &rt->f, rt->probs, on_classified, rt)) {
+        *f = rt->f; /* back to the caller */
+        rt->f = (coe_features){0};
+        atomic_store(&rt->refs, 1);
+        routing_unref(rt);
+        return COE_ECANCELED;
+    }
+    *f = (coe_features){0};
+    rt->req = *req;
+    *req = NULL;
+    cx->routing = rt;
+    return 0;
+}
+
+/* On the connection's loop, once classified: the policy and the dispatch. */
+static void finish_routing(conn_ctx *cx)
+{
+    routing *rt = cx->routing;
+    cx->routing = NULL;
+    coe_route_decision dec = rt->dec;
+    int rc = atomic_load(&rt->rc);
+    rc = rc ? classify_now(cx->cfg, rt->req, &rt->f, &dec, rc) : coe_route_finish(cx->cfg, rt->req, rt->probs, &dec);
+    coe_request *req = rt->req;
+    rt->req = NULL;
+    routing_unref(rt);
+    routed(cx, req, &dec, rc);
+}
+
 /* The whole body is in: parse, route and hand over to dispatch. */
 static int handle_body(conn_ctx *cx, const char *body, size_t len)
 {
@@ -408,6 +512,7 @@ static int handle_body(conn_ctx *cx, const char *body, size_t len)
         coe_metrics_render(&b, atomic_load(&s->inflight));
         coe_local_metrics(cx->cfg, &b);
         coe_dispatch_metrics(cx->cfg, &b);
+        coe_metrics_routes(cx->cfg, &b);
         int rc = send_built(cx, 200, "text/plain; version=0.0.4", &b, 0);
         coe_buf_free(&b);
         return rc;
@@ -423,7 +528,23 @@ static int handle_body(conn_ctx *cx, const char *body, size_t len)
         return send_error(cx, &err);
     log_word(cx->model, sizeof cx->model, req->model);
     coe_route_decision dec;
-    int route_rc = coe_route_resolve(cx->cfg, req, &dec);
+    coe_features f = {0};
+    int route_rc = coe_route_begin(cx->cfg, req, &dec, &f);
+    if (route_rc == COE_ROUTE_CLASSIFY) {
+        if (cx->cfg->routes[dec.route].batcher && classify_later(cx, &req, &dec, &f) == 0)
+            return 0; /* woken when classified */
+        route_rc = classify_now(cx->cfg, req, &f, &dec, COE_ECANCELED);
+    }
+    coe_features_free(&f);
+    return routed(cx, req, &dec, route_rc);
+}
+
+/* Everything after routing: the errors it can give, then the dispatch. */
+static int routed(conn_ctx *cx, coe_request *req, const coe_route_decision *d, int route_rc)
+{
+    coe_server *s = cx->srv;
+    const coe_server_cfg *sc = &cx->cfg->server;
+    coe_route_decision dec = *d;
     if (route_rc == COE_ENOMEM) {
         coe_request_free(&req);
         return fail(cx, 503, "overloaded", NULL, "the gateway is out of memory");
@@ -528,7 +649,9 @@ static void on_wake(void *arg, coe_http_conn *conn)
 {
     (void)arg;
     conn_ctx *cx = coe_http_user(conn);
-    if (cx && cx->ex && coe_exchange_wait_head(cx->ex))
+    if (cx && cx->routing && atomic_load(&cx->routing->classified))
+        finish_routing(cx);
+    else if (cx && cx->ex && coe_exchange_wait_head(cx->ex))
         send_exchange(cx);
 }
 
@@ -539,6 +662,8 @@ static void on_end(void *arg, coe_http_conn *conn, int outcome)
     if (!cx)
         return;
     coe_http_set_user(conn, NULL);
+    if (cx->routing) /* the client left while the batcher classified: it lets go of the rest */
+        routing_unref(cx->routing);
     coe_server *s = cx->srv;
     coe_usage usage = {-1, -1, -1};
     char expert[COE_NAME_MAX + 1] = "-";

@@ -203,6 +203,27 @@ extern "C" int coe_router_gpu_open(coe_router_gpu **out, const coe_router *m, in
     return 0;
 }
 
+extern "C" int coe_router_gpu_batch(void *gpu, const coe_features *const *f, int n, float *probs, coe_buf *diag)
+{
+    coe_router_gpu *g = (coe_router_gpu *)gpu;
+    const int C = g->m->n_classes;
+    int rc = 0;
+    for (int at = 0; !rc && at < n;) {
+        if (f[at]->n > g->max_features) { /* alone, and too big for the device's buffers */
+            rc = coe_router_classify_batch(g->m, f + at, 1, probs + (size_t)at * (size_t)C);
+            at++;
+            continue;
+        }
+        int k = 0;
+        size_t total = 0;
+        while (at + k < n && k < g->max_batch && f[at + k]->n <= g->max_features - total)
+            total += f[at + k++]->n;
+        rc = coe_router_gpu_classify(g, f + at, k, probs + (size_t)at * (size_t)C, diag);
+        at += k;
+    }
+    return rc;
+}
+
 extern "C" const char *coe_router_gpu_device(const coe_router_gpu *g)
 {
     return coe_cuda_name(g->dev);

@@ -31,6 +31,11 @@ const char *coe_router_gpu_device(const coe_router_gpu *g);
  * probs: n rows of the model's n_classes. */
 int coe_router_gpu_classify(coe_router_gpu *g, const coe_features *const *f, int n, float *probs, coe_buf *diag);
 
+/* coe_router_gpu_classify for a batch of any size (router/batcher.h's coe_batch_fn,
+ * ctx the coe_router_gpu): in parts that the device's buffers hold; a query with more
+ * features than they hold alone is classified on the CPU. */
+int coe_router_gpu_batch(void *gpu, const coe_features *const *f, int n, float *probs, coe_buf *diag);
+
 #ifdef __cplusplus
 }
 #endif

@@ -17,6 +17,13 @@ void coe_router_gpu_close(coe_router_gpu **g)
     *g = NULL;
 }
 
+int coe_router_gpu_batch(void *gpu, const coe_features *const *f, int n, float *probs, coe_buf *diag)
+{
+    (void)gpu, (void)f, (void)n, (void)probs;
+    coe_buf_printf(diag, "this build has no CUDA\n");
+    return COE_EUNSUPPORTED;
+}
+
 const char *coe_router_gpu_device(const coe_router_gpu *g)
 {
     (void)g;

@@ -1,8 +1,10 @@
 #include "router/route.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/err.h"
+#include "router/batcher.h"
 #include "router/classifier.h"
 
 /* The text of a message's content: a string, or its text parts joined. */
@@ -122,7 +124,7 @@ static void init(coe_route_decision *d, int route)
     d->category = -1;
 }
 
-int coe_route_resolve(const coe_config *cfg, const coe_request *req, coe_route_decision *out)
+int coe_route_begin(const coe_config *cfg, const coe_request *req, coe_route_decision *out, coe_features *f)
 {
     int r = coe_config_find_route(cfg, req->model);
     if (r < 0) {
@@ -142,15 +144,36 @@ int coe_route_resolve(const coe_config *cfg, const coe_request *req, coe_route_d
         out->rule = "default";
         return make_capable(cfg, rc, req->needs, out);
     }
-    coe_features f = {0};
-    float probs[4096];
-    request_features(rc->router, req, &f);
-    int err = rc->router->n_classes <= 4096 ? coe_router_classify(rc->router, &f, probs) : COE_EINVAL;
-    coe_features_free(&f);
-    if (err)
-        return err;
+    request_features(rc->router, req, f);
+    return COE_ROUTE_CLASSIFY;
+}
+
+int coe_route_finish(const coe_config *cfg, const coe_request *req, const float *probs, coe_route_decision *out)
+{
+    const coe_route_cfg *rc = &cfg->routes[out->route];
     decide(cfg, rc, probs, req->needs, out);
     return make_capable(cfg, rc, req->needs, out);
+}
+
+int coe_route_resolve(const coe_config *cfg, const coe_request *req, coe_route_decision *out)
+{
+    coe_features f = {0};
+    int rc = coe_route_begin(cfg, req, out, &f);
+    if (rc == COE_ROUTE_CLASSIFY) {
+        const coe_route_cfg *r = &cfg->routes[out->route];
+        float *probs = malloc((size_t)r->router->n_classes * sizeof *probs);
+        if (!probs)
+            rc = COE_ENOMEM;
+        else if (!r->batcher || coe_router_batcher_classify(r->batcher, &f, probs))
+            rc = coe_router_classify(r->router, &f, probs); /* no batcher, or its device failed */
+        else
+            rc = 0;
+        if (!rc)
+            rc = coe_route_finish(cfg, req, probs, out);
+        free(probs);
+    }
+    coe_features_free(&f);
+    return rc;
 }
 
 int coe_route_text(const coe_config *cfg, int r, const char *text, coe_route_decision *out)

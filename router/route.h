@@ -8,6 +8,7 @@
 
 #include "gateway/config.h"
 #include "gateway/request.h"
+#include "router/features.h"
 
 #define COE_ROUTE_TOP 3
 
@@ -32,6 +33,15 @@ typedef struct coe_route_decision {
  * COE_EUNSUPPORTED when no expert it may choose can serve the request (out->missing
  * says what), or COE_ENOMEM. */
 int coe_route_resolve(const coe_config *cfg, const coe_request *req, coe_route_decision *out);
+
+/* coe_route_resolve in two halves, for a caller that classifies elsewhere (the
+ * gateway hands the features to the route's batcher and goes on serving): begin
+ * returns COE_ROUTE_CLASSIFY with f filled when the route's router must classify
+ * them (into probs of its n_classes) before finish; else what coe_route_resolve
+ * returns, the decision made. */
+#define COE_ROUTE_CLASSIFY 1
+int coe_route_begin(const coe_config *cfg, const coe_request *req, coe_route_decision *out, coe_features *f);
+int coe_route_finish(const coe_config *cfg, const coe_request *req, const float *probs, coe_route_decision *out);
 /* The same for a bare text, on route r (for `coegate route`). */
 int coe_route_text(const coe_config *cfg, int r, const char *text, coe_route_decision *out);
 

@@ -3,9 +3,13 @@ threshold fallback, the cost weight, `coegate route`, and config errors."""
 
 import json
 import os
+import re
+import socket
 import subprocess
 import tempfile
+import threading
 import unittest
+import urllib.request
 
 from harness import COEGATE, Gateway, Upstream, chat_body, post, remote
 
@@ -42,7 +46,10 @@ class Routing(unittest.TestCase):
                 "plain": {"default": "writer"},
             },
         }
+        cls.config.update(cls.settings)
         cls.gw = Gateway(cls.config)
+
+    settings = {}  # the configuration's "router" section, for the subclass below
 
     @classmethod
     def tearDownClass(cls):
@@ -286,6 +293,74 @@ class Evaluation(unittest.TestCase):
             self.assertNotEqual(r.returncode, 0)
             self.assertIn("the strong expert 'nosuch' is not in the models file", r.stderr)
 
+
+
+class BatchedRouting(Routing):
+    """Every test above again with the routers' classifications gathered into batches
+    (on the CPU here; on a GPU the same path, with the GPU's batch function): the
+    request waits on the worker's loop without blocking it, and is woken when its batch
+    is classified."""
+
+    settings = {"router": {"device": "cpu", "batch_window_us": 3000, "max_batch": 8}}
+
+    def test_batching_is_on(self):
+        self.assertTrue(self.gw.wait_log(r"route 'auto': classifies on the CPU, up to 8 requests together within 3000 us"))
+
+    def test_concurrent_requests_each_get_their_route(self):
+        cases = [(CODE_Q, "coder"), (MATH_Q, "mathematician"), (WRITING_Q, "generalist")] * 10
+        results = [None] * len(cases)
+
+        def ask(i):
+            r = self.ask(cases[i][0])
+            results[i] = (r.status, r.headers.get("x-coegate-expert"))
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(cases))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertEqual(results, [(200, expert) for _, expert in cases])
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.gw.port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        largest = int(re.search(r'coegate_router_batch_max\{route="auto"\} (\d+)', text).group(1))
+        self.assertGreater(largest, 1)  # 30 at once: some were classified together
+        self.assertLessEqual(largest, 8)
+
+    def test_client_leaving_while_classified(self):
+        body = json.dumps(chat_body(CODE_Q, model="auto")).encode()
+        for _ in range(5):  # each leaves before its batch's window is over
+            s = socket.create_connection(("127.0.0.1", self.gw.port))
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            s.close()
+        r = self.ask(MATH_Q)
+        self.assertEqual((r.status, r.headers["x-coegate-expert"]), (200, "mathematician"))
+        self.assertTrue(self.gw.wait_log(r"status=499"))
+
+
+class RouterSettings(unittest.TestCase):
+    def check(self, config):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "c.json")
+            with open(path, "w") as f:
+                json.dump(config, f)
+            return subprocess.run([COEGATE, "config", "check", path], capture_output=True, text=True, timeout=30)
+
+    def test_errors_are_named(self):
+        base = {"experts": {"e": {"kind": "echo"}}, "routes": {"auto": {"default": "e"}}}
+        r = self.check({**base, "router": {"device": "tpu", "batch_window_us": -1, "speed": 1}})
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("router.speed: unknown key (allowed here: device, batch_window_us, max_batch)", r.stderr)
+        self.assertIn('router.device: must be "auto", "cpu" or "cuda", not "tpu"', r.stderr)
+        self.assertIn("router.batch_window_us: expected an integer from 0 to 100000", r.stderr)
+        gpus = int(subprocess.run([COEGATE, "version"], capture_output=True, text=True).stdout.split(", ")[1].split()[0])
+        r = self.check({**base, "router": {"device": "cuda"}})
+        if gpus == 0:
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("router.device: cuda: no CUDA device is found", r.stderr)
+        else:
+            self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.check({**base, "router": {"device": "auto", "max_batch": 64}}).returncode, 0)
 
 if __name__ == "__main__":
     unittest.main()

@@ -109,7 +109,7 @@ static void test_every_error_reported(void **state)
             "\"h\":{\"kind\":\"remote\",\"base_url\":\"https:///\"}},"
             "\"routes\":{\"auto\":{\"default\":\"nobody\"},\"a\":{\"default\":\"a\"}},"
             "\"extra\":true}",
-            "t.json: extra: unknown key (allowed here: server, experts, fusions, categories, routes)\n"
+            "t.json: extra: unknown key (allowed here: server, router, experts, fusions, categories, routes)\n"
             "t.json: server.bogus: unknown key (allowed here: host, port, api_keys_env, max_body_bytes, "
             "stream_buffer_bytes, max_json_depth, connection_timeout_s, headers_timeout_s, body_timeout_s, "
             "max_connections, max_connections_per_ip, threads, max_inflight, shutdown_grace_ms, access_log)\n"

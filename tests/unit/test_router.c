@@ -13,6 +13,9 @@
 
 #include "common/err.h"
 #include "common/gguf.h"
+#include <pthread.h>
+
+#include "router/batcher.h"
 #include "router/classifier.h"
 #include "router/dataset.h"
 #include "router/train.h"
@@ -226,6 +229,71 @@ static void test_ensemble(void **state)
     coe_buf_free(&d);
 }
 
+/* The batcher, over the CPU's batched classifier: threads at once, each query's
+ * probabilities its own (as the single-query path's, within 1e-5), queries gathered
+ * into batches no larger than max_batch. */
+typedef struct asker {
+    coe_router_batcher *b;
+    const coe_router *m;
+    int id, bad;
+} asker;
+
+static int classify_batch(void *ctx, const coe_features *const *f, int n, float *probs, coe_buf *diag)
+{
+    (void)diag;
+    return coe_router_classify_batch(ctx, f, n, probs);
+}
+
+static void *ask(void *arg)
+{
+    asker *a = arg;
+    static const char *const words[] = {"quick", "fish", "sat", "cat", "dog", "ran", "blue", "sky"};
+    for (int i = 0; i < 100; i++) {
+        char q[128];
+        snprintf(q, sizeof q, "%s %s %s", words[(a->id + i) % 8], words[(a->id * 3 + i * 5) % 8], words[i % 8]);
+        coe_features f = {0};
+        coe_features_add_text(&a->m->fp, q, strlen(q), 1.0f, &f);
+        float got[3], want[3];
+        if (coe_router_batcher_classify(a->b, &f, got) || coe_router_classify(a->m, &f, want))
+            a->bad++;
+        for (int c = 0; c < 3; c++)
+            a->bad += !(fabsf(got[c] - want[c]) < 1e-5f);
+        coe_features_free(&f);
+    }
+    return NULL;
+}
+
+static void test_batcher(void **state)
+{
+    (void)state;
+    coe_router *m = train_toy(11, 8);
+    for (int window = 0; window <= 2000; window += 2000) {
+        coe_router_batcher *b = NULL;
+        assert_int_equal(coe_router_batcher_open(&b, classify_batch, m, m->n_classes, window, 5), 0);
+        enum { N = 12 };
+        pthread_t t[N];
+        asker a[N];
+        for (int i = 0; i < N; i++) {
+            a[i] = (asker){b, m, i, 0};
+            assert_int_equal(pthread_create(&t[i], NULL, ask, &a[i]), 0);
+        }
+        for (int i = 0; i < N; i++) {
+            pthread_join(t[i], NULL);
+            assert_int_equal(a[i].bad, 0);
+        }
+        coe_batcher_stats st;
+        coe_router_batcher_stats(b, &st);
+        assert_int_equal(st.queries, N * 100);
+        assert_true(st.largest >= 1 && st.largest <= 5);
+        assert_true(st.batches >= N * 100 / 5);
+        print_message("window %d us: %lld queries in %lld batches, largest %d\n", window, st.queries, st.batches,
+                      st.largest);
+        coe_router_batcher_close(&b);
+        assert_null(b);
+    }
+    coe_router_close(&m);
+}
+
 static void test_dataset_errors(void **state)
 {
     (void)state;
@@ -255,6 +323,7 @@ int main(void)
         cmocka_unit_test(test_training_learns_and_is_deterministic),
         cmocka_unit_test(test_file_round_trip_and_refusals),
         cmocka_unit_test(test_ensemble),
+        cmocka_unit_test(test_batcher),
         cmocka_unit_test(test_dataset_errors),
     };
     return cmocka_run_group_tests_name("router", tests, NULL, NULL);
