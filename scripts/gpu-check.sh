@@ -4,8 +4,9 @@
 # Here, on a machine with nvcc (no GPU needed):
 #   scripts/gpu-check.sh pack [CONFORMANCE_MODEL.gguf ...]
 # builds build-gpu (CUDA on, OpenBLAS linked in statically) and writes .gpu/ (ignored
-# by git): bundle.tar.gz with the gpu suite's programs, the benchmarks, `forge` and
-# libcmocka, the shared routing data's test queries, and the conformance models named
+# by git): bundle.tar.gz with the gpu suite's programs, the benchmarks, `forge`, the
+# shared libraries they use beyond glibc, the C++ runtime and CUDA's, the shared
+# routing data's test queries, and the conformance models named
 # (from ../shared/conformance/models; the working tree travels too, so mind the
 # device tool's 64 MiB: the first call without models, then a few models a call).
 #
@@ -36,7 +37,13 @@ pack() {
              bench/router-bench bench/forge; do
         strip -o ".gpu/stage/bin/$(basename "$b")" "build-gpu/$b"
     done
-    cp -L "$(ldd build-gpu/tests/test_cuda_kernels | awk '/libcmocka/ {print $3}')" .gpu/stage/lib/
+    # The shared libraries they use that a CUDA machine may lack (glibc, the C++ runtime
+    # and CUDA's own are there): cmocka, and for the gateway's routing in the router test
+    # cJSON and libcurl with what it uses.
+    for b in .gpu/stage/bin/*; do
+        ldd "$b" | awk '$3 ~ /^\// {print $3}'
+    done | sort -u | grep -Ev '/(libc|libm|libdl|libpthread|librt|libresolv|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt)\.so' |
+        while read -r lib; do cp -L "$lib" .gpu/stage/lib/; done
     local shared=${COEGATE_SHARED:-../shared}
     if [ -d "$shared/routing-data" ]; then
         cp "$shared"/routing-data/*.test.jsonl .gpu/stage/shared/routing-data/

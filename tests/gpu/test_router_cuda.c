@@ -22,8 +22,11 @@
 #include "experts/cuda.h"
 #include "router/classifier.h"
 #include "router/classifier_cuda.h"
+#include "gateway/config.h"
+#include "gateway/request.h"
 #include "router/dataset.h"
 #include "router/features.h"
+#include "router/route.h"
 
 static uint64_t seed = 99;
 
@@ -214,6 +217,59 @@ static void test_limits(void **state)
     coe_buf_free(&diag);
 }
 
+/* The gateway's routing: the same configuration served with its router on the GPU
+ * (batched) and on the CPU decides every request alike (expert, rule, category), the
+ * confidences within 1e-5. */
+static coe_config *served(const char *device)
+{
+    const char *root = getenv("COEGATE_ROOT") ? getenv("COEGATE_ROOT") : COE_SOURCE_DIR;
+    char text[2048];
+    snprintf(text, sizeof text,
+             "{\"router\": {\"device\": \"%s\", \"batch_window_us\": 200},"
+             "\"experts\": {\"m\": {\"kind\": \"echo\"}, \"c\": {\"kind\": \"echo\"}, \"w\": {\"kind\": \"echo\"},"
+             "\"g\": {\"kind\": \"echo\", \"cost\": 0.2}},"
+             "\"categories\": {\"math\": {\"experts\": {\"m\": 0.9, \"g\": 0.5}}, \"code\": {\"experts\": {\"c\": 0.9}},"
+             "\"writing\": {\"experts\": {\"w\": 0.9}}},"
+             "\"routes\": {\"auto\": {\"router\": \"%s/configs/demo-router.gguf\", \"default\": \"g\", \"threshold\": 0.5,"
+             "\"cost_weight\": 0.1}}}",
+             device, root);
+    coe_config *c = NULL;
+    coe_buf d = COE_BUF_INIT;
+    if (coe_config_parse(text, strlen(text), "gpu-test.json", COE_CONFIG_SERVE, &c, &d))
+        fail_msg("%s", d.data);
+    coe_buf_free(&d);
+    return c;
+}
+
+static void test_gateway_routes_alike(void **state)
+{
+    (void)state;
+    coe_config *gpu = served("cuda"), *cpu = served("cpu");
+    assert_non_null(gpu->routes[0].gpu);
+    assert_null(cpu->routes[0].gpu);
+    size_t n = 500;
+    char **t = random_texts(n);
+    for (size_t i = 0; i < n; i++) {
+        char body[4096];
+        snprintf(body, sizeof body, "{\"model\": \"auto\", \"messages\": [{\"role\": \"user\", \"content\": \"%s\"}]}",
+                 t[i]);
+        coe_request *req = NULL;
+        coe_api_error err;
+        assert_int_equal(coe_request_parse(body, strlen(body), COE_EP_CHAT, 64, &req, &err), 0);
+        coe_route_decision a, b;
+        assert_int_equal(coe_route_resolve(gpu, req, &a), 0);
+        assert_int_equal(coe_route_resolve(cpu, req, &b), 0);
+        if (a.expert != b.expert || strcmp(a.rule, b.rule) || a.category != b.category ||
+            fabsf(a.confidence - b.confidence) > 1e-5f)
+            fail_msg("query %zu: GPU %d %s %d %.6f, CPU %d %s %d %.6f", i, a.expert, a.rule, a.category,
+                     a.confidence, b.expert, b.rule, b.category, b.confidence);
+        coe_request_free(&req);
+    }
+    free_texts(t, n);
+    coe_config_unref(&gpu);
+    coe_config_unref(&cpu);
+}
+
 int main(void)
 {
     if (coe_cuda_device_count() == 0) {
@@ -224,6 +280,7 @@ int main(void)
         cmocka_unit_test(test_demo_router),
         cmocka_unit_test(test_random_routers),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_gateway_routes_alike),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
