@@ -166,6 +166,29 @@ static double decode(coe_engine *e, const coe_model *m, int n, int prompt, int s
     return rate;
 }
 
+/* Prompt processing: n tokens (at most 512) of one sequence in one batch, best of 3. */
+static double prompt_rate(coe_engine *e, const coe_model *m, int n, float *logits)
+{
+    int32_t tok[512];
+    coe_kv *seq[512];
+    bool want[512];
+    double best = 0;
+    for (int r = 0; r < 3; r++) {
+        coe_kv *kv = coe_kv_new(m);
+        for (int i = 0; i < n; i++) {
+            tok[i] = random_token(m->n_vocab);
+            seq[i] = kv;
+            want[i] = i == n - 1;
+        }
+        double t0 = now();
+        run(e, n, tok, seq, want, logits);
+        double rate = n / (now() - t0);
+        best = rate > best ? rate : best;
+        coe_kv_free(&kv);
+    }
+    return best;
+}
+
 /* The model on CUDA device 0: copy bandwidth, the bound, prompts, 1, 8 and 32 sequences. */
 static int gpu_main(const coe_model *m)
 {
@@ -183,23 +206,10 @@ static int gpu_main(const coe_model *m)
         return 1;
     }
     coe_cuda_close(&c);
-    float *logits = malloc(512 * (size_t)m->n_vocab * sizeof *logits);
+    float *logits = malloc(64 * (size_t)m->n_vocab * sizeof *logits);
     enum { PROMPT = 512 };
-    int32_t tok[PROMPT];
-    coe_kv *seq[PROMPT];
-    bool want[PROMPT];
-    double pp = 0;
     decode(e, m, 1, 8, 8, logits, NULL); /* warm-up: scratch, the products' float copies */
-    for (int r = 0; r < 3; r++) {
-        coe_kv *kv = coe_kv_new(m);
-        for (int i = 0; i < PROMPT; i++)
-            tok[i] = random_token(m->n_vocab), seq[i] = kv, want[i] = i == PROMPT - 1;
-        double t0 = now();
-        run(e, PROMPT, tok, seq, want, logits);
-        double rate = PROMPT / (now() - t0);
-        pp = rate > pp ? rate : pp;
-        coe_kv_free(&kv);
-    }
+    double pp = prompt_rate(e, m, PROMPT, logits);
     const double bytes = (double)m->bytes_per_token, bound = bw / bytes;
     printf("## Local engine on CUDA (%s, %d layers, embedding %d, %d experts top-%d, %s)\n\n", m->arch_name,
            m->n_layer, m->n_embd, m->n_expert, m->n_expert_used, coe_engine_where(e));
@@ -254,25 +264,7 @@ int main(int argc, char **argv)
     const char *bw_what = "";
     float *logits = malloc(4 * (size_t)m->n_vocab * sizeof *logits);
 
-    /* Prompt processing: 256 tokens in one batch, best of 3. */
-    enum { PROMPT = 256 };
-    int32_t tok[PROMPT];
-    coe_kv *seq[PROMPT];
-    bool want[PROMPT];
-    double pp = 0;
-    for (int r = 0; r < 3; r++) {
-        coe_kv *kv = coe_kv_new(m);
-        for (int i = 0; i < PROMPT; i++) {
-            tok[i] = random_token(m->n_vocab);
-            seq[i] = kv;
-            want[i] = i == PROMPT - 1;
-        }
-        double t0 = now();
-        run(e, PROMPT, tok, seq, want, logits);
-        double rate = PROMPT / (now() - t0);
-        pp = rate > pp ? rate : pp;
-        coe_kv_free(&kv);
-    }
+    double pp = prompt_rate(e, m, 256, logits);
     decode(e, m, 1, 8, 8, logits, NULL); /* warm-up */
     /* Rounds of bandwidth, one sequence, four sequences, back to back, so that each
      * ratio compares figures taken together (this machine's speed drifts); medians. */

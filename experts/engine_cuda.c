@@ -43,6 +43,17 @@ struct coe_engine_cuda {
     float **h_ptrs;
 };
 
+/* The matrices of a layer that the CUDA forward reads (data NULL where absent). */
+enum { LAYER_MATRICES = 14 };
+static void layer_matrices(const coe_layer *l, const coe_weight *out[LAYER_MATRICES])
+{
+    const coe_weight *w[LAYER_MATRICES] = {&l->wq,        &l->wk,         &l->wv,         &l->wo,       &l->gate_inp,
+                                           &l->gate_exps, &l->up_exps,    &l->down_exps,  &l->gate_shexp,
+                                           &l->up_shexp,  &l->down_shexp, &l->ffn_gate,   &l->ffn_up,
+                                           &l->ffn_down};
+    memcpy(out, w, sizeof w);
+}
+
 const char *coe_engine_cuda_refuses(const coe_model *m)
 {
     switch (m->arch) {
@@ -57,11 +68,9 @@ const char *coe_engine_cuda_refuses(const coe_model *m)
         if (!coe_cuda_type_supported(all[i]->type))
             return "a tensor type has no CUDA kernel";
     for (int il = 0; il < m->n_layer; il++) {
-        const coe_layer *l = &m->layers[il];
-        const coe_weight *w[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->gate_inp, &l->gate_exps, &l->up_exps,
-                                 &l->down_exps, &l->gate_shexp, &l->up_shexp, &l->down_shexp, &l->ffn_gate,
-                                 &l->ffn_up, &l->ffn_down};
-        for (size_t i = 0; i < sizeof w / sizeof *w; i++)
+        const coe_weight *w[LAYER_MATRICES];
+        layer_matrices(&m->layers[il], w);
+        for (int i = 0; i < LAYER_MATRICES; i++)
             if (w[i]->data && !coe_cuda_type_supported(w[i]->type))
                 return "a tensor type has no CUDA kernel";
     }
@@ -132,11 +141,9 @@ static int64_t largest_matrix(const coe_model *m)
 {
     int64_t most = m->output.rows * m->output.cols;
     for (int il = 0; il < m->n_layer; il++) {
-        const coe_layer *l = &m->layers[il];
-        const coe_weight *w[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->gate_inp, &l->gate_exps, &l->up_exps,
-                                 &l->down_exps, &l->gate_shexp, &l->up_shexp, &l->down_shexp, &l->ffn_gate,
-                                 &l->ffn_up, &l->ffn_down};
-        for (size_t i = 0; i < sizeof w / sizeof *w; i++)
+        const coe_weight *w[LAYER_MATRICES];
+        layer_matrices(&m->layers[il], w);
+        for (int i = 0; i < LAYER_MATRICES; i++)
             if (w[i]->data && w[i]->rows * w[i]->cols > most)
                 most = w[i]->rows * w[i]->cols;
     }

@@ -34,6 +34,7 @@
 #include "experts/engine.h"
 #include "experts/model.h"
 #include "experts/quant.h"
+#include "../unit/reference_ops.h"
 
 static coe_cuda *dev;
 static uint64_t seed = 20261130;
@@ -139,18 +140,7 @@ static void test_dequantize(void **state)
 static void matmul_ref(uint32_t type, const uint8_t *w, int64_t rows, int64_t cols, const float *x, int T,
                        float *y)
 {
-    float *row = malloc((size_t)cols * sizeof *row);
-    size_t rb = coe_row_bytes(type, cols);
-    for (int64_t r = 0; r < rows; r++) {
-        coe_dequantize_row(type, w + rb * (size_t)r, row, cols);
-        for (int t = 0; t < T; t++) {
-            double s = 0;
-            for (int64_t k = 0; k < cols; k++)
-                s += (double)row[k] * (double)x[(size_t)t * (size_t)cols + (size_t)k];
-            y[(size_t)t * (size_t)rows + (size_t)r] = (float)s;
-        }
-    }
-    free(row);
+    ref_matmul(type, w, rows, cols, x, T, y, rows);
 }
 
 static void test_matmul(void **state)
@@ -312,16 +302,6 @@ static void test_rows_and_moe_combine(void **state)
         coe_cuda_release(dev, all[i]);
 }
 
-static void rms_norm_ref(const float *x, const float *w, float *y, int n, float eps)
-{
-    double sum = 0;
-    for (int i = 0; i < n; i++)
-        sum += (double)(x[i] * x[i]);
-    float scale = 1.0f / sqrtf((float)(sum / n) + eps);
-    for (int i = 0; i < n; i++)
-        y[i] = x[i] * scale * w[i];
-}
-
 static void test_rms_norm(void **state)
 {
     (void)state;
@@ -334,7 +314,7 @@ static void test_rms_norm(void **state)
         fill(x, all, 3);
         fill(w, (size_t)n, 1);
         for (int t = 0; t < T; t++)
-            rms_norm_ref(x + (size_t)t * n, w, want + (size_t)t * n, n, 1e-5f);
+            ref_rms_norm(x + (size_t)t * n, w, want + (size_t)t * n, n, 1e-5f);
         float *d_x = up(x, all * sizeof *x), *d_w = up(w, (size_t)n * sizeof *w);
         float *d_y = coe_cuda_alloc(dev, all * sizeof *d_y);
         ok(coe_cuda_rms_norm(dev, d_x, d_w, d_y, T, n, 1e-5f));
@@ -424,37 +404,6 @@ static void test_rope(void **state)
     }
 }
 
-/* Softmax attention straight from its definition, for the kernel to meet. */
-static void attention_ref(const coe_cuda_attention_shape *s, const float *q, const float *const *k,
-                          const float *const *v, const int32_t *pos, int T, float *out)
-{
-    float *sc = malloc((size_t)s->n_ctx * sizeof *sc);
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < s->n_head; h++) {
-            int g = h / (s->n_head / s->n_head_kv);
-            const float *qh = q + ((size_t)t * s->n_head + h) * s->dk;
-            float mx = -INFINITY;
-            for (int i = 0; i <= pos[t]; i++) {
-                double d = 0;
-                for (int j = 0; j < s->dk; j++)
-                    d += (double)qh[j] * k[t][(size_t)i * s->k_stride + (size_t)g * s->dk + j];
-                sc[i] = (float)d * s->scale;
-                mx = fmaxf(mx, sc[i]);
-            }
-            double sum = 0;
-            for (int i = 0; i <= pos[t]; i++)
-                sum += sc[i] = expf(sc[i] - mx);
-            float *o = out + ((size_t)t * s->n_head + h) * s->dv;
-            for (int d = 0; d < s->dv; d++) {
-                double acc = 0;
-                for (int i = 0; i <= pos[t]; i++)
-                    acc += sc[i] / sum * v[t][(size_t)i * s->v_stride + (size_t)g * s->dv + d];
-                o[d] = (float)acc;
-            }
-        }
-    free(sc);
-}
-
 static void test_attention(void **state)
 {
     (void)state;
@@ -480,7 +429,7 @@ static void test_attention(void **state)
         float *q = malloc(qn * sizeof *q), *want = malloc(on * sizeof *want), *got = malloc(on * sizeof *got);
         fill(q, qn, 3);
         const float *kh[T] = {ka, ka, kb}, *vh[T] = {va, va, vb};
-        attention_ref(s, q, kh, vh, pos, T, want);
+        ref_attention(s, q, kh, vh, pos, T, want);
         float *d_ka = up(ka, kn * 4), *d_va = up(va, vn * 4), *d_kb = up(kb, kn * 4), *d_vb = up(vb, vn * 4);
         const float *kd[T] = {d_ka, d_ka, d_kb}, *vd[T] = {d_va, d_va, d_vb};
         void *d_kp = up(kd, sizeof kd), *d_vp = up(vd, sizeof vd);

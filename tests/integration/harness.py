@@ -139,6 +139,21 @@ class Gateway:
         self.close()
 
 
+def config_check(config):
+    """`coegate config check` on config (written to a temporary file): the completed process."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "c.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        return subprocess.run([COEGATE, "config", "check", path], capture_output=True, text=True, timeout=30)
+
+
+def gpus_found():
+    """The GPUs `coegate version` says it finds."""
+    out = subprocess.run([COEGATE, "version"], capture_output=True, text=True, timeout=30).stdout
+    return int(re.search(r"(\d+) GPUs? found", out).group(1))
+
+
 def remote(upstream, **kw):
     """A remote expert entry for the fake upstream."""
     e = {"kind": "remote", "base_url": upstream.base_url, "retry_backoff_ms": 10,

@@ -12,7 +12,8 @@ import threading
 import time
 import unittest
 
-from harness import COEGATE, Gateway, Stream, chat_body, content_of_stream, post, raw_stream_then_hangup, request
+from harness import (COEGATE, Gateway, Stream, chat_body, config_check, content_of_stream, gpus_found, post,
+                     raw_stream_then_hangup, request)
 
 
 def forge(path, *args):
@@ -322,11 +323,7 @@ class LocalLifecycle(unittest.TestCase):
 
 class LocalConfig(unittest.TestCase):
     def check(self, config):
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "c.json")
-            with open(path, "w") as f:
-                json.dump(config, f)
-            return subprocess.run([COEGATE, "config", "check", path], capture_output=True, text=True, timeout=30)
+        return config_check(config)
 
     def test_missing_and_bad_models_are_named(self):
         with tempfile.TemporaryDirectory() as d:
@@ -340,7 +337,7 @@ class LocalConfig(unittest.TestCase):
                 self.assertIn(words, r.stderr)
 
     def test_device(self):
-        gpus = int(subprocess.run([COEGATE, "version"], capture_output=True, text=True).stdout.split(", ")[1].split()[0])
+        gpus = gpus_found()
         with tempfile.TemporaryDirectory() as d:
             model = os.path.join(d, "m.gguf")
             forge(model)

@@ -11,7 +11,7 @@ import threading
 import unittest
 import urllib.request
 
-from harness import COEGATE, Gateway, Upstream, chat_body, post, remote
+from harness import COEGATE, Gateway, Upstream, chat_body, config_check, gpus_found, post, remote
 
 CODE_Q = "How do I parse a CSV file in Python without extra libraries?"
 MATH_Q = "What is the derivative of x^3 sin x? Explain step by step."
@@ -340,11 +340,7 @@ class BatchedRouting(Routing):
 
 class RouterSettings(unittest.TestCase):
     def check(self, config):
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "c.json")
-            with open(path, "w") as f:
-                json.dump(config, f)
-            return subprocess.run([COEGATE, "config", "check", path], capture_output=True, text=True, timeout=30)
+        return config_check(config)
 
     def test_errors_are_named(self):
         base = {"experts": {"e": {"kind": "echo"}}, "routes": {"auto": {"default": "e"}}}
@@ -353,7 +349,7 @@ class RouterSettings(unittest.TestCase):
         self.assertIn("router.speed: unknown key (allowed here: device, batch_window_us, max_batch)", r.stderr)
         self.assertIn('router.device: must be "auto", "cpu" or "cuda", not "tpu"', r.stderr)
         self.assertIn("router.batch_window_us: expected an integer from 0 to 100000", r.stderr)
-        gpus = int(subprocess.run([COEGATE, "version"], capture_output=True, text=True).stdout.split(", ")[1].split()[0])
+        gpus = gpus_found()
         r = self.check({**base, "router": {"device": "cuda"}})
         if gpus == 0:
             self.assertEqual(r.returncode, 1)

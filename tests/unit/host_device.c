@@ -16,6 +16,7 @@
 #include "experts/engine.h"
 #include "experts/quant.h"
 #include "host_device.h"
+#include "reference_ops.h"
 
 struct coe_cuda {
     int open;
@@ -206,17 +207,7 @@ int coe_cuda_matmul(coe_cuda *c, uint32_t type, const void *d_w, int64_t rows, i
         DEVICE(d_y, ((size_t)(T - 1) * (size_t)ld_y + (size_t)rows) * sizeof *d_y);
     if (T > COE_CUDA_MATVEC_MAX_T && d_scratch)
         DEVICE(d_scratch, (size_t)rows * (size_t)cols * sizeof *d_scratch);
-    float *row = malloc((size_t)cols * sizeof *row);
-    for (int64_t r = 0; r < rows; r++) {
-        coe_dequantize_row(type, (const uint8_t *)d_w + rb * (size_t)r, row, cols);
-        for (int t = 0; t < T; t++) {
-            double s = 0;
-            for (int64_t k = 0; k < cols; k++)
-                s += (double)row[k] * (double)d_x[(size_t)t * (size_t)cols + (size_t)k];
-            d_y[(size_t)t * (size_t)ld_y + (size_t)r] = (float)s;
-        }
-    }
-    free(row);
+    ref_matmul(type, d_w, rows, cols, d_x, T, d_y, ld_y);
     return 0;
 }
 
@@ -226,16 +217,8 @@ int coe_cuda_rms_norm(coe_cuda *c, const float *d_x, const float *d_w, float *d_
     DEVICE(d_x, (size_t)T * (size_t)n * 4);
     DEVICE(d_w, (size_t)n * 4);
     DEVICE(d_y, (size_t)T * (size_t)n * 4);
-    for (int t = 0; t < T; t++) {
-        const float *x = d_x + (size_t)t * (size_t)n;
-        float *y = d_y + (size_t)t * (size_t)n;
-        double sum = 0;
-        for (int i = 0; i < n; i++)
-            sum += (double)(x[i] * x[i]);
-        float scale = 1.0f / sqrtf((float)(sum / n) + eps);
-        for (int i = 0; i < n; i++)
-            y[i] = x[i] * scale * d_w[i];
-    }
+    for (int t = 0; t < T; t++)
+        ref_rms_norm(d_x + (size_t)t * (size_t)n, d_w, d_y + (size_t)t * (size_t)n, n, eps);
     return 0;
 }
 
@@ -368,31 +351,9 @@ int coe_cuda_attention(coe_cuda *c, const coe_cuda_attention_shape *s, const flo
     DEVICE(d_scratch, (size_t)T * (size_t)s->n_head * (size_t)s->n_ctx * 4);
     DEVICE(d_out, (size_t)T * (size_t)s->n_head * (size_t)s->dv * 4);
     for (int t = 0; t < T; t++) {
-        int p = d_pos[t];
-        DEVICE(d_k_cache[t], ((size_t)p + 1) * (size_t)s->k_stride * 4);
-        DEVICE(d_v_cache[t], ((size_t)p + 1) * (size_t)s->v_stride * 4);
-        for (int h = 0; h < s->n_head; h++) {
-            int g = h / (s->n_head / s->n_head_kv);
-            const float *q = d_q + ((size_t)t * (size_t)s->n_head + (size_t)h) * (size_t)s->dk;
-            float *sc = d_scratch + ((size_t)t * (size_t)s->n_head + (size_t)h) * (size_t)s->n_ctx, mx = -INFINITY;
-            for (int i = 0; i <= p; i++) {
-                double d = 0;
-                for (int j = 0; j < s->dk; j++)
-                    d += (double)q[j] * d_k_cache[t][(size_t)i * (size_t)s->k_stride + (size_t)g * (size_t)s->dk + (size_t)j];
-                sc[i] = (float)d * s->scale;
-                mx = fmaxf(mx, sc[i]);
-            }
-            double sum = 0;
-            for (int i = 0; i <= p; i++)
-                sum += sc[i] = expf(sc[i] - mx);
-            float *o = d_out + ((size_t)t * (size_t)s->n_head + (size_t)h) * (size_t)s->dv;
-            for (int d = 0; d < s->dv; d++) {
-                double acc = 0;
-                for (int i = 0; i <= p; i++)
-                    acc += sc[i] / sum * d_v_cache[t][(size_t)i * (size_t)s->v_stride + (size_t)g * (size_t)s->dv + (size_t)d];
-                o[d] = (float)acc;
-            }
-        }
+        DEVICE(d_k_cache[t], ((size_t)d_pos[t] + 1) * (size_t)s->k_stride * 4);
+        DEVICE(d_v_cache[t], ((size_t)d_pos[t] + 1) * (size_t)s->v_stride * 4);
     }
+    ref_attention(s, d_q, d_k_cache, d_v_cache, d_pos, T, d_out);
     return 0;
 }

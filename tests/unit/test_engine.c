@@ -28,6 +28,7 @@
 #include "experts/threads.h"
 #include "experts/tokenizer.h"
 #include "experts/unicode.h"
+#include "tmpdir.h"
 
 static uint64_t rng = 12345;
 
@@ -1119,16 +1120,13 @@ static void test_forge_refuses_bad_specs(void **state)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof dir, "/tmp/coegate-engine-XXXXXX");
-    return mkdtemp(dir) ? 0 : -1;
+    return test_tmpdir_make(dir, sizeof dir, "engine");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return test_tmpdir_remove(dir);
 }
 
 /* llama.cpp's own logits (tests/reference/llama-cpp-logits.jsonl, made by

@@ -28,6 +28,7 @@
 #include "experts/engine.h"
 #include "experts/forge.h"
 #include "experts/model.h"
+#include "tmpdir.h"
 #ifdef COE_HOST_DEVICE
 #include "host_device.h"
 #define DEVICE_NAME "cuda, host emulation"
@@ -388,16 +389,13 @@ static void test_choice_of_device(void **state)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof dir, "/tmp/coegate-engine-device-XXXXXX");
-    return mkdtemp(dir) ? 0 : -1;
+    return test_tmpdir_make(dir, sizeof dir, "engine-device");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return test_tmpdir_remove(dir);
 }
 
 int main(void)

@@ -18,6 +18,7 @@
 #include "experts/fusion.h"
 #include "experts/sched.h"
 #include "gateway/config.h"
+#include "tmpdir.h"
 
 static char dir[64];
 
@@ -36,16 +37,13 @@ static void forge(const char *name, int n_vocab, uint64_t seed, char *path, size
 static int setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof dir, "/tmp/coegate-fusion-XXXXXX");
-    return mkdtemp(dir) ? 0 : -1;
+    return test_tmpdir_make(dir, sizeof dir, "fusion");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return test_tmpdir_remove(dir);
 }
 
 /* fusionroute is z_k + lambda z_router, select is z_k, both bit for bit; mix is
