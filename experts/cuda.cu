@@ -592,11 +592,11 @@ extern "C" int coe_cuda_matmul(coe_cuda *c, uint32_t type, const void *d_w, int6
 /* ---- element-wise pieces ---- */
 
 /* One block per row; the sum of squares in double as the CPU engine's. */
-__global__ void rms_norm_kernel(const float *x, const float *w, float *y, int n, float eps)
+__global__ void rms_norm_kernel(const float *x, const float *w, float *y, int n, int64_t stride, float eps)
 {
     __shared__ double part[32];
-    const float *xr = x + (size_t)blockIdx.x * (size_t)n;
-    float *yr = y + (size_t)blockIdx.x * (size_t)n;
+    const float *xr = x + (size_t)blockIdx.x * (size_t)stride;
+    float *yr = y + (size_t)blockIdx.x * (size_t)stride;
     double s = 0;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         s += (double)__fmul_rn(xr[i], xr[i]);
@@ -618,14 +618,20 @@ __global__ void rms_norm_kernel(const float *x, const float *w, float *y, int n,
         yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
 }
 
-extern "C" int coe_cuda_rms_norm(coe_cuda *c, const float *d_x, const float *d_w, float *d_y, int T, int n,
-                                 float eps)
+extern "C" int coe_cuda_rms_norm_rows(coe_cuda *c, const float *d_x, const float *d_w, float *d_y, int T, int n,
+                                      int64_t stride, float eps)
 {
     if (T <= 0)
         return 0;
     cudaSetDevice(c->device);
-    rms_norm_kernel<<<(unsigned)T, 256, 0, c->stream>>>(d_x, d_w, d_y, n, eps);
+    rms_norm_kernel<<<(unsigned)T, 256, 0, c->stream>>>(d_x, d_w, d_y, n, stride, eps);
     return launched(c, "rms_norm");
+}
+
+extern "C" int coe_cuda_rms_norm(coe_cuda *c, const float *d_x, const float *d_w, float *d_y, int T, int n,
+                                 float eps)
+{
+    return coe_cuda_rms_norm_rows(c, d_x, d_w, d_y, T, n, n, eps);
 }
 
 __global__ void silu_mul_kernel(float *g, const float *u, int64_t n)
@@ -722,6 +728,28 @@ extern "C" int coe_cuda_scatter_rows(coe_cuda *c, float *const *d_dst, const flo
     cudaSetDevice(c->device);
     scatter_rows_kernel<<<grid_for(total, 256), 256, 0, c->stream>>>(d_dst, d_src, total, width);
     return launched(c, "scatter_rows");
+}
+
+__global__ void copy_rows_kernel(float *dst, int64_t dst_stride, const float *src, int64_t src_outer,
+                                 int64_t src_inner, int n_inner, int width, int64_t total)
+{
+    GRID_STRIDE(e, total)
+    {
+        int64_t row = e / width, o = row / n_inner, i = row % n_inner;
+        dst[row * dst_stride + e % width] = src[o * src_outer + i * src_inner + e % width];
+    }
+}
+
+extern "C" int coe_cuda_copy_rows(coe_cuda *c, float *d_dst, int64_t dst_stride, const float *d_src,
+                                  int64_t src_outer, int64_t src_inner, int n_outer, int n_inner, int width)
+{
+    int64_t total = (int64_t)n_outer * n_inner * width;
+    if (total <= 0)
+        return 0;
+    cudaSetDevice(c->device);
+    copy_rows_kernel<<<grid_for(total, 256), 256, 0, c->stream>>>(d_dst, dst_stride, d_src, src_outer, src_inner,
+                                                                  n_inner, width, total);
+    return launched(c, "copy_rows");
 }
 
 extern "C" int coe_cuda_copy(coe_cuda *c, void *d_dst, const void *d_src, size_t bytes)

@@ -79,6 +79,9 @@ int coe_cuda_matmul(coe_cuda *c, uint32_t type, const void *d_w, int64_t rows, i
 
 /* y = x / sqrt(mean(x^2) + eps) * w, for T rows of n, as the CPU engine's rms_norm. */
 int coe_cuda_rms_norm(coe_cuda *c, const float *d_x, const float *d_w, float *d_y, int T, int n, float eps);
+/* The same for the first n of T rows stride floats apart (in x and in y). */
+int coe_cuda_rms_norm_rows(coe_cuda *c, const float *d_x, const float *d_w, float *d_y, int T, int n, int64_t stride,
+                           float eps);
 
 /* g = silu(g) * u over n floats. */
 int coe_cuda_silu_mul(coe_cuda *c, float *d_g, const float *d_u, int64_t n);
@@ -99,6 +102,13 @@ int coe_cuda_gather_rows(coe_cuda *c, float *d_dst, const float *d_src, const in
  * array of device pointers in device memory (a cache row per token). */
 int coe_cuda_scatter_rows(coe_cuda *c, float *const *d_dst, const float *d_src, int n, int width);
 
+/* Rows of width floats between strided places: row (o, i), for o < n_outer and
+ * i < n_inner, from src + o * src_outer + i * src_inner to dst + (o * n_inner + i) *
+ * dst_stride (strides in floats). Gathers each head's rows together, or one piece of
+ * every head's row. */
+int coe_cuda_copy_rows(coe_cuda *c, float *d_dst, int64_t dst_stride, const float *d_src, int64_t src_outer,
+                       int64_t src_inner, int n_outer, int n_inner, int width);
+
 /* Bytes from device memory to device memory, queued. */
 int coe_cuda_copy(coe_cuda *c, void *d_dst, const void *d_src, size_t bytes);
 
@@ -116,7 +126,9 @@ typedef struct coe_cuda_rope_params {
     float base, freq_scale, ext_factor, corr_low, corr_high, mscale;
 } coe_cuda_rope_params;
 
-/* x: T rows of n_heads * head_dim; token t at position pos[t] (device memory). */
+/* Head h of token t starts at x + (t * n_heads + h) * head_dim, and its first
+ * rope_dim values turn (nothing past the last head's rope_dim is read or written);
+ * token t at position pos[t] (device memory). */
 int coe_cuda_rope(coe_cuda *c, const coe_cuda_rope_params *p, const float *d_freqs, float *d_x, int T, int n_heads,
                   int head_dim, const int32_t *d_pos);
 

@@ -115,6 +115,13 @@ int coe_cuda_rms_norm(coe_cuda *c, const float *d_x, const float *d_w, float *d_
     return COE_EUNSUPPORTED;
 }
 
+int coe_cuda_rms_norm_rows(coe_cuda *c, const float *d_x, const float *d_w, float *d_y, int T, int n, int64_t stride,
+                           float eps)
+{
+    (void)c, (void)d_x, (void)d_w, (void)d_y, (void)T, (void)n, (void)stride, (void)eps;
+    return COE_EUNSUPPORTED;
+}
+
 int coe_cuda_silu_mul(coe_cuda *c, float *d_g, const float *d_u, int64_t n)
 {
     (void)c, (void)d_g, (void)d_u, (void)n;
@@ -148,6 +155,14 @@ int coe_cuda_gather_rows(coe_cuda *c, float *d_dst, const float *d_src, const in
 int coe_cuda_scatter_rows(coe_cuda *c, float *const *d_dst, const float *d_src, int n, int width)
 {
     (void)c, (void)d_dst, (void)d_src, (void)n, (void)width;
+    return COE_EUNSUPPORTED;
+}
+
+int coe_cuda_copy_rows(coe_cuda *c, float *d_dst, int64_t dst_stride, const float *d_src, int64_t src_outer,
+                       int64_t src_inner, int n_outer, int n_inner, int width)
+{
+    (void)c, (void)d_dst, (void)dst_stride, (void)d_src, (void)src_outer, (void)src_inner, (void)n_outer,
+        (void)n_inner, (void)width;
     return COE_EUNSUPPORTED;
 }
 

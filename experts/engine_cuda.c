@@ -14,6 +14,7 @@
 typedef struct dev_layer {
     float *attn_norm, *ffn_norm, *attn_norm_b, *ffn_norm_b;
     float *bq, *bk, *bv, *bo, *q_norm, *k_norm, *gate_inp_shexp;
+    float *q_a_norm, *kv_a_norm; /* deepseek2 */
 } dev_layer;
 
 struct coe_engine_cuda {
@@ -30,6 +31,9 @@ struct coe_engine_cuda {
     int cap_T;
     float *x, *cur, *q, *k, *v, *att, *tmp, *out, *router, *xg, *hg, *hu, *eo, *sg, *su, *so, *z, *sel_w, *scores;
     float *xr; /* a product's input rounded as the CPU rounds it */
+    /* deepseek2: the Q bottleneck, heads' rows gathered, absorbed Q, decompressed KV
+     * (older files), per-head values, a step's key and value rows (older files) */
+    float *ql, *gat, *qa, *kvb, *att2, *kst, *vst;
     int32_t *pos, *slot_tok, *sel_slot, *wanted;
     float **ptrs;     /* per layer: T key rows, T value rows to write, T key caches, T value caches */
     float *mm_scratch; /* the largest matrix as floats: products of many tokens */
@@ -44,13 +48,13 @@ struct coe_engine_cuda {
 };
 
 /* The matrices of a layer that the CUDA forward reads (data NULL where absent). */
-enum { LAYER_MATRICES = 14 };
+enum { LAYER_MATRICES = 20 };
 static void layer_matrices(const coe_layer *l, const coe_weight *out[LAYER_MATRICES])
 {
-    const coe_weight *w[LAYER_MATRICES] = {&l->wq,        &l->wk,         &l->wv,         &l->wo,       &l->gate_inp,
-                                           &l->gate_exps, &l->up_exps,    &l->down_exps,  &l->gate_shexp,
-                                           &l->up_shexp,  &l->down_shexp, &l->ffn_gate,   &l->ffn_up,
-                                           &l->ffn_down};
+    const coe_weight *w[LAYER_MATRICES] = {
+        &l->wq,       &l->wk,       &l->wv,         &l->wo,        &l->gate_inp, &l->gate_exps, &l->up_exps,
+        &l->down_exps, &l->gate_shexp, &l->up_shexp, &l->down_shexp, &l->ffn_gate, &l->ffn_up,    &l->ffn_down,
+        &l->wq_a,     &l->wq_b,     &l->wkv_a,      &l->wkv_b,     &l->wk_b,     &l->wv_b};
     memcpy(out, w, sizeof w);
 }
 
@@ -58,10 +62,10 @@ const char *coe_engine_cuda_refuses(const coe_model *m)
 {
     switch (m->arch) {
     case COE_ARCH_LLAMA: case COE_ARCH_QWEN2MOE: case COE_ARCH_OLMOE: case COE_ARCH_QWEN3MOE: case COE_ARCH_GRANITE:
-    case COE_ARCH_PHIMOE:
+    case COE_ARCH_PHIMOE: case COE_ARCH_DEEPSEEK2:
         break;
     default:
-        return "its architecture has no CUDA forward yet (multi-head latent attention runs on the CPU)";
+        return "its architecture has no CUDA forward yet";
     }
     const coe_weight *all[] = {&m->tok_embd, &m->output};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
@@ -89,9 +93,10 @@ static int upload_vec(coe_engine_cuda *g, const float *h, size_t n, float **d)
 
 static void free_scratch(coe_engine_cuda *g)
 {
-    void *all[] = {g->x, g->cur, g->q, g->k, g->v, g->att, g->tmp, g->out, g->router, g->xg, g->hg, g->hu,
-                   g->eo, g->sg, g->su, g->so, g->z, g->sel_w, g->scores, g->pos, g->slot_tok, g->sel_slot,
-                   g->wanted, g->ptrs, g->xr};
+    void *all[] = {g->x,  g->cur, g->q,   g->k,  g->v,     g->att,   g->tmp,    g->out,      g->router,
+                   g->xg, g->hg,  g->hu,  g->eo, g->sg,    g->su,    g->so,     g->z,        g->sel_w,
+                   g->scores, g->pos, g->slot_tok, g->sel_slot, g->wanted, g->ptrs, g->xr, g->ql, g->gat,
+                   g->qa, g->kvb, g->att2, g->kst, g->vst};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         coe_cuda_release(g->dev, all[i]);
     void *host[] = {g->h_router, g->h_sel_w, g->h_sel_s, g->h_sel, g->h_ex_count, g->h_ex_first, g->h_sel_slot,
@@ -100,6 +105,7 @@ static void free_scratch(coe_engine_cuda *g)
         free(host[i]);
     g->x = g->cur = g->q = g->k = g->v = g->att = g->tmp = g->out = g->router = g->xg = g->hg = g->hu = NULL;
     g->eo = g->sg = g->su = g->so = g->z = g->sel_w = g->scores = g->xr = NULL;
+    g->ql = g->gat = g->qa = g->kvb = g->att2 = g->kst = g->vst = NULL;
     g->pos = g->slot_tok = g->sel_slot = g->wanted = NULL;
     g->ptrs = NULL;
     g->h_router = g->h_sel_w = g->h_sel_s = NULL;
@@ -120,8 +126,9 @@ void coe_engine_cuda_free(coe_engine_cuda **pg)
         coe_cuda_release(g->dev, g->logits);
         for (int il = 0; g->layers && il < g->m->n_layer; il++) {
             dev_layer *d = &g->layers[il];
-            float *v[] = {d->attn_norm, d->ffn_norm, d->attn_norm_b, d->ffn_norm_b, d->bq, d->bk,
-                          d->bv, d->bo, d->q_norm, d->k_norm, d->gate_inp_shexp};
+            float *v[] = {d->attn_norm, d->ffn_norm, d->attn_norm_b, d->ffn_norm_b, d->bq,
+                          d->bk,        d->bv,       d->bo,          d->q_norm,     d->k_norm,
+                          d->gate_inp_shexp, d->q_a_norm, d->kv_a_norm};
             for (size_t i = 0; i < sizeof v / sizeof *v; i++)
                 coe_cuda_release(g->dev, v[i]);
         }
@@ -204,6 +211,8 @@ int coe_engine_cuda_new(coe_engine_cuda **out, const coe_model *m, int n_ctx, co
         rc = rc ? rc : upload_vec(g, l->q_norm, whole ? Qd : (size_t)m->head_dim, &d->q_norm);
         rc = rc ? rc : upload_vec(g, l->k_norm, whole ? KVd : (size_t)m->head_dim, &d->k_norm);
         rc = rc ? rc : upload_vec(g, l->gate_inp_shexp, E, &d->gate_inp_shexp);
+        rc = rc ? rc : upload_vec(g, l->q_a_norm, (size_t)m->n_lora_q, &d->q_a_norm);
+        rc = rc ? rc : upload_vec(g, l->kv_a_norm, (size_t)m->n_lora_kv, &d->kv_a_norm);
     }
     rc = rc ? rc : upload_vec(g, m->output_norm, E, &g->output_norm);
     rc = rc ? rc : upload_vec(g, m->output_norm_b, E, &g->output_norm_b);
@@ -244,7 +253,12 @@ static int reserve(coe_engine_cuda *g, int T)
     free_scratch(g);
     const coe_model *m = g->m;
     const size_t t = (size_t)T, E = (size_t)m->n_embd, H = (size_t)m->n_head;
-    const size_t Qd = H * (size_t)m->head_dim, KVd = (size_t)m->n_head_kv * (size_t)m->head_dim;
+    /* widths as the CPU engine's scratch_list: deepseek2's heads, latent rows and values included */
+    const size_t hd = (size_t)m->head_dim, R = (size_t)m->n_lora_kv, r = (size_t)m->rope_dim;
+    const size_t nope = m->k_mla ? (size_t)m->k_mla - r : 0, dv = (size_t)m->v_mla;
+    const size_t Qd = H * max_z(max_z(hd, (size_t)m->k_mla), (size_t)m->att_dk);
+    const size_t KVd = max_z(max_z((size_t)m->n_head_kv * hd, (size_t)m->kv_k_dim), R + r);
+    const size_t Ad = H * max_z((size_t)m->att_dv, hd), Vd = max_z((size_t)m->n_head_kv * hd, (size_t)m->kv_v_dim);
     const size_t k = (size_t)max_z((size_t)m->n_expert_used, 1), A = t * k, nx = max_z((size_t)m->n_expert, 1);
     const size_t F = max_z((size_t)m->n_ff_exp, 1), Fs = max_z(max_z((size_t)m->n_ff_shexp, (size_t)m->n_ff), 1);
     const size_t L = (size_t)m->n_layer, f = sizeof(float);
@@ -254,8 +268,8 @@ static int reserve(coe_engine_cuda *g, int T)
     g->att_chunk = g->att_chunk < 1 ? 1 : g->att_chunk > T ? T : g->att_chunk;
     coe_cuda *d = g->dev;
     g->x = coe_cuda_alloc(d, t * E * f), g->cur = coe_cuda_alloc(d, t * E * f);
-    g->q = coe_cuda_alloc(d, t * Qd * f), g->k = coe_cuda_alloc(d, t * KVd * f), g->v = coe_cuda_alloc(d, t * KVd * f);
-    g->att = coe_cuda_alloc(d, t * Qd * f), g->tmp = coe_cuda_alloc(d, t * E * f), g->out = coe_cuda_alloc(d, t * E * f);
+    g->q = coe_cuda_alloc(d, t * Qd * f), g->k = coe_cuda_alloc(d, t * KVd * f), g->v = coe_cuda_alloc(d, t * Vd * f);
+    g->att = coe_cuda_alloc(d, t * Ad * f), g->tmp = coe_cuda_alloc(d, t * E * f), g->out = coe_cuda_alloc(d, t * E * f);
     g->router = coe_cuda_alloc(d, t * nx * f), g->xg = coe_cuda_alloc(d, A * E * f);
     g->hg = coe_cuda_alloc(d, A * F * f), g->hu = coe_cuda_alloc(d, A * F * f), g->eo = coe_cuda_alloc(d, A * E * f);
     g->sg = coe_cuda_alloc(d, t * Fs * f), g->su = coe_cuda_alloc(d, t * Fs * f), g->so = coe_cuda_alloc(d, t * E * f);
@@ -264,7 +278,16 @@ static int reserve(coe_engine_cuda *g, int T)
     g->pos = coe_cuda_alloc(d, t * sizeof(int32_t)), g->wanted = coe_cuda_alloc(d, t * sizeof(int32_t));
     g->slot_tok = coe_cuda_alloc(d, A * sizeof(int32_t)), g->sel_slot = coe_cuda_alloc(d, A * sizeof(int32_t));
     g->ptrs = coe_cuda_alloc(d, 4 * L * t * sizeof(float *));
-    size_t widest = max_z(max_z(A * E, A * F), max_z(max_z(t * Qd, t * Fs), t * E));
+    const bool ds = m->arch == COE_ARCH_DEEPSEEK2;
+    const size_t QL = (size_t)m->n_lora_q, G = ds ? H * max_z(nope, R) : 1;
+    g->ql = coe_cuda_alloc(d, max_z(t * QL, 1) * f), g->gat = coe_cuda_alloc(d, t * G * f);
+    g->qa = coe_cuda_alloc(d, max_z(m->mla ? t * H * (R + r) : 0, 1) * f);
+    g->kvb = coe_cuda_alloc(d, max_z(ds && !m->mla ? t * H * (nope + dv) : 0, 1) * f);
+    g->att2 = coe_cuda_alloc(d, max_z(m->mla ? t * H * dv : 0, 1) * f);
+    g->kst = coe_cuda_alloc(d, max_z(ds && !m->mla ? t * (size_t)m->kv_k_dim : 0, 1) * f);
+    g->vst = coe_cuda_alloc(d, max_z(ds && !m->mla ? t * (size_t)m->kv_v_dim : 0, 1) * f);
+    size_t widest = max_z(max_z(A * E, A * F), max_z(max_z(t * Qd, t * Fs), max_z(t * E, t * Ad)));
+    widest = max_z(widest, max_z(t * QL, max_z(t * G, t * H * dv)));
     g->xr = coe_cuda_alloc(d, widest * f);
     g->h_router = malloc(t * nx * f), g->h_sel_w = malloc(A * f), g->h_sel_s = malloc((nx + (size_t)m->n_group + 1) * f);
     g->h_sel = malloc(A * sizeof(int)), g->h_ex_count = malloc(nx * sizeof(int)), g->h_ex_first = malloc(nx * sizeof(int));
@@ -272,7 +295,7 @@ static int reserve(coe_engine_cuda *g, int T)
     g->h_wanted = malloc(t * sizeof(int32_t)), g->h_pos = malloc(t * sizeof(int32_t)), g->h_ptrs = malloc(4 * L * t * sizeof(float *));
     void *all[] = {g->x, g->cur, g->q, g->k, g->v, g->att, g->tmp, g->out, g->router, g->xg, g->hg, g->hu, g->eo,
                    g->sg, g->su, g->so, g->z, g->sel_w, g->scores, g->pos, g->wanted, g->slot_tok, g->sel_slot,
-                   g->ptrs, g->xr, g->h_router, g->h_sel_w, g->h_sel_s, g->h_sel, g->h_ex_count, g->h_ex_first,
+                   g->ptrs, g->xr, g->ql, g->gat, g->qa, g->kvb, g->att2, g->kst, g->vst, g->h_router, g->h_sel_w, g->h_sel_s, g->h_sel, g->h_ex_count, g->h_ex_first,
                    g->h_sel_slot, g->h_slot_tok, g->h_wanted, g->h_pos, g->h_ptrs};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         if (!all[i]) {
@@ -398,6 +421,68 @@ static int attention(coe_engine_cuda *g, const dev_layer *d, const coe_layer *l,
     return rc;
 }
 
+/* deepseek2, as the CPU engine's attention_deepseek2: Q through its bottleneck, the
+ * compressed KV and the shared rotary key; split files absorb wk_b into each head's
+ * query and cache the latent row, older ones decompress every head's key and value. */
+static int attention_deepseek2(coe_engine_cuda *g, const dev_layer *d, const coe_layer *l, int il, int T)
+{
+    const coe_model *m = g->m;
+    coe_cuda *dev = g->dev;
+    const int E = m->n_embd, H = m->n_head, R = m->n_lora_kv, r = m->rope_dim, kq = m->k_mla, nope = kq - r,
+              dv = m->v_mla, QK = H * kq, KVA = R + r;
+    int rc;
+    if (m->n_lora_q) {
+        rc = mm(g, &l->wq_a, 0, g->cur, T, g->ql, m->n_lora_q);
+        rc = rc ? rc : coe_cuda_rms_norm(dev, g->ql, d->q_a_norm, g->ql, T, m->n_lora_q, m->eps);
+        rc = rc ? rc : mm(g, &l->wq_b, 0, g->ql, T, g->q, QK);
+    } else {
+        rc = mm(g, &l->wq, 0, g->cur, T, g->q, QK);
+    }
+    rc = rc ? rc : mm(g, &l->wkv_a, 0, g->cur, T, g->k, KVA);
+    rc = rc ? rc : coe_cuda_rms_norm_rows(dev, g->k, d->kv_a_norm, g->k, T, R, KVA, m->eps);
+    rc = rc ? rc : coe_cuda_rope(dev, &g->rope, g->rope_freqs, g->k + R, T, 1, KVA, g->pos);
+    rc = rc ? rc : coe_cuda_rope(dev, &g->rope, g->rope_freqs, g->q + nope, T, H, kq, g->pos);
+    float **p = g->ptrs + (size_t)il * 4 * (size_t)T;
+    if (m->mla) {
+        /* each head's no-rope query rows together, times its wk_b; then its rope part */
+        rc = rc ? rc : coe_cuda_copy_rows(dev, g->gat, nope, g->q, kq, QK, H, T, nope);
+        for (int h = 0; !rc && h < H; h++)
+            rc = mm(g, &l->wk_b, h, g->gat + (size_t)h * (size_t)T * (size_t)nope, T, g->qa + (size_t)h * (size_t)KVA,
+                    (int64_t)H * KVA);
+        rc = rc ? rc : coe_cuda_copy_rows(dev, g->qa + R, KVA, g->q + nope, QK, kq, T, H, r);
+        rc = rc ? rc : coe_cuda_scatter_rows(dev, p, g->k, T, KVA);
+        coe_cuda_attention_shape s = {H, 1, KVA, R, KVA, KVA, g->n_ctx, m->attn_scale};
+        for (int t0 = 0; !rc && t0 < T; t0 += g->att_chunk) {
+            int n = T - t0 < g->att_chunk ? T - t0 : g->att_chunk;
+            rc = coe_cuda_attention(dev, &s, g->qa + (size_t)t0 * (size_t)H * (size_t)KVA,
+                                    (const float *const *)p + 2 * T + t0, (const float *const *)p + 3 * T + t0,
+                                    g->pos + t0, n, g->scores, g->att + (size_t)t0 * (size_t)H * (size_t)R);
+        }
+        rc = rc ? rc : coe_cuda_copy_rows(dev, g->gat, R, g->att, R, (int64_t)H * R, H, T, R);
+        for (int h = 0; !rc && h < H; h++)
+            rc = mm(g, &l->wv_b, h, g->gat + (size_t)h * (size_t)T * (size_t)R, T, g->att2 + (size_t)h * (size_t)dv,
+                    (int64_t)H * dv);
+        return rc ? rc : mm(g, &l->wo, 0, g->att2, T, g->tmp, E);
+    }
+    /* older files: the compressed KV decompressed, every head's key (its no-rope part
+     * and the shared rotary key) and value cached */
+    rc = rc ? rc : coe_cuda_copy_rows(dev, g->gat, R, g->k, 0, KVA, 1, T, R);
+    rc = rc ? rc : mm(g, &l->wkv_b, 0, g->gat, T, g->kvb, (int64_t)H * (nope + dv));
+    rc = rc ? rc : coe_cuda_copy_rows(dev, g->kst, kq, g->kvb, (int64_t)H * (nope + dv), nope + dv, T, H, nope);
+    rc = rc ? rc : coe_cuda_copy_rows(dev, g->kst + nope, kq, g->k + R, KVA, 0, T, H, r);
+    rc = rc ? rc : coe_cuda_copy_rows(dev, g->vst, dv, g->kvb + nope, (int64_t)H * (nope + dv), nope + dv, T, H, dv);
+    rc = rc ? rc : coe_cuda_scatter_rows(dev, p, g->kst, T, QK);
+    rc = rc ? rc : coe_cuda_scatter_rows(dev, p + T, g->vst, T, H * dv);
+    coe_cuda_attention_shape s = {H, H, kq, dv, QK, H * dv, g->n_ctx, m->attn_scale};
+    for (int t0 = 0; !rc && t0 < T; t0 += g->att_chunk) {
+        int n = T - t0 < g->att_chunk ? T - t0 : g->att_chunk;
+        rc = coe_cuda_attention(dev, &s, g->q + (size_t)t0 * (size_t)QK, (const float *const *)p + 2 * T + t0,
+                                (const float *const *)p + 3 * T + t0, g->pos + t0, n, g->scores,
+                                g->att + (size_t)t0 * (size_t)H * (size_t)dv);
+    }
+    return rc ? rc : mm(g, &l->wo, 0, g->att, T, g->tmp, E);
+}
+
 static int ffn_moe(coe_engine_cuda *g, const dev_layer *d, const coe_layer *l, int T)
 {
     const coe_model *m = g->m;
@@ -465,8 +550,9 @@ int coe_engine_cuda_forward(coe_engine_cuda *g, const coe_batch *b, const int *p
         coe_buf_printf(diag, "no device memory for a batch of %d tokens on %s\n", T, coe_cuda_name(dev));
         return rc;
     }
-    /* positions, and per layer where each token's key and value rows go and its caches */
-    const size_t KVd = (size_t)m->n_head_kv * (size_t)m->head_dim;
+    /* positions, and per layer where each token's key and value rows go and its caches
+     * (a cache without values of its own keeps them in its keys: multi-head latent attention) */
+    const size_t Kd = (size_t)m->kv_k_dim, Vd = (size_t)m->kv_v_dim;
     for (int t = 0; t < T; t++)
         g->h_pos[t] = pos[t];
     rc = coe_cuda_upload(dev, g->pos, g->h_pos, (size_t)T * sizeof(int32_t));
@@ -474,10 +560,10 @@ int coe_engine_cuda_forward(coe_engine_cuda *g, const coe_batch *b, const int *p
         float **p = g->h_ptrs + (size_t)il * 4 * (size_t)T;
         for (int t = 0; t < T; t++) {
             coe_kv *kv = b->seq[t];
-            p[t] = kv->k[il] + (size_t)pos[t] * KVd;
-            p[T + t] = kv->v[il] + (size_t)pos[t] * KVd;
+            p[t] = kv->k[il] + (size_t)pos[t] * Kd;
+            p[T + t] = Vd ? kv->v[il] + (size_t)pos[t] * Vd : NULL;
             p[2 * T + t] = kv->k[il];
-            p[3 * T + t] = kv->v[il];
+            p[3 * T + t] = Vd ? kv->v[il] : kv->k[il];
         }
     }
     rc = rc ? rc : coe_cuda_upload(dev, g->ptrs, g->h_ptrs, 4 * (size_t)L * (size_t)T * sizeof(float *));
@@ -494,7 +580,7 @@ int coe_engine_cuda_forward(coe_engine_cuda *g, const coe_batch *b, const int *p
         rc = coe_cuda_rms_norm(dev, g->x, d->attn_norm, g->cur, T, E, m->eps);
         if (!rc && d->attn_norm_b)
             rc = coe_cuda_add_rows(dev, g->cur, d->attn_norm_b, T, E);
-        rc = rc ? rc : attention(g, d, l, il, T);
+        rc = rc ? rc : m->arch == COE_ARCH_DEEPSEEK2 ? attention_deepseek2(g, d, l, il, T) : attention(g, d, l, il, T);
         rc = rc ? rc : coe_cuda_add(dev, g->x, g->tmp, (int64_t)T * E, m->residual_scale);
         rc = rc ? rc : coe_cuda_rms_norm(dev, g->x, d->ffn_norm, g->cur, T, E, m->eps);
         if (!rc && d->ffn_norm_b)

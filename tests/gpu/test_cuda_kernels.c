@@ -273,6 +273,24 @@ static void test_rows_and_moe_combine(void **state)
     down(y, d_y, sizeof y);
     for (int r = 0; r < 3; r++)
         assert_memory_equal(y + (r + 1) * W, x + idx[r] * W, W * sizeof(float));
+    /* copy_rows: each of 5 "tokens" rows' 3 "heads" of 4 values (at 6 apart in rows of 37), gathered head by head */
+    float rows[3 * 5 * 4];
+    float *d_rows = coe_cuda_alloc(dev, sizeof rows);
+    ok(coe_cuda_copy_rows(dev, d_rows, 4, d_x + 1, 6, W, 3, 5, 4));
+    down(rows, d_rows, sizeof rows);
+    for (int h = 0; h < 3; h++)
+        for (int t = 0; t < 5; t++)
+            assert_memory_equal(rows + (h * 5 + t) * 4, x + 1 + h * 6 + t * W, 4 * sizeof(float));
+    coe_cuda_release(dev, d_rows);
+    /* RMSNorm of the first 20 of rows 37 apart, in place: the rest untouched */
+    ok(coe_cuda_copy(dev, d_y, d_x, sizeof x));
+    ok(coe_cuda_rms_norm_rows(dev, d_y, d_b, d_y, A, 20, W, 1e-5f));
+    down(y, d_y, sizeof y);
+    for (int t = 0; t < A; t++) {
+        ref_rms_norm(x + t * W, b, want + t * W, 20, 1e-5f);
+        assert_true(nmse(y + t * W, want + t * W, 20) <= 1e-10);
+        assert_memory_equal(y + t * W + 20, x + t * W + 20, (W - 20) * sizeof(float));
+    }
     /* combine: each token's K experts' rows (slots) weighted, then the shared expert gated */
     int32_t slot[A];
     float w[A], z[T], out[T * W];

@@ -211,15 +211,22 @@ int coe_cuda_matmul(coe_cuda *c, uint32_t type, const void *d_w, int64_t rows, i
     return 0;
 }
 
-int coe_cuda_rms_norm(coe_cuda *c, const float *d_x, const float *d_w, float *d_y, int T, int n, float eps)
+int coe_cuda_rms_norm_rows(coe_cuda *c, const float *d_x, const float *d_w, float *d_y, int T, int n, int64_t stride,
+                           float eps)
 {
     (void)c;
-    DEVICE(d_x, (size_t)T * (size_t)n * 4);
     DEVICE(d_w, (size_t)n * 4);
-    DEVICE(d_y, (size_t)T * (size_t)n * 4);
-    for (int t = 0; t < T; t++)
-        ref_rms_norm(d_x + (size_t)t * (size_t)n, d_w, d_y + (size_t)t * (size_t)n, n, eps);
+    for (int t = 0; t < T; t++) {
+        DEVICE(d_x + (size_t)t * (size_t)stride, (size_t)n * 4);
+        DEVICE(d_y + (size_t)t * (size_t)stride, (size_t)n * 4);
+        ref_rms_norm(d_x + (size_t)t * (size_t)stride, d_w, d_y + (size_t)t * (size_t)stride, n, eps);
+    }
     return 0;
+}
+
+int coe_cuda_rms_norm(coe_cuda *c, const float *d_x, const float *d_w, float *d_y, int T, int n, float eps)
+{
+    return coe_cuda_rms_norm_rows(c, d_x, d_w, d_y, T, n, n, eps);
 }
 
 int coe_cuda_silu_mul(coe_cuda *c, float *d_g, const float *d_u, int64_t n)
@@ -286,6 +293,21 @@ int coe_cuda_scatter_rows(coe_cuda *c, float *const *d_dst, const float *d_src, 
     return 0;
 }
 
+int coe_cuda_copy_rows(coe_cuda *c, float *d_dst, int64_t dst_stride, const float *d_src, int64_t src_outer,
+                       int64_t src_inner, int n_outer, int n_inner, int width)
+{
+    (void)c;
+    for (int o = 0; o < n_outer; o++)
+        for (int i = 0; i < n_inner; i++) {
+            const float *s = d_src + (int64_t)o * src_outer + (int64_t)i * src_inner;
+            float *d = d_dst + ((int64_t)o * n_inner + i) * dst_stride;
+            DEVICE(s, (size_t)width * 4);
+            DEVICE(d, (size_t)width * 4);
+            memmove(d, s, (size_t)width * 4);
+        }
+    return 0;
+}
+
 int coe_cuda_copy(coe_cuda *c, void *d_dst, const void *d_src, size_t bytes)
 {
     (void)c;
@@ -325,7 +347,7 @@ int coe_cuda_rope(coe_cuda *c, const coe_cuda_rope_params *p, const float *d_fre
                   int head_dim, const int32_t *d_pos)
 {
     (void)c;
-    DEVICE(d_x, (size_t)T * (size_t)n_heads * (size_t)head_dim * 4);
+    DEVICE(d_x, (((size_t)T * (size_t)n_heads - 1) * (size_t)head_dim + (size_t)p->rope_dim) * 4);
     DEVICE(d_pos, (size_t)T * 4);
     if (d_freqs)
         DEVICE(d_freqs, (size_t)p->rope_dim / 2 * 4);
