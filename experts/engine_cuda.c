@@ -34,7 +34,8 @@ struct coe_engine_cuda {
     /* deepseek2: the Q bottleneck, heads' rows gathered, absorbed Q, decompressed KV
      * (older files), per-head values, a step's key and value rows (older files) */
     float *ql, *gat, *qa, *kvb, *att2, *kst, *vst;
-    int32_t *pos, *slot_tok, *sel_slot, *wanted;
+    int32_t *pos, *slot_tok, *sel_slot, *wanted; /* slot_tok holds sel_slot and sel_w after it: one upload */
+    size_t cap_A;
     float **ptrs;     /* per layer: T key rows, T value rows to write, T key caches, T value caches */
     float *mm_scratch; /* the largest matrix as floats: products of many tokens */
     float *logits;     /* cap_out rows of n_vocab */
@@ -42,7 +43,7 @@ struct coe_engine_cuda {
     int att_chunk;     /* tokens per attention call, so that scores fit their scratch */
     /* host scratch */
     float *h_router, *h_sel_w, *h_sel_s;
-    int *h_sel, *h_ex_count, *h_ex_first, *h_sel_slot, *h_slot_tok;
+    int *h_sel, *h_ex_count, *h_ex_first, *h_sel_slot, *h_slot_tok; /* h_slot_tok holds the other two, as slot_tok */
     int32_t *h_wanted, *h_pos;
     float **h_ptrs;
 };
@@ -94,13 +95,13 @@ static int upload_vec(coe_engine_cuda *g, const float *h, size_t n, float **d)
 static void free_scratch(coe_engine_cuda *g)
 {
     void *all[] = {g->x,  g->cur, g->q,   g->k,  g->v,     g->att,   g->tmp,    g->out,      g->router,
-                   g->xg, g->hg,  g->hu,  g->eo, g->sg,    g->su,    g->so,     g->z,        g->sel_w,
-                   g->scores, g->pos, g->slot_tok, g->sel_slot, g->wanted, g->ptrs, g->xr, g->ql, g->gat,
+                   g->xg, g->hg,  g->hu,  g->eo, g->sg,    g->su,    g->so,     g->z,
+                   g->scores, g->pos, g->slot_tok, g->wanted, g->ptrs, g->xr, g->ql, g->gat,
                    g->qa, g->kvb, g->att2, g->kst, g->vst};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         coe_cuda_release(g->dev, all[i]);
-    void *host[] = {g->h_router, g->h_sel_w, g->h_sel_s, g->h_sel, g->h_ex_count, g->h_ex_first, g->h_sel_slot,
-                    g->h_slot_tok, g->h_wanted, g->h_pos, g->h_ptrs};
+    void *host[] = {g->h_router, g->h_sel_s, g->h_sel, g->h_ex_count, g->h_ex_first, g->h_slot_tok, g->h_wanted,
+                    g->h_pos, g->h_ptrs};
     for (size_t i = 0; i < sizeof host / sizeof *host; i++)
         free(host[i]);
     g->x = g->cur = g->q = g->k = g->v = g->att = g->tmp = g->out = g->router = g->xg = g->hg = g->hu = NULL;
@@ -273,10 +274,13 @@ static int reserve(coe_engine_cuda *g, int T)
     g->router = coe_cuda_alloc(d, t * nx * f), g->xg = coe_cuda_alloc(d, A * E * f);
     g->hg = coe_cuda_alloc(d, A * F * f), g->hu = coe_cuda_alloc(d, A * F * f), g->eo = coe_cuda_alloc(d, A * E * f);
     g->sg = coe_cuda_alloc(d, t * Fs * f), g->su = coe_cuda_alloc(d, t * Fs * f), g->so = coe_cuda_alloc(d, t * E * f);
-    g->z = coe_cuda_alloc(d, t * f), g->sel_w = coe_cuda_alloc(d, A * f);
+    g->z = coe_cuda_alloc(d, t * f);
     g->scores = coe_cuda_alloc(d, (size_t)g->att_chunk * per_token * f);
     g->pos = coe_cuda_alloc(d, t * sizeof(int32_t)), g->wanted = coe_cuda_alloc(d, t * sizeof(int32_t));
-    g->slot_tok = coe_cuda_alloc(d, A * sizeof(int32_t)), g->sel_slot = coe_cuda_alloc(d, A * sizeof(int32_t));
+    g->cap_A = A;
+    g->slot_tok = coe_cuda_alloc(d, 3 * A * sizeof(int32_t));
+    g->sel_slot = g->slot_tok ? g->slot_tok + A : NULL;
+    g->sel_w = g->slot_tok ? (float *)(g->slot_tok + 2 * A) : NULL;
     g->ptrs = coe_cuda_alloc(d, 4 * L * t * sizeof(float *));
     const bool ds = m->arch == COE_ARCH_DEEPSEEK2;
     const size_t QL = (size_t)m->n_lora_q, G = ds ? H * max_z(nope, R) : 1;
@@ -289,9 +293,11 @@ static int reserve(coe_engine_cuda *g, int T)
     size_t widest = max_z(max_z(A * E, A * F), max_z(max_z(t * Qd, t * Fs), max_z(t * E, t * Ad)));
     widest = max_z(widest, max_z(t * QL, max_z(t * G, t * H * dv)));
     g->xr = coe_cuda_alloc(d, widest * f);
-    g->h_router = malloc(t * nx * f), g->h_sel_w = malloc(A * f), g->h_sel_s = malloc((nx + (size_t)m->n_group + 1) * f);
+    g->h_router = malloc(t * nx * f), g->h_sel_s = malloc((nx + (size_t)m->n_group + 1) * f);
     g->h_sel = malloc(A * sizeof(int)), g->h_ex_count = malloc(nx * sizeof(int)), g->h_ex_first = malloc(nx * sizeof(int));
-    g->h_sel_slot = malloc(A * sizeof(int)), g->h_slot_tok = malloc(A * sizeof(int));
+    g->h_slot_tok = malloc(3 * A * sizeof(int32_t));
+    g->h_sel_slot = g->h_slot_tok ? g->h_slot_tok + A : NULL;
+    g->h_sel_w = g->h_slot_tok ? (float *)(g->h_slot_tok + 2 * A) : NULL;
     g->h_wanted = malloc(t * sizeof(int32_t)), g->h_pos = malloc(t * sizeof(int32_t)), g->h_ptrs = malloc(4 * L * t * sizeof(float *));
     void *all[] = {g->x, g->cur, g->q, g->k, g->v, g->att, g->tmp, g->out, g->router, g->xg, g->hg, g->hu, g->eo,
                    g->sg, g->su, g->so, g->z, g->sel_w, g->scores, g->pos, g->wanted, g->slot_tok, g->sel_slot,
@@ -494,9 +500,8 @@ static int ffn_moe(coe_engine_cuda *g, const dev_layer *d, const coe_layer *l, i
         return rc;
     coe_moe_plan plan = {g->h_sel, g->h_sel_w, g->h_ex_count, g->h_ex_first, g->h_sel_slot, g->h_slot_tok};
     coe_moe_assign(m, l, T, g->h_router, g->h_sel_s, &plan);
-    rc = coe_cuda_upload(dev, g->slot_tok, g->h_slot_tok, (size_t)A * sizeof(int32_t));
-    rc = rc ? rc : coe_cuda_upload(dev, g->sel_slot, g->h_sel_slot, (size_t)A * sizeof(int32_t));
-    rc = rc ? rc : coe_cuda_upload(dev, g->sel_w, g->h_sel_w, (size_t)A * sizeof(float));
+    /* the plan in one copy: slots' tokens, assignments' slots, weights (cap_A apart) */
+    rc = coe_cuda_upload(dev, g->slot_tok, g->h_slot_tok, (2 * g->cap_A + (size_t)A) * sizeof(int32_t));
     /* each expert's tokens gathered together, then its products over them */
     rc = rc ? rc : coe_cuda_gather_rows(dev, g->xg, g->cur, g->slot_tok, A, E);
     for (int i = 0; !rc && i < nx; i++) {
