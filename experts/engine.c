@@ -113,9 +113,13 @@ struct coe_engine {
     int cap_items;
     unsigned long long weight_bytes; /* weight bytes the products have read, in all */
     int cap_pos;                     /* of pos: each token's position in its sequence */
-    coe_engine_cuda *gpu;            /* the forward on a CUDA device, or NULL: the CPU's */
-    char where[200];
+    const coe_engine_backend *be;    /* the forward and its ctx: this engine's own (the CPU), or a device's */
+    void *be_ctx;
+    char where[32];                  /* "cpu, N threads" */
 };
+
+/* The CPU backend: the engine is its own context. */
+static const coe_engine_backend cpu_backend;
 
 const coe_model *coe_engine_model(const coe_engine *e)
 {
@@ -129,12 +133,12 @@ int coe_engine_n_ctx(const coe_engine *e)
 
 unsigned long long coe_engine_weight_bytes(const coe_engine *e)
 {
-    return e->gpu ? coe_engine_cuda_weight_bytes(e->gpu) : e->weight_bytes;
+    return e->be->weight_bytes(e->be_ctx);
 }
 
 const char *coe_engine_where(const coe_engine *e)
 {
-    return e->where;
+    return e->be->where(e->be_ctx);
 }
 
 int coe_device_parse(const char *s)
@@ -157,6 +161,7 @@ coe_engine *coe_engine_new(const coe_model *m, int n_threads, int n_ctx)
     if (e->cap_items < m->n_head + 8)
         e->cap_items = m->n_head + 8;
     e->items = calloc((size_t)e->cap_items, sizeof *e->items);
+    e->be = &cpu_backend, e->be_ctx = e;
     if (!e->team || !e->items)
         coe_engine_free(&e);
     else
@@ -173,9 +178,10 @@ int coe_engine_open(coe_engine **out, const coe_model *m, coe_device device, int
     if (device == COE_DEVICE_CPU || (device == COE_DEVICE_AUTO && coe_cuda_device_count() == 0))
         return 0;
     coe_buf why = COE_BUF_INIT;
-    int rc = coe_engine_cuda_new(&e->gpu, m, e->n_ctx, &why);
+    coe_engine_cuda *g = NULL;
+    int rc = coe_engine_cuda_new(&g, m, e->n_ctx, &why);
     if (!rc)
-        snprintf(e->where, sizeof e->where, "%s", coe_engine_cuda_where(e->gpu));
+        e->be = &coe_engine_cuda_backend, e->be_ctx = g;
     else if (device == COE_DEVICE_CUDA) {
         if (diag)
             coe_buf_printf(diag, "device cuda: %s", why.data ? why.data : "");
@@ -264,7 +270,7 @@ void coe_engine_free(coe_engine **p)
     if (!e)
         return;
     free_scratch(e);
-    coe_engine_cuda_free(&e->gpu);
+    e->be->free(e->be_ctx);
     coe_threads_free(&e->team);
     free(e->items);
     free(e->pos);
@@ -864,9 +870,11 @@ static void attention_deepseek2(coe_engine *e, const coe_layer *l, const coe_bat
 
 /* ---- the forward pass ---- */
 
-/* The CPU's forward of a checked batch at the positions e->pos. */
-static int forward_cpu(coe_engine *e, const coe_batch *b, float *logits, coe_buf *diag)
+/* The CPU's forward of a checked batch at the positions e->pos (= pos). */
+static int forward_cpu(void *ctx, const coe_batch *b, const int *pos, float *logits, coe_buf *diag)
 {
+    coe_engine *e = ctx;
+    (void)pos;
     const coe_model *m = e->m;
     const int T = b->n, E = m->n_embd;
     int rc = reserve(e, T);
@@ -928,6 +936,23 @@ static int forward_cpu(coe_engine *e, const coe_batch *b, float *logits, coe_buf
     return 0;
 }
 
+static unsigned long long cpu_weight_bytes(const void *ctx)
+{
+    return ((const coe_engine *)ctx)->weight_bytes;
+}
+
+static const char *cpu_where(const void *ctx)
+{
+    return ((const coe_engine *)ctx)->where;
+}
+
+static void cpu_free(void *ctx)
+{
+    (void)ctx; /* coe_engine_free frees the engine's own */
+}
+
+static const coe_engine_backend cpu_backend = {"cpu", forward_cpu, cpu_weight_bytes, cpu_where, cpu_free};
+
 int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf *diag)
 {
     const coe_model *m = e->m;
@@ -958,7 +983,7 @@ int coe_engine_forward(coe_engine *e, const coe_batch *b, float *logits, coe_buf
             return COE_ERANGE;
         }
     }
-    int rc = e->gpu ? coe_engine_cuda_forward(e->gpu, b, e->pos, logits, diag) : forward_cpu(e, b, logits, diag);
+    int rc = e->be->forward(e->be_ctx, b, e->pos, logits, diag);
     if (rc)
         return rc;
     for (int t = 0; t < T; t++)

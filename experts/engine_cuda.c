@@ -231,14 +231,14 @@ int coe_engine_cuda_new(coe_engine_cuda **out, const coe_model *m, int n_ctx, co
     return 0;
 }
 
-const char *coe_engine_cuda_where(const coe_engine_cuda *g)
+static const char *where(const void *ctx)
 {
-    return g->where;
+    return ((const coe_engine_cuda *)ctx)->where; /* "cuda, NAME, X GiB" */
 }
 
-unsigned long long coe_engine_cuda_weight_bytes(const coe_engine_cuda *g)
+static unsigned long long weight_bytes(const void *ctx)
 {
-    return g->weight_bytes;
+    return ((const coe_engine_cuda *)ctx)->weight_bytes;
 }
 
 static size_t max_z(size_t a, size_t b)
@@ -540,8 +540,9 @@ static int ffn_dense(coe_engine_cuda *g, const coe_layer *l, int T)
     return rc ? rc : mm(g, &l->ffn_down, 0, g->sg, T, g->out, m->n_embd);
 }
 
-int coe_engine_cuda_forward(coe_engine_cuda *g, const coe_batch *b, const int *pos, float *logits, coe_buf *diag)
+static int forward(void *ctx, const coe_batch *b, const int *pos, float *logits, coe_buf *diag)
 {
+    coe_engine_cuda *g = ctx;
     const coe_model *m = g->m;
     coe_cuda *dev = g->dev;
     const int T = b->n, E = m->n_embd, L = m->n_layer;
@@ -625,3 +626,11 @@ int coe_engine_cuda_forward(coe_engine_cuda *g, const coe_batch *b, const int *p
                        rc == COE_ENOMEM ? "out of device memory" : coe_cuda_last_error(dev));
     return rc;
 }
+
+static void free_ctx(void *ctx)
+{
+    coe_engine_cuda *g = ctx;
+    coe_engine_cuda_free(&g);
+}
+
+const coe_engine_backend coe_engine_cuda_backend = {"cuda", forward, weight_bytes, where, free_ctx};
