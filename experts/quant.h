@@ -31,6 +31,7 @@ typedef struct coe_block_q8_0 {
 typedef struct coe_block_q8_0_act {
     float d;
     int8_t qs[COE_QK];
+    uint8_t qu[COE_QK]; /* qs + 128: the unsigned codes VNNI's four-row kernel multiplies directly */
 } coe_block_q8_0_act;
 
 /* Activations for Q4_1 and Q5_1 weights: Q8_1's codes (as Q8_0's) with s, the F16 of
