@@ -428,20 +428,6 @@ static void on_classified(void *arg, int rc)
     routing_unref(rt);
 }
 
-/* The probabilities where the batcher could not give them (rc: its answer), then the
- * policy. */
-static int classify_now(const coe_config *cfg, const coe_request *req, const coe_features *f, coe_route_decision *dec,
-                        int rc)
-{
-    const coe_route_cfg *r = &cfg->routes[dec->route];
-    float probs[4096];
-    if (r->router->n_classes > 4096)
-        return COE_EINVAL;
-    if (rc) /* no batcher, or its device failed: the CPU classifies */
-        rc = coe_router_classify(r->router, f, probs);
-    return rc ? rc : coe_route_finish(cfg, req, probs, dec);
-}
-
 /* Hands the request to its route's batcher; 0, or an error with everything still the
  * caller's. The features move into the routing. */
 static int classify_later(conn_ctx *cx, coe_request **req, const coe_route_decision *dec, coe_features *f)
@@ -480,7 +466,8 @@ static void finish_routing(conn_ctx *cx)
     cx->routing = NULL;
     coe_route_decision dec = rt->dec;
     int rc = atomic_load(&rt->rc);
-    rc = rc ? classify_now(cx->cfg, rt->req, &rt->f, &dec, rc) : coe_route_finish(cx->cfg, rt->req, rt->probs, &dec);
+    /* the batcher's device failed: the CPU classifies */
+    rc = rc ? coe_route_classify(cx->cfg, rt->req, &rt->f, &dec) : coe_route_finish(cx->cfg, rt->req, rt->probs, &dec);
     coe_request *req = rt->req;
     rt->req = NULL;
     routing_unref(rt);
@@ -533,7 +520,7 @@ static int handle_body(conn_ctx *cx, const char *body, size_t len)
     if (route_rc == COE_ROUTE_CLASSIFY) {
         if (cx->cfg->routes[dec.route].batcher && classify_later(cx, &req, &dec, &f) == 0)
             return 0; /* woken when classified */
-        route_rc = classify_now(cx->cfg, req, &f, &dec, COE_ECANCELED);
+        route_rc = coe_route_classify(cx->cfg, req, &f, &dec);
     }
     coe_features_free(&f);
     return routed(cx, req, &dec, route_rc);

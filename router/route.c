@@ -1,6 +1,5 @@
 #include "router/route.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #include "common/err.h"
@@ -155,22 +154,25 @@ int coe_route_finish(const coe_config *cfg, const coe_request *req, const float 
     return make_capable(cfg, rc, req->needs, out);
 }
 
+int coe_route_classify(const coe_config *cfg, const coe_request *req, const coe_features *f, coe_route_decision *out)
+{
+    const coe_router *router = cfg->routes[out->route].router;
+    float probs[4096];
+    int rc = router->n_classes <= 4096 ? coe_router_classify(router, f, probs) : COE_EINVAL;
+    return rc ? rc : coe_route_finish(cfg, req, probs, out);
+}
+
 int coe_route_resolve(const coe_config *cfg, const coe_request *req, coe_route_decision *out)
 {
     coe_features f = {0};
     int rc = coe_route_begin(cfg, req, out, &f);
     if (rc == COE_ROUTE_CLASSIFY) {
         const coe_route_cfg *r = &cfg->routes[out->route];
-        float *probs = malloc((size_t)r->router->n_classes * sizeof *probs);
-        if (!probs)
-            rc = COE_ENOMEM;
-        else if (!r->batcher || coe_router_batcher_classify(r->batcher, &f, probs))
-            rc = coe_router_classify(r->router, &f, probs); /* no batcher, or its device failed */
-        else
-            rc = 0;
-        if (!rc)
+        float probs[4096];
+        if (r->batcher && r->router->n_classes <= 4096 && !coe_router_batcher_classify(r->batcher, &f, probs))
             rc = coe_route_finish(cfg, req, probs, out);
-        free(probs);
+        else /* no batcher, or its device failed */
+            rc = coe_route_classify(cfg, req, &f, out);
     }
     coe_features_free(&f);
     return rc;

@@ -42,6 +42,9 @@ int coe_route_resolve(const coe_config *cfg, const coe_request *req, coe_route_d
 #define COE_ROUTE_CLASSIFY 1
 int coe_route_begin(const coe_config *cfg, const coe_request *req, coe_route_decision *out, coe_features *f);
 int coe_route_finish(const coe_config *cfg, const coe_request *req, const float *probs, coe_route_decision *out);
+/* The route's router classifies f here, on the CPU, then coe_route_finish: where no
+ * batcher serves the route, or its device failed. */
+int coe_route_classify(const coe_config *cfg, const coe_request *req, const coe_features *f, coe_route_decision *out);
 /* The same for a bare text, on route r (for `coegate route`). */
 int coe_route_text(const coe_config *cfg, int r, const char *text, coe_route_decision *out);
 
