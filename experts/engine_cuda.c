@@ -92,27 +92,82 @@ static int upload_vec(coe_engine_cuda *g, const float *h, size_t n, float **d)
     return coe_cuda_upload(g->dev, *d, h, n * sizeof **d);
 }
 
+/* Every scratch buffer with its bytes for batches of t tokens, device or host; one list,
+ * so that allocating and freeing cannot disagree (as the CPU engine's scratch_list).
+ * The MoE plan's three arrays share one buffer (one copy to the device): sel_slot and
+ * sel_w point into slot_tok, cap_A apart, and the same on the host. */
+typedef struct scratch {
+    void **p;
+    size_t bytes;
+    bool host;
+} scratch;
+
+#define N_SCRATCH 39
+
+static size_t max_z(size_t a, size_t b)
+{
+    return a > b ? a : b;
+}
+
+static int scratch_list(coe_engine_cuda *g, size_t t, scratch *list)
+{
+    const coe_model *m = g->m;
+    const size_t E = (size_t)m->n_embd, H = (size_t)m->n_head;
+    /* widths as the CPU engine's scratch_list: deepseek2's heads, latent rows and values included */
+    const size_t hd = (size_t)m->head_dim, R = (size_t)m->n_lora_kv, r = (size_t)m->rope_dim;
+    const size_t nope = m->k_mla ? (size_t)m->k_mla - r : 0, dv = (size_t)m->v_mla;
+    const size_t Qd = H * max_z(max_z(hd, (size_t)m->k_mla), (size_t)m->att_dk);
+    const size_t KVd = max_z(max_z((size_t)m->n_head_kv * hd, (size_t)m->kv_k_dim), R + r);
+    const size_t Ad = H * max_z((size_t)m->att_dv, hd), Vd = max_z((size_t)m->n_head_kv * hd, (size_t)m->kv_v_dim);
+    const size_t k = max_z((size_t)m->n_expert_used, 1), A = t * k, nx = max_z((size_t)m->n_expert, 1);
+    const size_t F = max_z((size_t)m->n_ff_exp, 1), Fs = max_z(max_z((size_t)m->n_ff_shexp, (size_t)m->n_ff), 1);
+    const size_t L = (size_t)m->n_layer, f = sizeof(float), i = sizeof(int32_t);
+    const bool ds = m->arch == COE_ARCH_DEEPSEEK2, older = ds && !m->mla;
+    const size_t QL = (size_t)m->n_lora_q, G = ds ? H * max_z(nope, R) : 1;
+    size_t widest = max_z(max_z(A * E, A * F), max_z(max_z(t * Qd, t * Fs), max_z(t * E, t * Ad)));
+    widest = max_z(widest, max_z(t * QL, max_z(t * G, t * H * dv)));
+    const size_t scores = (size_t)g->att_chunk * H * (size_t)g->n_ctx;
+    scratch l[N_SCRATCH] = {
+        {(void **)&g->x, t * E * f, 0},          {(void **)&g->cur, t * E * f, 0},
+        {(void **)&g->q, t * Qd * f, 0},         {(void **)&g->k, t * KVd * f, 0},
+        {(void **)&g->v, t * Vd * f, 0},         {(void **)&g->att, t * Ad * f, 0},
+        {(void **)&g->tmp, t * E * f, 0},        {(void **)&g->out, t * E * f, 0},
+        {(void **)&g->router, t * nx * f, 0},    {(void **)&g->xg, A * E * f, 0},
+        {(void **)&g->hg, A * F * f, 0},         {(void **)&g->hu, A * F * f, 0},
+        {(void **)&g->eo, A * E * f, 0},         {(void **)&g->sg, t * Fs * f, 0},
+        {(void **)&g->su, t * Fs * f, 0},        {(void **)&g->so, t * E * f, 0},
+        {(void **)&g->z, t * f, 0},              {(void **)&g->scores, scores * f, 0},
+        {(void **)&g->pos, t * i, 0},            {(void **)&g->wanted, t * i, 0},
+        {(void **)&g->slot_tok, 3 * A * i, 0},   {(void **)&g->ptrs, 4 * L * t * sizeof(float *), 0},
+        {(void **)&g->xr, widest * f, 0},        {(void **)&g->ql, max_z(t * QL, 1) * f, 0},
+        {(void **)&g->gat, t * G * f, 0},        {(void **)&g->qa, max_z(m->mla ? t * H * (R + r) : 0, 1) * f, 0},
+        {(void **)&g->kvb, max_z(older ? t * H * (nope + dv) : 0, 1) * f, 0},
+        {(void **)&g->att2, max_z(m->mla ? t * H * dv : 0, 1) * f, 0},
+        {(void **)&g->kst, max_z(older ? t * (size_t)m->kv_k_dim : 0, 1) * f, 0},
+        {(void **)&g->vst, max_z(older ? t * (size_t)m->kv_v_dim : 0, 1) * f, 0},
+        {(void **)&g->h_router, t * nx * f, 1},  {(void **)&g->h_sel_s, (nx + (size_t)m->n_group + 1) * f, 1},
+        {(void **)&g->h_sel, A * i, 1},          {(void **)&g->h_ex_count, nx * i, 1},
+        {(void **)&g->h_ex_first, nx * i, 1},    {(void **)&g->h_slot_tok, 3 * A * i, 1},
+        {(void **)&g->h_wanted, t * i, 1},       {(void **)&g->h_pos, t * i, 1},
+        {(void **)&g->h_ptrs, 4 * L * t * sizeof(float *), 1},
+    };
+    memcpy(list, l, sizeof l);
+    return N_SCRATCH;
+}
+
 static void free_scratch(coe_engine_cuda *g)
 {
-    void *all[] = {g->x,  g->cur, g->q,   g->k,  g->v,     g->att,   g->tmp,    g->out,      g->router,
-                   g->xg, g->hg,  g->hu,  g->eo, g->sg,    g->su,    g->so,     g->z,
-                   g->scores, g->pos, g->slot_tok, g->wanted, g->ptrs, g->xr, g->ql, g->gat,
-                   g->qa, g->kvb, g->att2, g->kst, g->vst};
-    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
-        coe_cuda_release(g->dev, all[i]);
-    void *host[] = {g->h_router, g->h_sel_s, g->h_sel, g->h_ex_count, g->h_ex_first, g->h_slot_tok, g->h_wanted,
-                    g->h_pos, g->h_ptrs};
-    for (size_t i = 0; i < sizeof host / sizeof *host; i++)
-        free(host[i]);
-    g->x = g->cur = g->q = g->k = g->v = g->att = g->tmp = g->out = g->router = g->xg = g->hg = g->hu = NULL;
-    g->eo = g->sg = g->su = g->so = g->z = g->sel_w = g->scores = g->xr = NULL;
-    g->ql = g->gat = g->qa = g->kvb = g->att2 = g->kst = g->vst = NULL;
-    g->pos = g->slot_tok = g->sel_slot = g->wanted = NULL;
-    g->ptrs = NULL;
-    g->h_router = g->h_sel_w = g->h_sel_s = NULL;
-    g->h_sel = g->h_ex_count = g->h_ex_first = g->h_sel_slot = g->h_slot_tok = NULL;
-    g->h_wanted = g->h_pos = NULL;
-    g->h_ptrs = NULL;
+    scratch list[N_SCRATCH];
+    int n = scratch_list(g, 0, list);
+    for (int k = 0; k < n; k++) {
+        if (list[k].host)
+            free(*list[k].p);
+        else
+            coe_cuda_release(g->dev, *list[k].p);
+        *list[k].p = NULL;
+    }
+    g->sel_slot = g->h_sel_slot = NULL;
+    g->sel_w = g->h_sel_w = NULL;
     g->cap_T = 0;
 }
 
@@ -241,73 +296,28 @@ static unsigned long long weight_bytes(const void *ctx)
     return ((const coe_engine_cuda *)ctx)->weight_bytes;
 }
 
-static size_t max_z(size_t a, size_t b)
-{
-    return a > b ? a : b;
-}
-
 /* Device and host scratch for batches of T tokens. */
 static int reserve(coe_engine_cuda *g, int T)
 {
     if (T <= g->cap_T)
         return 0;
     free_scratch(g);
-    const coe_model *m = g->m;
-    const size_t t = (size_t)T, E = (size_t)m->n_embd, H = (size_t)m->n_head;
-    /* widths as the CPU engine's scratch_list: deepseek2's heads, latent rows and values included */
-    const size_t hd = (size_t)m->head_dim, R = (size_t)m->n_lora_kv, r = (size_t)m->rope_dim;
-    const size_t nope = m->k_mla ? (size_t)m->k_mla - r : 0, dv = (size_t)m->v_mla;
-    const size_t Qd = H * max_z(max_z(hd, (size_t)m->k_mla), (size_t)m->att_dk);
-    const size_t KVd = max_z(max_z((size_t)m->n_head_kv * hd, (size_t)m->kv_k_dim), R + r);
-    const size_t Ad = H * max_z((size_t)m->att_dv, hd), Vd = max_z((size_t)m->n_head_kv * hd, (size_t)m->kv_v_dim);
-    const size_t k = (size_t)max_z((size_t)m->n_expert_used, 1), A = t * k, nx = max_z((size_t)m->n_expert, 1);
-    const size_t F = max_z((size_t)m->n_ff_exp, 1), Fs = max_z(max_z((size_t)m->n_ff_shexp, (size_t)m->n_ff), 1);
-    const size_t L = (size_t)m->n_layer, f = sizeof(float);
     /* attention scores: at most 64 Mi floats at once */
-    size_t per_token = H * (size_t)g->n_ctx;
+    size_t per_token = (size_t)g->m->n_head * (size_t)g->n_ctx;
     g->att_chunk = (int)(((size_t)64 << 20) / per_token);
     g->att_chunk = g->att_chunk < 1 ? 1 : g->att_chunk > T ? T : g->att_chunk;
-    coe_cuda *d = g->dev;
-    g->x = coe_cuda_alloc(d, t * E * f), g->cur = coe_cuda_alloc(d, t * E * f);
-    g->q = coe_cuda_alloc(d, t * Qd * f), g->k = coe_cuda_alloc(d, t * KVd * f), g->v = coe_cuda_alloc(d, t * Vd * f);
-    g->att = coe_cuda_alloc(d, t * Ad * f), g->tmp = coe_cuda_alloc(d, t * E * f), g->out = coe_cuda_alloc(d, t * E * f);
-    g->router = coe_cuda_alloc(d, t * nx * f), g->xg = coe_cuda_alloc(d, A * E * f);
-    g->hg = coe_cuda_alloc(d, A * F * f), g->hu = coe_cuda_alloc(d, A * F * f), g->eo = coe_cuda_alloc(d, A * E * f);
-    g->sg = coe_cuda_alloc(d, t * Fs * f), g->su = coe_cuda_alloc(d, t * Fs * f), g->so = coe_cuda_alloc(d, t * E * f);
-    g->z = coe_cuda_alloc(d, t * f);
-    g->scores = coe_cuda_alloc(d, (size_t)g->att_chunk * per_token * f);
-    g->pos = coe_cuda_alloc(d, t * sizeof(int32_t)), g->wanted = coe_cuda_alloc(d, t * sizeof(int32_t));
-    g->cap_A = A;
-    g->slot_tok = coe_cuda_alloc(d, 3 * A * sizeof(int32_t));
-    g->sel_slot = g->slot_tok ? g->slot_tok + A : NULL;
-    g->sel_w = g->slot_tok ? (float *)(g->slot_tok + 2 * A) : NULL;
-    g->ptrs = coe_cuda_alloc(d, 4 * L * t * sizeof(float *));
-    const bool ds = m->arch == COE_ARCH_DEEPSEEK2;
-    const size_t QL = (size_t)m->n_lora_q, G = ds ? H * max_z(nope, R) : 1;
-    g->ql = coe_cuda_alloc(d, max_z(t * QL, 1) * f), g->gat = coe_cuda_alloc(d, t * G * f);
-    g->qa = coe_cuda_alloc(d, max_z(m->mla ? t * H * (R + r) : 0, 1) * f);
-    g->kvb = coe_cuda_alloc(d, max_z(ds && !m->mla ? t * H * (nope + dv) : 0, 1) * f);
-    g->att2 = coe_cuda_alloc(d, max_z(m->mla ? t * H * dv : 0, 1) * f);
-    g->kst = coe_cuda_alloc(d, max_z(ds && !m->mla ? t * (size_t)m->kv_k_dim : 0, 1) * f);
-    g->vst = coe_cuda_alloc(d, max_z(ds && !m->mla ? t * (size_t)m->kv_v_dim : 0, 1) * f);
-    size_t widest = max_z(max_z(A * E, A * F), max_z(max_z(t * Qd, t * Fs), max_z(t * E, t * Ad)));
-    widest = max_z(widest, max_z(t * QL, max_z(t * G, t * H * dv)));
-    g->xr = coe_cuda_alloc(d, widest * f);
-    g->h_router = malloc(t * nx * f), g->h_sel_s = malloc((nx + (size_t)m->n_group + 1) * f);
-    g->h_sel = malloc(A * sizeof(int)), g->h_ex_count = malloc(nx * sizeof(int)), g->h_ex_first = malloc(nx * sizeof(int));
-    g->h_slot_tok = malloc(3 * A * sizeof(int32_t));
-    g->h_sel_slot = g->h_slot_tok ? g->h_slot_tok + A : NULL;
-    g->h_sel_w = g->h_slot_tok ? (float *)(g->h_slot_tok + 2 * A) : NULL;
-    g->h_wanted = malloc(t * sizeof(int32_t)), g->h_pos = malloc(t * sizeof(int32_t)), g->h_ptrs = malloc(4 * L * t * sizeof(float *));
-    void *all[] = {g->x, g->cur, g->q, g->k, g->v, g->att, g->tmp, g->out, g->router, g->xg, g->hg, g->hu, g->eo,
-                   g->sg, g->su, g->so, g->z, g->sel_w, g->scores, g->pos, g->wanted, g->slot_tok, g->sel_slot,
-                   g->ptrs, g->xr, g->ql, g->gat, g->qa, g->kvb, g->att2, g->kst, g->vst, g->h_router, g->h_sel_w, g->h_sel_s, g->h_sel, g->h_ex_count, g->h_ex_first,
-                   g->h_sel_slot, g->h_slot_tok, g->h_wanted, g->h_pos, g->h_ptrs};
-    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
-        if (!all[i]) {
+    scratch list[N_SCRATCH];
+    int n = scratch_list(g, (size_t)T, list);
+    for (int k = 0; k < n; k++)
+        if (!(*list[k].p = list[k].host ? malloc(list[k].bytes ? list[k].bytes : 1)
+                                        : coe_cuda_alloc(g->dev, list[k].bytes))) {
             free_scratch(g);
             return COE_ENOMEM;
         }
+    const size_t A = (size_t)T * (g->m->n_expert_used > 0 ? (size_t)g->m->n_expert_used : 1);
+    g->cap_A = A;
+    g->sel_slot = g->slot_tok + A, g->sel_w = (float *)(g->slot_tok + 2 * A);
+    g->h_sel_slot = g->h_slot_tok + A, g->h_sel_w = (float *)(g->h_slot_tok + 2 * A);
     g->cap_T = T;
     return 0;
 }
